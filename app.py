@@ -1,0 +1,212 @@
+"""Kaizen Chat — the Gradio app. This file only wires the UI; the logic lives in agent/, feedback/ and adapters/."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+
+from agent.settings import Settings  # first: sets the offline / no-telemetry environment
+
+import gradio as gr
+
+from agent.chat import RAG_MODES, Answerer
+from agent.ui_chat import ChatLogic, new_state, to_chatbot
+
+log = logging.getLogger("kaizen.app")
+REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
+_stops: dict[str, threading.Event] = {}  # session hash -> stop flag of its running generation
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _stop_for(request: gr.Request) -> threading.Event:
+    ev = threading.Event()
+    _stops[request.session_hash or "default"] = ev
+    return ev
+
+
+def build_app(settings: Settings | None = None, answerer: Answerer | None = None, store=None,
+              registry=None, scheduler=None) -> gr.Blocks:
+    settings = settings or Settings.from_env()
+    if store is None:
+        from feedback.store import Store
+
+        store = Store(settings.db_path)
+    answerer = answerer or Answerer.from_settings(settings)
+    logic = ChatLogic(answerer, store)
+    model = answerer.model
+
+    def uid(request: gr.Request) -> int:
+        return logic.user_id(getattr(request, "username", None))
+
+    def adapter_choices() -> list[str]:
+        return ["active", "base"] + sorted(model.adapters)
+
+    def adapter_arg(choice: str):
+        return "default" if choice in (None, "", "active") else (None if choice == "base" else choice)
+
+    with gr.Blocks(title="Kaizen Chat", analytics_enabled=False) as demo:
+        gr.Markdown("## Kaizen Chat\nA chat that learns from your feedback: 👍/👎, corrections, and picks between retries.")
+        state = gr.State(new_state())
+        with gr.Tab("Chat"):
+            with gr.Row():
+                template = gr.Dropdown(sorted(answerer.templates()), value=settings.template, label="Template",
+                                       elem_id="template", scale=2)
+                rag = gr.Radio(list(RAG_MODES), value="auto", label="Use documents", elem_id="rag", scale=2)
+                adapter = gr.Dropdown(adapter_choices(), value="active", label="Adapter", elem_id="adapter", scale=1)
+            chatbot = gr.Chatbot(elem_id="chatbot", editable="all", feedback_options=("Like", "Dislike"),
+                                 sanitize_html=True, height=480, buttons=["copy"],
+                                 placeholder="Ask anything. Edit an answer to correct it; 🔄 to get another one.")
+            with gr.Row():
+                box = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
+                                 elem_id="message", max_lines=8)
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                stop = gr.Button("Stop", scale=1, elem_id="stop")
+                new = gr.Button("New chat", scale=1, elem_id="new-chat")
+            with gr.Row(visible=False, elem_id="pick-row") as pick_row:
+                gr.Markdown("Which answer is better?")
+                pick_first = gr.Button("The first answer", elem_id="pick-first")
+                pick_second = gr.Button("The new answer", elem_id="pick-second")
+            with gr.Group(visible=False, elem_id="why-panel") as why_panel:
+                why_index = gr.Number(visible=False, precision=0)
+                reasons = gr.CheckboxGroup(REASONS, label="What was wrong?", elem_id="reasons")
+                comment = gr.Textbox(label="Comment (optional)", max_lines=4, elem_id="comment")
+                why_save = gr.Button("Save feedback", elem_id="why-save")
+            status = gr.Markdown("", elem_id="status")
+
+        # -- chat handlers --------------------------------------------------------------------------------
+        def on_send(message, st, tmpl, rag_mode, adapter_choice, request: gr.Request):
+            stop_ev = _stop_for(request)
+            try:
+                for st in logic.respond(st, uid(request), message, tmpl, rag_mode, adapter_arg(adapter_choice),
+                                        stop_ev):
+                    yield st, to_chatbot(st), "", gr.update(visible=False), ""
+            except (ValueError, KeyError) as e:
+                gr.Warning(str(e))
+                yield st, to_chatbot(st), message, gr.update(visible=False), f"⚠️ {e}"
+
+        def on_retry(st, tmpl, rag_mode, adapter_choice, data: gr.RetryData, request: gr.Request):
+            stop_ev = _stop_for(request)
+            try:
+                for st in logic.retry(st, uid(request), data.index, tmpl, rag_mode, adapter_arg(adapter_choice),
+                                      stop_ev):
+                    yield st, to_chatbot(st), gr.update(visible=st.get("pending") is not None), ""
+            except (ValueError, KeyError) as e:
+                gr.Warning(str(e))
+                yield st, to_chatbot(st), gr.update(visible=False), f"⚠️ {e}"
+
+        def on_stop(request: gr.Request):
+            ev = _stops.get(request.session_hash or "default")
+            if ev:
+                ev.set()
+
+        def on_new():
+            return new_state(), [], gr.update(visible=False), gr.update(visible=False), ""
+
+        chat_inputs = [box, state, template, rag, adapter]
+        chat_outputs = [state, chatbot, box, pick_row, status]
+        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat")
+        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private")
+        stop.click(on_stop, None, None, api_visibility="private", queue=False)
+        new.click(on_new, None, [state, chatbot, pick_row, why_panel, status], api_visibility="private")
+        chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot, pick_row, status],
+                      api_visibility="private")
+
+        # -- feedback handlers ------------------------------------------------------------------------------
+        def on_like(st, data: gr.LikeData, request: gr.Request):
+            try:
+                msg = logic.rate(st, uid(request), data.index, data.liked)
+            except (ValueError, LookupError, PermissionError) as e:
+                gr.Warning(str(e))
+                return gr.update(), None, f"⚠️ {e}"
+            gr.Info(msg)
+            idx = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+            return gr.update(visible=data.liked is not True), idx, msg
+
+        def on_why(st, index, why, note, request: gr.Request):
+            try:
+                msg = logic.rate(st, uid(request), int(index), False, why or [], note or "")
+            except (ValueError, LookupError, PermissionError, TypeError) as e:
+                gr.Warning(str(e))
+                return gr.update(), gr.update(), gr.update(), f"⚠️ {e}"
+            gr.Info(msg)
+            return gr.update(visible=False), [], "", msg
+
+        def on_edit(st, data: gr.EditData, request: gr.Request):
+            try:
+                msg = logic.edit(st, uid(request), data.index, data.value)
+                gr.Info(msg)
+            except (ValueError, LookupError, PermissionError) as e:
+                gr.Warning(str(e))
+                msg = f"⚠️ {e}"
+            return st, to_chatbot(st), msg
+
+        def on_pick(which):
+            def handler(st, request: gr.Request):
+                try:
+                    msg = logic.pick(st, uid(request), which)
+                    gr.Info(msg)
+                except (ValueError, LookupError, PermissionError) as e:
+                    gr.Warning(str(e))
+                    msg = f"⚠️ {e}"
+                return st, to_chatbot(st), gr.update(visible=st.get("pending") is not None), msg
+            return handler
+
+        def on_undo(st, data: gr.UndoData):
+            try:
+                text = logic.undo(st, data.index)
+            except ValueError as e:
+                gr.Warning(str(e))
+                return st, to_chatbot(st), gr.update(), f"⚠️ {e}"
+            return st, to_chatbot(st), text, "Removed the last turn from the chat (the record is kept)."
+
+        chatbot.like(on_like, [state], [why_panel, why_index, status], api_visibility="private")
+        why_save.click(on_why, [state, why_index, reasons, comment], [why_panel, reasons, comment, status],
+                       api_visibility="private")
+        chatbot.edit(on_edit, [state], [state, chatbot, status], api_visibility="private")
+        pick_first.click(on_pick("first"), [state], [state, chatbot, pick_row, status], api_visibility="private")
+        pick_second.click(on_pick("second"), [state], [state, chatbot, pick_row, status], api_visibility="private")
+        chatbot.undo(on_undo, [state], [state, chatbot, box, status], api_visibility="private")
+
+        # -- other tabs -------------------------------------------------------------------------------------
+        if answerer.kb is not None and _has("agent.ui_docs"):
+            from agent.ui_docs import build_docs_tab
+
+            with gr.Tab("Documents"):
+                build_docs_tab(answerer.kb)
+        if _has("feedback.ui"):
+            from feedback.ui import build_feedback_tab
+
+            with gr.Tab("Feedback"):
+                build_feedback_tab(store, lambda request=None: uid(request))
+        if registry is not None and _has("adapters.ui"):
+            from adapters.ui import build_adapters_tab
+
+            with gr.Tab("Adapters"):
+                build_adapters_tab(registry, scheduler, lambda: gr.update(choices=adapter_choices()))
+        demo.load(lambda: gr.update(choices=adapter_choices()), None, adapter, api_visibility="private")
+    demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
+    return demo
+
+
+def launch_kwargs(settings: Settings) -> dict:
+    kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
+              max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False)
+    if settings.auth_file:
+        from feedback.auth import auth_fn
+
+        kw["auth"] = auth_fn(settings.auth_file)
+    return kw
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    demo = build_app(settings)
+    demo.launch(**launch_kwargs(settings))
+
+
+if __name__ == "__main__":
+    main()

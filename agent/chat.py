@@ -1,0 +1,103 @@
+"""The answer pipeline: template + (maybe) retrieved sources + model → a streamed reply with its provenance."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from agent.model import ChatModel, Generation
+from agent.settings import Settings
+from agent.templates import Template, TemplateError, load_templates
+
+RAG_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class Reply:
+    generation: Generation
+    messages: list[dict]  # exactly what the model was given (before history truncation)
+    template: str
+    sources: list[dict] = field(default_factory=list)  # {"doc_id","file","chunk","score"} per cited source
+    used_rag: bool = False
+
+
+def check_question(question: str, max_chars: int) -> str:
+    """The user's message, stripped; a clear error when it is empty or too long."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the message is empty")
+    if len(question) > max_chars:
+        raise ValueError(f"the message is too long ({len(question):,} characters; the limit is {max_chars:,})")
+    return question.strip()
+
+
+class Answerer:
+    """Answers questions with a ChatModel, a template library and an optional knowledge base."""
+
+    def __init__(self, model: ChatModel, settings: Settings, kb=None):
+        self.model = model
+        self.settings = settings
+        self.kb = kb
+
+    @classmethod
+    def from_settings(cls, settings: Settings, with_retrieval: bool = True) -> "Answerer":
+        kb = None
+        if with_retrieval:
+            from agent.retrieval import KnowledgeBase
+
+            kb = KnowledgeBase.from_settings(settings)
+        return cls(ChatModel.from_settings(settings), settings, kb)
+
+    def templates(self) -> dict[str, Template]:
+        """Read on every call (a few small files) so templates users drop into the data dir appear at once."""
+        return load_templates(self.settings.templates_dir)
+
+    def template(self, name: str) -> Template:
+        found = self.templates()
+        if name not in found:
+            raise TemplateError(f"unknown template {name!r}; available: {', '.join(sorted(found))}")
+        return found[name]
+
+    def retrieve(self, question: str, mode: str) -> tuple[list, bool]:
+        """(hits, use_them). The routing decision: no store or nothing relevant → answer directly."""
+        if mode not in RAG_MODES:
+            raise ValueError(f"rag mode must be one of {RAG_MODES}")
+        if self.kb is None or mode == "off" or self.kb.is_empty():
+            return [], False
+        from agent.routing import decide
+
+        hits = self.kb.search(question, k=4)
+        return hits, decide(question, hits, mode)
+
+    def answer(
+        self,
+        history: list[dict],
+        question: str,
+        *,
+        template: str = "plain",
+        rag: str = "auto",
+        adapter: str | None = "default",
+        stop: threading.Event | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Reply:
+        question = check_question(question, self.settings.max_input_chars)
+        max_new = max_new_tokens or self.settings.max_new_tokens
+        tmpl = self.template(template)
+        hits, use_rag = self.retrieve(question, rag)
+        variables = {}
+        if use_rag:
+            from agent.retrieval import format_sources
+
+            if "sources" not in tmpl.variables:
+                tmpl = self.template("grounded")
+            # ~3 characters a token; keep room for the template, the question and the answer.
+            budget = max(400, (self.model.max_context - max_new - 200) * 3 - len(question))
+            variables["sources"] = format_sources(hits, max_chars=budget)
+        elif "sources" in tmpl.variables:
+            variables["sources"] = "(no reference data was found for this question)"
+        messages = tmpl.render(question, history, **variables)
+        gen = self.model.stream(
+            messages, max_new_tokens=max_new, temperature=self.settings.temperature, adapter=adapter, stop=stop
+        )
+        sources = [
+            {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4)} for h in hits
+        ] if use_rag else []
+        return Reply(gen, messages, tmpl.name, sources, use_rag)
