@@ -1,0 +1,346 @@
+"""Feedback events -> TRL-schema rows (pure functions, no I/O).
+
+Input: event dicts as `feedback.store.Store.training_events()` returns them (kinds "rating", "edit", "choice"; each
+with `event_id`, `user_id`, `message_id`, `parent_id`, `prompt` messages, `answer`, ...).
+
+Output rows use TRL's conversational formats, plus a `"source"` list of event ids for provenance. TRL's trainers
+drop columns they do not know (`remove_unused_columns`), and `trl.apply_chat_template` only looks at its own keys,
+so `source` travels along harmlessly:
+
+- SFT  `{"messages": prompt + [assistant gold], "source": [...]}`
+- DPO  `{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "source": [...]}`
+- KTO  `{"prompt": [...], "completion": [assistant], "label": bool, "source": [...]}`
+
+Rules (each one a small function below):
+- ratings: the latest rating of a user on a message supersedes that user's earlier ones; a message's verdict is
+  +1 / -1 when all its (latest) votes agree, a conflict otherwise (left out of SFT/KTO, counted).
+- edits: the latest edit of a user on a message wins; the edit is the gold SFT answer and DPO chosen over the
+  original. An edited message gives no thumbs-up SFT row (the edit replaces it) and no KTO row.
+- choices: the picked candidate over each other candidate (DPO).
+- siblings: answers to the same `parent_id`, one voted up, one voted down -> DPO (every up x down pair).
+- KTO: voted messages that are in no sibling pair and were not edited ("unpaired thumbs").
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, fields
+
+from feedback import curate
+from feedback.curate import CurateConfig, normalize_text
+
+KINDS = ("rating", "edit", "choice")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def event_key(event_id: str) -> tuple[str, int, str]:
+    """Natural sort key of an event id like "rating:12" (kind, number); unknown shapes sort by text."""
+    kind, _, num = str(event_id).partition(":")
+    return (kind, int(num), "") if num.isdigit() else (kind, -1, str(event_id))
+
+
+def _order(e: dict) -> tuple:
+    """Chronological order of events: created, then id (ids grow with time within a kind)."""
+    return (str(e.get("created") or ""), event_key(e["event_id"]))
+
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def clean_prompt(prompt: list[dict]) -> list[dict]:
+    """Only role/content, as plain strings (drops any extra keys a store might add)."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+
+
+def row_sort_key(row: dict) -> tuple:
+    """Stable, input-order independent order of rows: by their source events, then content."""
+    return (tuple(event_key(s) for s in row["source"]), json.dumps(row, sort_keys=True, ensure_ascii=False))
+
+
+def _sorted(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=row_sort_key)
+
+
+def validate_events(events: list[dict]) -> None:
+    """Clear error on an event a builder cannot use (fails before anything is built)."""
+    need = {"event_id", "kind", "user_id", "message_id", "parent_id", "prompt", "answer"}
+    for i, e in enumerate(events):
+        missing = need - set(e)
+        if missing:
+            raise ValueError(f"event #{i} ({e.get('event_id', '?')}): missing fields {sorted(missing)}")
+        if e["kind"] not in KINDS:
+            raise ValueError(f"event {e['event_id']}: unknown kind {e['kind']!r}")
+        extra = {"rating": "value", "edit": "edited", "choice": "chosen"}[e["kind"]]
+        if extra not in e:
+            raise ValueError(f"event {e['event_id']}: a {e['kind']} event needs {extra!r}")
+        if e["kind"] == "rating" and e["value"] not in (1, -1):
+            raise ValueError(f"event {e['event_id']}: rating value must be +1 or -1, got {e['value']!r}")
+        if not isinstance(e["prompt"], list) or not e["prompt"]:
+            raise ValueError(f"event {e['event_id']}: prompt must be a non-empty list of messages")
+
+
+# ---------------------------------------------------------------------------------------------- supersession
+def latest_ratings(events: list[dict]) -> tuple[list[dict], list[str]]:
+    """Keep each user's latest rating per message. Returns (kept ratings in time order, superseded event ids)."""
+    latest: dict[tuple, dict] = {}
+    superseded = []
+    for e in sorted((e for e in events if e["kind"] == "rating"), key=_order):
+        key = (e["user_id"], e["message_id"])
+        if key in latest:
+            superseded.append(latest[key]["event_id"])
+        latest[key] = e
+    return sorted(latest.values(), key=_order), sorted(superseded, key=event_key)
+
+
+def latest_edits(events: list[dict]) -> tuple[list[dict], list[str]]:
+    """Keep each user's latest edit per message (a later correction replaces an earlier one)."""
+    latest: dict[tuple, dict] = {}
+    superseded = []
+    for e in sorted((e for e in events if e["kind"] == "edit"), key=_order):
+        key = (e["user_id"], e["message_id"])
+        if key in latest:
+            superseded.append(latest[key]["event_id"])
+        latest[key] = e
+    return sorted(latest.values(), key=_order), sorted(superseded, key=event_key)
+
+
+def verdicts(ratings: list[dict]) -> tuple[dict[int, int], dict[int, list[dict]], list[int]]:
+    """Per message: +1/-1 when all latest votes agree. Returns (verdict by message, its ratings, conflicting ids)."""
+    by_msg: dict[int, list[dict]] = defaultdict(list)
+    for r in ratings:
+        by_msg[r["message_id"]].append(r)
+    verdict, conflicts = {}, []
+    for mid, rs in by_msg.items():
+        values = {r["value"] for r in rs}
+        if len(values) == 1:
+            verdict[mid] = values.pop()
+        else:
+            conflicts.append(mid)
+    return verdict, dict(by_msg), sorted(conflicts)
+
+
+def _ids(events: list[dict]) -> list[str]:
+    return sorted({e["event_id"] for e in events}, key=event_key)
+
+
+# ---------------------------------------------------------------------------------------------- row builders
+def sibling_pairs(ratings: list[dict]) -> list[tuple[list[dict], list[dict]]]:
+    """(up ratings, down ratings) for every up-voted x down-voted pair of answers to the same parent."""
+    verdict, by_msg, _ = verdicts(ratings)
+    by_parent: dict[int, list[int]] = defaultdict(list)
+    for mid in verdict:
+        by_parent[by_msg[mid][0]["parent_id"]].append(mid)
+    pairs = []
+    for parent in sorted(by_parent):
+        mids = sorted(by_parent[parent])
+        ups = [m for m in mids if verdict[m] == 1]
+        downs = [m for m in mids if verdict[m] == -1]
+        pairs += [(by_msg[u], by_msg[d]) for u in ups for d in downs]
+    return pairs
+
+
+def sft_rows(events: list[dict]) -> list[dict]:
+    """SFT rows from thumbs-up answers (unanimous, not edited) and from edits (the edit is the gold answer)."""
+    ratings, _ = latest_ratings(events)
+    edits, _ = latest_edits(events)
+    edited = {e["message_id"] for e in edits}
+    verdict, by_msg, _ = verdicts(ratings)
+    rows = []
+    for mid, value in verdict.items():
+        if value == 1 and mid not in edited:
+            r0 = by_msg[mid][0]
+            rows.append({"messages": clean_prompt(r0["prompt"]) + assistant(r0["answer"]),
+                         "source": _ids(by_msg[mid])})
+    for e in edits:
+        if e["edited"].strip():
+            rows.append({"messages": clean_prompt(e["prompt"]) + assistant(e["edited"]), "source": [e["event_id"]]})
+    return _sorted(rows)
+
+
+def dpo_rows(events: list[dict]) -> list[dict]:
+    """DPO rows: edited over original, picked over each other candidate, up-voted over down-voted sibling.
+    Pairs whose two sides are the same text (after normalization) are left out."""
+    rows = []
+
+    def add(prompt, chosen, rejected, source):
+        if chosen.strip() and rejected.strip() and normalize_text(chosen) != normalize_text(rejected):
+            rows.append({"prompt": clean_prompt(prompt), "chosen": assistant(chosen),
+                         "rejected": assistant(rejected), "source": source})
+
+    for e in latest_edits(events)[0]:
+        add(e["prompt"], e["edited"], e["answer"], [e["event_id"]])
+    for e in sorted((e for e in events if e["kind"] == "choice"), key=_order):
+        for other in e.get("rejected") or []:
+            add(e["prompt"], e["chosen"], other, [e["event_id"]])
+    for ups, downs in sibling_pairs(latest_ratings(events)[0]):
+        add(ups[0]["prompt"], ups[0]["answer"], downs[0]["answer"], _ids(ups + downs))
+    return _sorted(rows)
+
+
+def kto_rows(events: list[dict]) -> list[dict]:
+    """KTO rows from unpaired thumbs: voted answers in no up/down sibling pair and not edited."""
+    ratings, _ = latest_ratings(events)
+    edited = {e["message_id"] for e in latest_edits(events)[0]}
+    verdict, by_msg, _ = verdicts(ratings)
+    paired = {rs[0]["message_id"] for pair in sibling_pairs(ratings) for rs in pair}
+    rows = []
+    for mid, value in verdict.items():
+        if mid in paired or mid in edited:
+            continue
+        r0 = by_msg[mid][0]
+        rows.append({"prompt": clean_prompt(r0["prompt"]), "completion": assistant(r0["answer"]),
+                     "label": value == 1, "source": _ids(by_msg[mid])})
+    return _sorted(rows)
+
+
+BUILDERS = {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows}
+
+
+def row_prompt(row: dict) -> list[dict]:
+    """The prompt messages of any row kind (SFT: everything before the final assistant turn)."""
+    return row["prompt"] if "prompt" in row else row["messages"][:-1]
+
+
+# ---------------------------------------------------------------------------------------------- held-out split
+def split_group(row: dict) -> str:
+    """The split group of a row: its conversation's opening user message, normalized. Every turn of one thread
+    (and every row about the same prompt) therefore lands on the same side, in every file."""
+    prompt = row_prompt(row)
+    first = next((m["content"] for m in prompt if m["role"] == "user"), prompt[0]["content"] if prompt else "")
+    return normalize_text(first)
+
+
+def split_score(group: str) -> float:
+    """Deterministic uniform number in [0, 1) from the group text (sha256, not Python's salted hash)."""
+    return int.from_bytes(hashlib.sha256(group.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def is_eval(row: dict, eval_fraction: float) -> bool:
+    return split_score(split_group(row)) < eval_fraction
+
+
+def split_rows(rows: list[dict], eval_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """(train, eval) by prompt hash. A prompt's side depends only on its text, never on the other rows, so it
+    stays on the same side as the data grows."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    train, held = [], []
+    for row in rows:
+        (held if is_eval(row, eval_fraction) else train).append(row)
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------- the whole build
+FILE_NAMES = ("sft", "sft_eval", "dpo", "dpo_eval", "kto", "kto_eval")
+FORMAT = "kaizen-datasets/1"
+
+
+def jsonl_bytes(rows: list[dict]) -> bytes:
+    """The exact bytes of a JSONL file: one JSON object a line, sorted keys, UTF-8, no timestamps."""
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def _config(config: CurateConfig | None, overrides: dict) -> CurateConfig:
+    known = {f.name for f in fields(CurateConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown dataset option(s) {unknown}; known: {sorted(known)}")
+    return CurateConfig(**{**asdict(config or CurateConfig()), **overrides})
+
+
+def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: CurateConfig | None = None,
+                   **overrides) -> tuple[dict[str, list[dict]], dict]:
+    """Events -> (files, manifest). files: {"sft", "sft_eval", "dpo", "dpo_eval", "kto", "kto_eval"} -> rows.
+    Overrides are CurateConfig fields (e.g. `per_user_cap=20, include_flagged=True`). Pure and deterministic:
+    the same events, in any order, give the same rows and the same manifest (which holds no timestamp)."""
+    cfg = _config(config, overrides)
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    validate_events(events)
+    by_id = {}
+    for e in events:
+        if e["event_id"] in by_id:
+            raise ValueError(f"duplicate event id {e['event_id']}")
+        by_id[e["event_id"]] = e
+    usable = [e for e in events if not e.get("opted_out")]
+    ratings, superseded_r = latest_ratings(usable)
+    _, superseded_e = latest_edits(usable)
+    flagged = curate.flag_events(usable)
+
+    def when(row):  # time of a row = its latest source event
+        return max(_order(by_id[s]) for s in row["source"])
+
+    def owner(row):  # the user of its earliest source event
+        return by_id[min(row["source"], key=lambda s: _order(by_id[s]))]["user_id"]
+
+    files, stages, dropped, redactions = {}, {}, {}, {}
+    for kind, build in BUILDERS.items():
+        rows = build(usable)
+        st = {"built": len(rows)}
+        drops: dict[str, list] = defaultdict(list)
+
+        def drop(reason, gone):
+            st[reason] = len(gone)
+            drops[reason] += [s for r in gone for s in r["source"]]
+
+        hit = [r for r in rows if any(s in flagged for s in r["source"])]
+        st["flagged"] = len(hit)
+        if not cfg.include_flagged:
+            rows = [r for r in rows if not any(s in flagged for s in r["source"])]
+            drops["flagged"] += [s for r in hit for s in r["source"]]
+        red: Counter = Counter()
+        st["redacted_rows"] = 0
+        if cfg.redact_pii:
+            out = []
+            for r in rows:
+                r2, c = curate.redact_row(r)
+                red.update(c)
+                st["redacted_rows"] += bool(c)
+                out.append(r2)
+            rows = out
+        for reason in ("too_short", "too_long", "prompt_too_long"):
+            gone = [r for r in rows if curate.length_problem(r, cfg) == reason]
+            rows = [r for r in rows if curate.length_problem(r, cfg) != reason]
+            drop(reason, gone)
+        drop("degenerate", [r for r in rows if curate.degenerate(r)])
+        rows = [r for r in rows if not curate.degenerate(r)]
+        rows, gone = curate.exact_dedup(rows, event_key)
+        drop("exact_duplicates", gone)
+        rows, gone = curate.near_dedup(_sorted(rows), cfg.near_dup_threshold)
+        drop("near_duplicates", gone)
+        rows, gone = curate.cap_users(sorted(rows, key=lambda r: (when(r), row_sort_key(r))), owner, cfg)
+        drop("user_capped", gone)
+        rows = _sorted(rows)
+        train, held = split_rows(rows, eval_fraction)
+        st.update(kept=len(rows), train=len(train), eval=len(held), users=len({owner(r) for r in rows}))
+        files[kind], files[kind + "_eval"] = train, held
+        stages[kind] = st
+        redactions[kind] = dict(sorted(red.items()))
+        dropped[kind] = {k: sorted(set(v), key=event_key) for k, v in sorted(drops.items()) if v}
+
+    used = sorted({s for rows in files.values() for r in rows for s in r["source"]}, key=event_key)
+    kinds = Counter(e["kind"] for e in events)
+    manifest = {
+        "format": FORMAT,
+        "config": {**asdict(cfg), "eval_fraction": eval_fraction},
+        "events": {
+            "total": len(events), "by_kind": {k: kinds.get(k, 0) for k in KINDS},
+            "opted_out": len(events) - len(usable), "superseded_ratings": len(superseded_r),
+            "superseded_edits": len(superseded_e), "conflicting_messages": len(verdicts(ratings)[2]),
+            "flagged": len(flagged), "used": len(used), "unused": len(usable) - len(used),
+        },
+        "flagged": [{"event_id": k, "user_id": by_id[k]["user_id"], "reasons": v, "included": cfg.include_flagged}
+                    for k, v in sorted(flagged.items(), key=lambda kv: event_key(kv[0]))],
+        "stages": stages,
+        "redactions": redactions,
+        "dropped": dropped,
+        "source_event_ids": used,
+        "files": {name + ".jsonl": {"rows": len(files[name]),
+                                    "sha256": hashlib.sha256(jsonl_bytes(files[name])).hexdigest()}
+                  for name in FILE_NAMES},
+    }
+    manifest["fingerprint"] = hashlib.sha256(
+        json.dumps([manifest["config"], manifest["files"]], sort_keys=True).encode()).hexdigest()
+    return files, manifest
