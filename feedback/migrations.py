@@ -1,0 +1,151 @@
+"""Schema migrations: a growing list of plain functions `mNNN_name(db)` (sqlite-utils `Database`).
+
+`apply(db)` runs each pending migration in its own `BEGIN IMMEDIATE` transaction together with its record in
+`_migrations(name, applied_at)`. A migration that raises is rolled back: the database is left exactly as it was,
+and the error is re-raised as `MigrationError`. Never edit or reorder a released migration; append a new one.
+The applied check happens inside the write transaction, so two processes opening a fresh file at once are safe.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+from sqlite_utils import Database
+
+MIGRATIONS_TABLE = "_migrations"
+
+
+class MigrationError(RuntimeError):
+    """A migration failed; it was rolled back and nothing changed."""
+
+
+def m001_initial(db: Database) -> None:
+    """Users, conversations, messages and the append-only event tables."""
+    statements = [
+        """CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+    opted_out INTEGER NOT NULL DEFAULT 0 CHECK (opted_out IN (0, 1)),
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE opt_outs (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    opted_out INTEGER NOT NULL CHECK (opted_out IN (0, 1)),
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    title TEXT,
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    parent_id INTEGER REFERENCES messages(id),
+    role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+    content TEXT NOT NULL,
+    template TEXT,
+    model TEXT,
+    adapter TEXT,
+    sources TEXT,
+    latency_ms REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE ratings (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+    reasons TEXT NOT NULL DEFAULT '[]',
+    comment TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE edits (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    original TEXT NOT NULL,
+    edited TEXT NOT NULL,
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE choices (
+    id INTEGER PRIMARY KEY,
+    prompt_message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    candidates TEXT NOT NULL,
+    picked_id INTEGER NOT NULL REFERENCES messages(id),
+    created TEXT NOT NULL
+)""",
+        "CREATE INDEX idx_conversations_user ON conversations(user_id)",
+        "CREATE INDEX idx_messages_conversation ON messages(conversation_id)",
+        "CREATE INDEX idx_messages_parent ON messages(parent_id)",
+        "CREATE INDEX idx_ratings_message ON ratings(message_id, user_id)",
+        "CREATE INDEX idx_ratings_created ON ratings(created)",
+        "CREATE INDEX idx_edits_message ON edits(message_id, user_id)",
+        "CREATE INDEX idx_edits_created ON edits(created)",
+        "CREATE INDEX idx_choices_prompt ON choices(prompt_message_id, user_id)",
+        "CREATE INDEX idx_choices_created ON choices(created)",
+    ]
+    # Messages and events are immutable: a trigger refuses any UPDATE (a later event supersedes an earlier one).
+    for table in ("messages", "opt_outs", "ratings", "edits", "choices"):
+        statements.append(
+            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE ON {table}\n"
+            f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
+        )
+    for sql in statements:
+        db.execute(sql)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def applied(db: Database) -> list[str]:
+    """Names of the applied migrations, in order."""
+    if not db[MIGRATIONS_TABLE].exists():
+        return []
+    return [r["name"] for r in db.query(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY rowid")]
+
+
+def apply(db: Database, migrations: Sequence[Callable[[Database], None]] = MIGRATIONS) -> list[str]:
+    """Apply pending migrations, each in its own transaction. Returns the names applied now.
+
+    `db.conn` must be in driver autocommit mode (`isolation_level=None`) so that BEGIN/COMMIT are ours.
+    """
+    names = [m.__name__ for m in migrations]
+    if len(set(names)) != len(names):
+        raise MigrationError(f"duplicate migration names: {names}")
+    conn = db.conn
+    if conn.isolation_level is not None:
+        raise MigrationError("apply() needs a connection with isolation_level=None")
+    done: list[str] = []
+    for fn in migrations:
+        name = fn.__name__
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            if conn.execute(f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE name = ?", (name,)).fetchone():
+                conn.execute("COMMIT")
+                continue
+            fn(db)
+            conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)", (name, _now()))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(e, Exception) and not isinstance(e, MigrationError):
+                raise MigrationError(f"migration {name} failed and was rolled back: {e}") from e
+            raise
+        done.append(name)
+    return done

@@ -1,0 +1,112 @@
+"""Feedback statistics: `compute(conn, user_id)` reads, `format_table(stats)` renders text for the CLI.
+
+Thumbs counts use each user's latest rating per message (a later rating supersedes an earlier one); the
+per-day counts count every event. `user_id=None` covers all users (admin view).
+"""
+from __future__ import annotations
+
+import sqlite3
+
+GROUPS = ("template", "model", "adapter")
+LATEST_EDITS = 10
+
+
+def _dicts(conn: sqlite3.Connection, sql: str, params=()) -> list[dict]:
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def ratio(up: int, down: int) -> float | None:
+    """Share of thumbs up among rated answers; None when nothing is rated."""
+    return round(up / (up + down), 4) if up + down else None
+
+
+def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
+    """Totals, events per day and kind, answers/thumbs/edits per template, model and adapter, latest edits."""
+    cond, args = ("", ()) if user_id is None else (" AND user_id = ?", (user_id,))
+    latest = f"SELECT * FROM ratings WHERE id IN (SELECT max(id) FROM ratings WHERE 1=1{cond} " \
+             f"GROUP BY message_id, user_id)"
+    conn.execute("BEGIN")  # one snapshot
+    try:
+        totals = _dicts(conn, f"""SELECT
+            (SELECT count(*) FROM users WHERE 1=1{cond.replace('user_id', 'id')}) AS users,
+            (SELECT count(*) FROM conversations WHERE 1=1{cond}) AS conversations,
+            (SELECT count(*) FROM messages WHERE role = 'assistant' AND conversation_id IN
+                (SELECT id FROM conversations WHERE 1=1{cond})) AS answers,
+            (SELECT count(*) FROM ratings WHERE 1=1{cond}) AS ratings,
+            (SELECT count(*) FROM edits WHERE 1=1{cond}) AS edits,
+            (SELECT count(*) FROM choices WHERE 1=1{cond}) AS choices,
+            (SELECT count(*) FROM ({latest}) WHERE value = 1) AS thumbs_up,
+            (SELECT count(*) FROM ({latest}) WHERE value = -1) AS thumbs_down""", args * 8)[0]
+        per_day = _dicts(conn, f"""SELECT day, kind, count(*) AS count FROM (
+            SELECT substr(created, 1, 10) AS day, 'rating' AS kind FROM ratings WHERE 1=1{cond}
+            UNION ALL SELECT substr(created, 1, 10), 'edit' FROM edits WHERE 1=1{cond}
+            UNION ALL SELECT substr(created, 1, 10), 'choice' FROM choices WHERE 1=1{cond})
+            GROUP BY day, kind ORDER BY day, kind""", args * 3)
+        groups = {}
+        for g in GROUPS:
+            rows = _dicts(conn, f"""SELECT coalesce(m.{g}, '(none)') AS {g}, count(*) AS answers,
+                  sum(r.value = 1) AS up, sum(r.value = -1) AS down,
+                  (SELECT count(*) FROM edits e JOIN messages m2 ON m2.id = e.message_id
+                     WHERE coalesce(m2.{g}, '(none)') = coalesce(m.{g}, '(none)'){cond.replace('user_id', 'e.user_id')}
+                  ) AS edits
+                FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                LEFT JOIN ({latest}) r ON r.message_id = m.id
+                WHERE m.role = 'assistant'{cond.replace('user_id', 'c.user_id')}
+                GROUP BY coalesce(m.{g}, '(none)') ORDER BY answers DESC, {g}""", args * 3)
+            for r in rows:
+                r["up"], r["down"] = r["up"] or 0, r["down"] or 0
+                r["ratio"] = ratio(r["up"], r["down"])
+            groups[g] = rows
+        edits = _dicts(conn, f"""SELECT e.id, e.created, u.name AS user, e.message_id, m.adapter, e.original, e.edited
+            FROM edits e JOIN users u ON u.id = e.user_id JOIN messages m ON m.id = e.message_id
+            WHERE 1=1{cond.replace('user_id', 'e.user_id')} ORDER BY e.id DESC LIMIT {LATEST_EDITS}""", args)
+    finally:
+        conn.execute("COMMIT")
+    return {
+        "totals": totals,
+        "thumbs_ratio": ratio(totals["thumbs_up"], totals["thumbs_down"]),
+        "per_day": per_day,
+        "by_template": groups["template"],
+        "by_model": groups["model"],
+        "by_adapter": groups["adapter"],
+        "latest_edits": edits,
+    }
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[str]:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return ["  " + line.rstrip() for line in lines]
+
+
+def format_table(stats: dict) -> str:
+    """Readable plain-text report of `compute()`'s result."""
+    t = stats["totals"]
+    r = stats["thumbs_ratio"]
+    out = ["Feedback", "  " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in t.items()),
+           f"  thumbs-up ratio: {'-' if r is None else f'{r:.0%}'}"]
+    if stats["per_day"]:
+        days: dict[str, dict] = {}
+        for row in stats["per_day"]:
+            days.setdefault(row["day"], {"day": row["day"], "rating": 0, "edit": 0, "choice": 0})[row["kind"]] = \
+                row["count"]
+        out += ["", "Events per day"] + _table(list(days.values()), ["day", "rating", "edit", "choice"])
+    for g in ("template", "model", "adapter"):
+        rows = stats[f"by_{g}"]
+        if rows:
+            rows = [dict(row, ratio=None if row["ratio"] is None else f"{row['ratio']:.0%}") for row in rows]
+            out += ["", f"By {g}"] + _table(rows, [g, "answers", "up", "down", "ratio", "edits"])
+    if stats["latest_edits"]:
+        rows = [dict(e, original=_clip(e["original"], 30), edited=_clip(e["edited"], 30))
+                for e in stats["latest_edits"]]
+        out += ["", "Latest edits"] + _table(rows, ["created", "user", "message_id", "original", "edited"])
+    return "\n".join(out)

@@ -1,0 +1,482 @@
+"""The feedback store: users, conversations, messages and append-only feedback events in one SQLite file.
+
+Concurrency (chosen design): one SQLite connection per thread (WAL: readers never block) and, for writes, a
+write lock held around each `BEGIN IMMEDIATE ... COMMIT`: a `threading.Lock` shared by every `Store` on the same
+file in this process plus an `flock` on `<db>.lock` between processes. Writers therefore queue instead of spinning
+in SQLite's busy handler (whose 100 ms sleeps starve writers and blow up tail latency); `busy_timeout=5000` still
+covers writers that do not take the lock (e.g. the `sqlite-utils` CLI). Safe to call from Gradio worker threads.
+
+Durability: WAL with `synchronous=NORMAL` (default) keeps every committed event across a crash or SIGKILL of the
+app; pass `synchronous="FULL"` to also survive power loss (costs an fsync per write, ~0.2-5 ms here).
+
+Server-side truth: every write re-checks in the same transaction that the message or conversation belongs to the
+calling user; foreign ids, other users' ids and wrong roles all give `NotFoundError`/`FeedbackError` and write
+nothing. Text is stored verbatim (HTML is not stripped; escaping is the UI's job).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from feedback import migrations
+
+try:
+    import fcntl
+except ImportError:  # Windows: in-process lock only
+    fcntl = None
+
+REASONS = ("wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other")
+USER_ROLES = ("user", "admin")
+MESSAGE_ROLES = ("system", "user", "assistant")
+MAX_NAME_CHARS = 100
+MAX_META_CHARS = 200  # title, template, model, adapter
+MAX_SOURCES_CHARS = 200_000
+
+
+class FeedbackError(ValueError):
+    """Refused input: nothing was written."""
+
+
+class NotFoundError(FeedbackError, LookupError):
+    """No such user / conversation / message for this user (others' ids look exactly like missing ones)."""
+
+
+def now_iso() -> str:
+    """UTC timestamp, fixed-width ISO format, so text order is time order."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def normalize_since(since: str | None) -> str:
+    """An ISO date/time (naive = UTC) in the stored format; None -> '' (everything)."""
+    if since is None or since == "":
+        return ""
+    try:
+        t = datetime.fromisoformat(str(since))
+    except ValueError as e:
+        raise FeedbackError(f"since={since!r}: expected an ISO date or date-time") from e
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+# --- write lock ---------------------------------------------------------------------------------------------
+_LOCKS: dict[str, "_WriteLock"] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+class _WriteLock:
+    """threading.Lock (this process) + flock on a side file (other processes), with a timeout."""
+
+    def __init__(self, lock_path: str, timeout_s: float):
+        self.thread_lock = threading.Lock()
+        self.timeout_s = timeout_s
+        self.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if fcntl else None
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout_s
+        if not self.thread_lock.acquire(timeout=self.timeout_s):
+            raise sqlite3.OperationalError("database is locked (write lock timeout)")
+        try:
+            if self.fd is not None:
+                pause = 5e-5
+                while True:
+                    try:
+                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise sqlite3.OperationalError("database is locked (another process holds it)")
+                        time.sleep(pause)
+                        pause = min(pause * 2, 1e-3)
+            try:
+                yield
+            finally:
+                if self.fd is not None:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.thread_lock.release()
+
+
+def _lock_for(db_path: Path, timeout_s: float) -> _WriteLock:
+    key = os.path.realpath(db_path)
+    with _LOCKS_GUARD:
+        if key not in _LOCKS:
+            _LOCKS[key] = _WriteLock(key + ".lock", timeout_s)
+        return _LOCKS[key]
+
+
+def _forget_locks_after_fork() -> None:  # a child must not share the parent's flock description
+    global _LOCKS_GUARD
+    _LOCKS.clear()
+    _LOCKS_GUARD = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+# --- validation helpers -------------------------------------------------------------------------------------
+def _id(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FeedbackError(f"{what} must be an integer id, got {value!r}")
+    return value
+
+
+def _text(value, what: str, limit: int, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise FeedbackError(f"{what} must be text, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise FeedbackError(f"{what} is empty")
+    if len(value) > limit:
+        raise FeedbackError(f"{what} is too long: {len(value)} characters (limit {limit})")
+    return value
+
+
+def _opt_text(value, what: str, limit: int = MAX_META_CHARS) -> str | None:
+    return None if value is None else _text(value, what, limit, allow_empty=True)
+
+
+def _opt_number(value, what: str, cast):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise FeedbackError(f"{what} must be a non-negative number, got {value!r}")
+    return cast(value)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    return str(o)
+
+
+def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
+    return {d[0]: v for d, v in zip(cursor.description, row)}
+
+
+class Store:
+    """Feedback store over a SQLite file. See the module docstring for the concurrency design."""
+
+    def __init__(self, path: str | Path, *, max_user_chars: int = 4000, max_answer_chars: int = 8000,
+                 max_comment_chars: int = 2000, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000):
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise FeedbackError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_user_chars = max_user_chars
+        self.max_answer_chars = max_answer_chars
+        self.max_comment_chars = max_comment_chars
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_guard = threading.Lock()
+        self._lock = _lock_for(self.path, busy_timeout_ms / 1000)
+        conn = self._conn()
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise FeedbackError(f"{self.path}: could not switch to WAL journal mode")
+        with self._lock.hold():
+            migrations.apply(self.db)
+
+    # --- connections ----------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            self._local.db = Database(conn)
+            with self._conns_guard:
+                self._conns.append(conn)
+        return conn
+
+    @property
+    def db(self) -> Database:
+        """This thread's sqlite-utils `Database` (read freely; write only through Store methods)."""
+        self._conn()
+        return self._local.db
+
+    def close(self) -> None:
+        """Close every connection this Store opened (all threads)."""
+        with self._conns_guard:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        with self._lock.hold():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _rows(self, sql: str, params: Sequence = (), conn: sqlite3.Connection | None = None) -> list[dict]:
+        cur = (conn or self._conn()).execute(sql, params)
+        return [_row_dict(cur, r) for r in cur.fetchall()]
+
+    def _one(self, sql: str, params: Sequence = (), conn: sqlite3.Connection | None = None) -> dict | None:
+        rows = self._rows(sql, params, conn)
+        return rows[0] if rows else None
+
+    # --- users ----------------------------------------------------------------------------------------------
+    def ensure_user(self, name: str, role: str = "user") -> int:
+        """The id of user `name`, created if missing. The role is synced (the users file is its source)."""
+        name = _text(name, "user name", MAX_NAME_CHARS).strip()
+        if role not in USER_ROLES:
+            raise FeedbackError(f"role must be one of {USER_ROLES}, got {role!r}")
+        row = self._one("SELECT id, role FROM users WHERE name = ?", (name,))
+        if row and row["role"] == role:
+            return row["id"]
+        with self._write() as conn:
+            row = self._one("SELECT id, role FROM users WHERE name = ?", (name,), conn)
+            if row is None:
+                return conn.execute("INSERT INTO users (name, role, opted_out, created) VALUES (?, ?, 0, ?)",
+                                    (name, role, now_iso())).lastrowid
+            if row["role"] != role:
+                conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, row["id"]))
+            return row["id"]
+
+    def user(self, user_id: int) -> dict:
+        row = self._one("SELECT * FROM users WHERE id = ?", (_id(user_id, "user_id"),))
+        if row is None:
+            raise NotFoundError(f"user {user_id} not found")
+        row["opted_out"] = bool(row["opted_out"])
+        return row
+
+    def find_user(self, name: str) -> dict | None:
+        row = self._one("SELECT * FROM users WHERE name = ?", (str(name).strip(),))
+        if row:
+            row["opted_out"] = bool(row["opted_out"])
+        return row
+
+    def set_opt_out(self, user_id: int, opted_out: bool) -> None:
+        """Opt a user out of (or back into) training use; every change is also logged in `opt_outs`."""
+        if not isinstance(opted_out, bool):
+            raise FeedbackError(f"opted_out must be True or False, got {opted_out!r}")
+        _id(user_id, "user_id")
+        with self._write() as conn:
+            if conn.execute("UPDATE users SET opted_out = ? WHERE id = ?", (int(opted_out), user_id)).rowcount != 1:
+                raise NotFoundError(f"user {user_id} not found")
+            conn.execute("INSERT INTO opt_outs (user_id, opted_out, created) VALUES (?, ?, ?)",
+                         (user_id, int(opted_out), now_iso()))
+
+    # --- conversations and messages -------------------------------------------------------------------------
+    def new_conversation(self, user_id: int, title: str | None = None) -> int:
+        _id(user_id, "user_id")
+        title = _opt_text(title, "title")
+        with self._write() as conn:
+            if not conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():
+                raise NotFoundError(f"user {user_id} not found")
+            return conn.execute("INSERT INTO conversations (user_id, title, created) VALUES (?, ?, ?)",
+                                (user_id, title, now_iso())).lastrowid
+
+    def _owned_conversation(self, conn, conversation_id, user_id) -> None:
+        _id(conversation_id, "conversation_id")
+        _id(user_id, "user_id")
+        if not conn.execute("SELECT 1 FROM conversations WHERE id = ? AND user_id = ?",
+                            (conversation_id, user_id)).fetchone():
+            raise NotFoundError(f"conversation {conversation_id} not found")
+
+    def _owned_message(self, conn, message_id, user_id, role: str | None = None) -> dict:
+        _id(message_id, "message_id")
+        _id(user_id, "user_id")
+        row = self._one("SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                        "WHERE m.id = ? AND c.user_id = ?", (message_id, user_id), conn)
+        if row is None:
+            raise NotFoundError(f"message {message_id} not found")
+        if role and row["role"] != role:
+            raise FeedbackError(f"message {message_id} is a {row['role']} message, not an {role} message"
+                                if role == "assistant" else
+                                f"message {message_id} is a {row['role']} message, not a {role} message")
+        return row
+
+    def _default_parent(self, conn, conversation_id: int, role: str, user_id: int) -> int | None:
+        if role == "assistant":
+            row = conn.execute("SELECT max(id) FROM messages WHERE conversation_id = ? AND role = 'user'",
+                               (conversation_id,)).fetchone()
+            if row[0] is None:
+                raise FeedbackError("an assistant message needs a user message to reply to")
+            return row[0]
+        last = self._one("SELECT id, role, parent_id FROM messages WHERE conversation_id = ? AND role != 'system' "
+                         "ORDER BY id DESC LIMIT 1", (conversation_id,), conn)
+        if last is None or last["role"] == "user":
+            return last and last["id"]
+        picked = conn.execute("SELECT picked_id FROM choices WHERE prompt_message_id = ? AND user_id = ? "
+                              "ORDER BY id DESC LIMIT 1", (last["parent_id"], user_id)).fetchone()
+        return picked[0] if picked else last["id"]
+
+    def add_message(self, conversation_id: int, role: str, content: str, *, user_id: int,
+                    parent_id: int | None = None, template: str | None = None, model: str | None = None,
+                    adapter: str | None = None, sources: list[dict] | None = None, latency_ms: float | None = None,
+                    prompt_tokens: int | None = None, completion_tokens: int | None = None) -> int:
+        """Store one message of `user_id`'s conversation; returns its id.
+
+        `parent_id`: for an assistant message the user message it answers (a retry is a sibling: same parent);
+        for a user message the answer it follows. When None: assistant -> the latest user message; user -> the
+        latest message, or the picked candidate if that turn had a regenerate-and-pick choice. Pass it explicitly
+        when the UI knows better.
+        """
+        if role not in MESSAGE_ROLES:
+            raise FeedbackError(f"role must be one of {MESSAGE_ROLES}, got {role!r}")
+        limit = self.max_user_chars if role == "user" else self.max_answer_chars
+        content = _text(content, f"{role} message", limit, allow_empty=role != "user")
+        meta = {k: _opt_text(v, k) for k, v in (("template", template), ("model", model), ("adapter", adapter))}
+        if sources is not None:
+            if not isinstance(sources, (list, tuple)) or not all(isinstance(s, dict) for s in sources):
+                raise FeedbackError("sources must be a list of dicts")
+            sources = json.dumps(list(sources), ensure_ascii=False, default=_json_default)
+            if len(sources) > MAX_SOURCES_CHARS:
+                raise FeedbackError(f"sources are too large: {len(sources)} characters (limit {MAX_SOURCES_CHARS})")
+        values = (_opt_number(latency_ms, "latency_ms", float), _opt_number(prompt_tokens, "prompt_tokens", int),
+                  _opt_number(completion_tokens, "completion_tokens", int))
+        with self._write() as conn:
+            self._owned_conversation(conn, conversation_id, user_id)
+            if role == "system":
+                if parent_id is not None:
+                    raise FeedbackError("a system message has no parent")
+            elif parent_id is None:
+                parent_id = self._default_parent(conn, conversation_id, role, user_id)
+            else:
+                parent = self._owned_message(conn, parent_id, user_id)
+                if parent["conversation_id"] != conversation_id:
+                    raise FeedbackError(f"parent message {parent_id} is in another conversation")
+                allowed = ("user",) if role == "assistant" else ("user", "assistant")
+                if parent["role"] not in allowed:
+                    raise FeedbackError(f"a {role} message cannot reply to a {parent['role']} message")
+            return conn.execute(
+                "INSERT INTO messages (conversation_id, parent_id, role, content, template, model, adapter, sources, "
+                "latency_ms, prompt_tokens, completion_tokens, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, parent_id, role, content, meta["template"], meta["model"], meta["adapter"],
+                 sources, *values, now_iso())).lastrowid
+
+    def _decorate(self, rows: list[dict], user_id: int) -> list[dict]:
+        """Parse sources; add this user's latest `edited` text and `rating` (value) for each message."""
+        if not rows:
+            return rows
+        ids = [r["id"] for r in rows]
+        marks = ",".join("?" * len(ids))
+        edited = {r["message_id"]: r["edited"] for r in self._rows(
+            f"SELECT message_id, edited FROM edits WHERE id IN (SELECT max(id) FROM edits WHERE user_id = ? "
+            f"AND message_id IN ({marks}) GROUP BY message_id)", (user_id, *ids))}
+        rated = {r["message_id"]: r["value"] for r in self._rows(
+            f"SELECT message_id, value FROM ratings WHERE id IN (SELECT max(id) FROM ratings WHERE user_id = ? "
+            f"AND message_id IN ({marks}) GROUP BY message_id)", (user_id, *ids))}
+        for r in rows:
+            r["sources"] = json.loads(r["sources"]) if r["sources"] else None
+            r["edited"] = edited.get(r["id"])
+            r["rating"] = rated.get(r["id"])
+        return rows
+
+    def message(self, message_id: int, user_id: int) -> dict:
+        """One of the user's messages (with `edited`/`rating` of the latest events); NotFoundError otherwise."""
+        return self._decorate([self._owned_message(self._conn(), message_id, user_id)], user_id)[0]
+
+    def conversation(self, conversation_id: int, user_id: int) -> list[dict]:
+        """All messages of the user's conversation in insertion order (retries included: see parent_id)."""
+        self._owned_conversation(self._conn(), conversation_id, user_id)
+        rows = self._rows("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+        return self._decorate(rows, user_id)
+
+    def conversations(self, user_id: int) -> list[dict]:
+        """The user's conversations, newest first: id, title, created, messages, last_message."""
+        return self._rows(
+            "SELECT c.id, c.title, c.created, count(m.id) AS messages, max(m.created) AS last_message "
+            "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id WHERE c.user_id = ? "
+            "GROUP BY c.id ORDER BY c.id DESC", (_id(user_id, "user_id"),))
+
+    # --- feedback events ------------------------------------------------------------------------------------
+    def rate(self, message_id: int, user_id: int, value: int, reasons: Sequence[str] = (), comment: str = "") -> int:
+        """Thumbs up (+1) / down (-1) on an answer in the user's own conversation; a later rating supersedes."""
+        if isinstance(value, bool) or value not in (1, -1):
+            raise FeedbackError(f"rating value must be +1 or -1, got {value!r}")
+        if isinstance(reasons, str) or not isinstance(reasons, (list, tuple)):
+            raise FeedbackError("reasons must be a list of reason tags")
+        unknown = [r for r in reasons if r not in REASONS]
+        if unknown:
+            raise FeedbackError(f"unknown reason(s) {unknown}; known: {list(REASONS)}")
+        reasons_json = json.dumps(list(dict.fromkeys(reasons)))
+        comment = _text(comment if comment is not None else "", "comment", self.max_comment_chars, allow_empty=True)
+        with self._write() as conn:
+            self._owned_message(conn, message_id, user_id, "assistant")
+            return conn.execute("INSERT INTO ratings (message_id, user_id, value, reasons, comment, created) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                (message_id, user_id, int(value), reasons_json, comment, now_iso())).lastrowid
+
+    def edit(self, message_id: int, user_id: int, edited: str) -> int:
+        """A corrected answer. The original is read from the database (the answer as generated)."""
+        edited = _text(edited, "edited answer", self.max_answer_chars)
+        with self._write() as conn:
+            msg = self._owned_message(conn, message_id, user_id, "assistant")
+            last = conn.execute("SELECT edited FROM edits WHERE message_id = ? AND user_id = ? ORDER BY id DESC "
+                                "LIMIT 1", (message_id, user_id)).fetchone()
+            if edited == (last[0] if last else msg["content"]):
+                raise FeedbackError("the edit does not change the answer")
+            return conn.execute("INSERT INTO edits (message_id, user_id, original, edited, created) "
+                                "VALUES (?, ?, ?, ?, ?)",
+                                (message_id, user_id, msg["content"], edited, now_iso())).lastrowid
+
+    def choose(self, prompt_message_id: int, user_id: int, candidate_ids: Sequence[int], picked_id: int) -> int:
+        """Regenerate-and-pick: `candidate_ids` (>= 2 assistant answers to the same user message) and the pick."""
+        if not isinstance(candidate_ids, (list, tuple)):
+            raise FeedbackError("candidate_ids must be a list of message ids")
+        ids = [_id(c, "candidate id") for c in candidate_ids]
+        if len(ids) < 2 or len(set(ids)) != len(ids):
+            raise FeedbackError("a choice needs at least two distinct candidates")
+        if _id(picked_id, "picked_id") not in ids:
+            raise FeedbackError(f"picked message {picked_id} is not one of the candidates")
+        with self._write() as conn:
+            self._owned_message(conn, prompt_message_id, user_id, "user")
+            for c in ids:
+                cand = self._owned_message(conn, c, user_id, "assistant")
+                if cand["parent_id"] != prompt_message_id:
+                    raise FeedbackError(f"message {c} is not an answer to message {prompt_message_id}")
+            return conn.execute("INSERT INTO choices (prompt_message_id, user_id, candidates, picked_id, created) "
+                                "VALUES (?, ?, ?, ?, ?)",
+                                (prompt_message_id, user_id, json.dumps(ids), picked_id, now_iso())).lastrowid
+
+    # --- readers for training, stats, backup ----------------------------------------------------------------
+    def event_count(self, since: str | None = None) -> int:
+        """Ratings + edits + choices created after `since` (all when None)."""
+        s = normalize_since(since)
+        return sum(self._conn().execute(f"SELECT count(*) FROM {t} WHERE created > ?", (s,)).fetchone()[0]
+                   for t in ("ratings", "edits", "choices"))
+
+    def training_events(self, since: str | None = None) -> list[dict]:
+        """Every feedback event created after `since`, with its prompt and answers; see feedback.events."""
+        from feedback.events import load_training_events
+
+        return load_training_events(self._conn(), normalize_since(since))
+
+    def stats(self, user_id: int | None = None) -> dict:
+        """Counts and ratios for the Feedback view (all users, or only `user_id`'s); see feedback.stats."""
+        from feedback.stats import compute
+
+        return compute(self._conn(), None if user_id is None else _id(user_id, "user_id"))
+
+    def backup(self, path: str | Path) -> None:
+        """A consistent copy of the database through `VACUUM INTO` (refuses an existing target)."""
+        target = Path(path)
+        if target.exists():
+            raise FeedbackError(f"{target} already exists; refusing to overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().execute("VACUUM INTO ?", (str(target),))
