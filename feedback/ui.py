@@ -1,0 +1,83 @@
+"""The Feedback tab: counts over time and by template/model/adapter, thumbs ratio, latest edits.
+
+Call `build_feedback_tab(store, user_id_fn)` inside `with gr.Tab("Feedback"):` of a `gr.Blocks`; it builds the
+components, wires its refresh button and returns a `FeedbackTab`. To fill it when the page opens:
+`demo.load(tab.refresh, None, tab.outputs)`. `user_id_fn(request: gr.Request) -> int | None` names the viewer:
+an admin (or None, anonymous single-user mode) sees everyone's feedback, a user only their own.
+`frames(stats)` (pure) turns `Store.stats()` into the DataFrames shown.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+EDIT_COLUMNS = ["created", "user", "message_id", "adapter", "original", "edited"]
+
+
+def frames(stats: dict) -> dict[str, pd.DataFrame]:
+    """Long-format DataFrames for the plots: per_day, by_template/by_model/by_adapter, ratio, edits."""
+    per_day = pd.DataFrame(stats["per_day"], columns=["day", "kind", "count"])
+    per_day["day"] = pd.to_datetime(per_day["day"])
+    out = {"per_day": per_day}
+    for g in ("template", "model", "adapter"):
+        rows = [{g: r[g], "kind": kind, "count": int(r[col] or 0)}
+                for r in stats[f"by_{g}"]
+                for kind, col in (("answers", "answers"), ("thumbs up", "up"), ("thumbs down", "down"),
+                                  ("edits", "edits"))]
+        out[f"by_{g}"] = pd.DataFrame(rows, columns=[g, "kind", "count"])
+    ratio_rows = [{"adapter": "(all)", "thumbs_up_ratio": stats["thumbs_ratio"]}] + \
+                 [{"adapter": r["adapter"], "thumbs_up_ratio": r["ratio"]} for r in stats["by_adapter"]]
+    out["ratio"] = pd.DataFrame([r for r in ratio_rows if r["thumbs_up_ratio"] is not None],
+                                columns=["adapter", "thumbs_up_ratio"])
+    out["edits"] = pd.DataFrame([{c: ("" if e.get(c) is None else str(e[c])) for c in EDIT_COLUMNS}
+                                 for e in stats["latest_edits"]], columns=EDIT_COLUMNS)
+    return out
+
+
+def summary_markdown(stats: dict, scope: str) -> str:
+    t = stats["totals"]
+    r = stats["thumbs_ratio"]
+    return (f"**{scope}** · {t['answers']} answers · {t['ratings']} ratings "
+            f"({t['thumbs_up']} 👍 / {t['thumbs_down']} 👎, latest per answer) · {t['edits']} edits · "
+            f"{t['choices']} picks · thumbs-up ratio {'–' if r is None else f'{r:.0%}'}")
+
+
+@dataclass
+class FeedbackTab:
+    refresh: Callable  # (request: gr.Request) -> tuple of values for `outputs`
+    outputs: list
+    refresh_button: gr.Button
+
+
+def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
+    """Build the Feedback view in the current Blocks context (no launching)."""
+    summary = gr.Markdown("Press **Refresh** to load the feedback statistics.")
+    refresh_button = gr.Button("Refresh", variant="secondary", size="sm")
+    per_day = gr.LinePlot(x="day", y="count", color="kind", title="Feedback events per day", x_title="day",
+                          y_title="events")
+    with gr.Row():
+        ratio = gr.BarPlot(x="adapter", y="thumbs_up_ratio", title="Thumbs-up ratio (overall and by adapter)",
+                           y_lim=[0, 1])
+        by_adapter = gr.BarPlot(x="adapter", y="count", color="kind", title="By adapter")
+    with gr.Row():
+        by_template = gr.BarPlot(x="template", y="count", color="kind", title="By template")
+        by_model = gr.BarPlot(x="model", y="count", color="kind", title="By model")
+    edits = gr.Dataframe(headers=EDIT_COLUMNS, datatype="str", label="Latest edits", interactive=False, wrap=True)
+
+    def refresh(request: gr.Request = None):
+        user_id = user_id_fn(request)
+        scope_user = None
+        scope = "All users"
+        if user_id is not None and store.user(user_id)["role"] != "admin":
+            scope_user, scope = user_id, "Your feedback"
+        stats = store.stats(scope_user)
+        f = frames(stats)
+        return (summary_markdown(stats, scope), f["per_day"], f["ratio"], f["by_adapter"], f["by_template"],
+                f["by_model"], f["edits"])
+
+    outputs = [summary, per_day, ratio, by_adapter, by_template, by_model, edits]
+    refresh_button.click(refresh, None, outputs, api_visibility="private")
+    return FeedbackTab(refresh=refresh, outputs=outputs, refresh_button=refresh_button)
