@@ -3,6 +3,7 @@ near-duplicate removal, a per-user cap. Each step returns what it kept plus what
 count every decision. Only the standard library and numpy (for MinHash)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -100,7 +101,15 @@ def _looks_secret(token: str) -> bool:
 
 
 def redact(text: str) -> tuple[str, Counter]:
-    """Replace emails, phone numbers, API keys and long secrets with placeholders. Returns (text, counts by kind)."""
+    """Replace emails, phone numbers, API keys and long secrets with placeholders. Returns (text, counts by kind).
+    Long hex strings (32+) count as secrets even when they are harmless (a git commit id): leaking a key costs
+    more than losing a hash from the training text."""
+    out, counts = _redact(text)
+    return out, Counter(dict(counts))
+
+
+@functools.lru_cache(maxsize=16384)  # prompts repeat across rows (every turn of a thread carries its history)
+def _redact(text: str) -> tuple[str, tuple]:
     counts: Counter = Counter()
     for kind, pattern, repl in PII_PATTERNS[:-1]:  # phone last: after secrets have been taken out
         text, n = pattern.subn(repl, text)
@@ -116,7 +125,7 @@ def redact(text: str) -> tuple[str, Counter]:
     kind, pattern, repl = PII_PATTERNS[-1]
     text, n = pattern.subn(repl, text)
     counts[kind] += n
-    return text, +counts
+    return text, tuple(sorted((+counts).items()))
 
 
 def redact_row(row: dict) -> tuple[dict, Counter]:
@@ -235,25 +244,28 @@ def minhash(sh: set[str]) -> np.ndarray:
 
 
 def near_dedup(rows: list[dict], threshold: float) -> tuple[list[dict], list[dict]]:
-    """Drop rows whose word-3-gram Jaccard with an earlier kept row is >= threshold. MinHash LSH (16 bands x 4)
-    finds candidates; the exact Jaccard decides. Returns (kept, dropped)."""
+    """Drop a row when an earlier kept row (with the same KTO label) has both its prompt and its answer side
+    (gold / chosen + rejected / completion) at word-3-gram Jaccard >= threshold. Two prompts alone never make a duplicate (different
+    answers to one long thread are not), nor do two answers alone (the same short reply to different questions).
+    MinHash LSH (16 bands x 4) over the answer side finds candidates; exact Jaccards decide. Returns (kept, dropped)."""
     if threshold <= 0.0 or threshold >= 1.0:
         return list(rows), []
     buckets: dict[tuple, list[int]] = defaultdict(list)
     kept, kept_sh, dropped = [], [], []
     rows_per_band = _NUM_PERM // _BANDS
     for row in rows:
-        sh = shingles("\n".join(row_texts(row)) + ("\nlabel:%s" % row["label"] if "label" in row else ""))
-        sig = minhash(sh)
+        ans, prm = shingles("\n".join(answers(row))), shingles("\n".join(prompt_texts(row)))
+        sig = minhash(ans)
         keys = [(b, sig[b * rows_per_band:(b + 1) * rows_per_band].tobytes()) for b in range(_BANDS)]
         candidates = sorted({i for k in keys for i in buckets.get(k, ())})
-        if any(jaccard(sh, kept_sh[i]) >= threshold for i in candidates):
+        if any(kept[i].get("label") == row.get("label") and jaccard(ans, kept_sh[i][0]) >= threshold
+               and jaccard(prm, kept_sh[i][1]) >= threshold for i in candidates):
             dropped.append(row)
             continue
         for k in keys:
             buckets[k].append(len(kept))
         kept.append(row)
-        kept_sh.append(sh)
+        kept_sh.append((ans, prm))
     return kept, dropped
 
 

@@ -16,7 +16,7 @@ Rules (each one a small function below):
   +1 / -1 when all its (latest) votes agree, a conflict otherwise (left out of SFT/KTO, counted).
 - edits: the latest edit of a user on a message wins; the edit is the gold SFT answer and DPO chosen over the
   original. An edited message gives no thumbs-up SFT row (the edit replaces it) and no KTO row.
-- choices: the picked candidate over each other candidate (DPO).
+- choices: the picked candidate over each other candidate (DPO); a user's latest choice on a prompt wins.
 - siblings: answers to the same `parent_id`, one voted up, one voted down -> DPO (every up x down pair).
 - KTO: voted messages that are in no sibling pair and were not edited ("unpaired thumbs").
 """
@@ -84,22 +84,24 @@ def validate_events(events: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------- supersession
 def latest_ratings(events: list[dict]) -> tuple[list[dict], list[str]]:
     """Keep each user's latest rating per message. Returns (kept ratings in time order, superseded event ids)."""
-    latest: dict[tuple, dict] = {}
-    superseded = []
-    for e in sorted((e for e in events if e["kind"] == "rating"), key=_order):
-        key = (e["user_id"], e["message_id"])
-        if key in latest:
-            superseded.append(latest[key]["event_id"])
-        latest[key] = e
-    return sorted(latest.values(), key=_order), sorted(superseded, key=event_key)
+    return _latest(events, "rating", "message_id")
 
 
 def latest_edits(events: list[dict]) -> tuple[list[dict], list[str]]:
     """Keep each user's latest edit per message (a later correction replaces an earlier one)."""
+    return _latest(events, "edit", "message_id")
+
+
+def latest_choices(events: list[dict]) -> tuple[list[dict], list[str]]:
+    """Keep each user's latest choice per prompt (user message): picking again replaces the earlier pick."""
+    return _latest(events, "choice", "parent_id")
+
+
+def _latest(events: list[dict], kind: str, target: str) -> tuple[list[dict], list[str]]:
     latest: dict[tuple, dict] = {}
     superseded = []
-    for e in sorted((e for e in events if e["kind"] == "edit"), key=_order):
-        key = (e["user_id"], e["message_id"])
+    for e in sorted((e for e in events if e["kind"] == kind), key=_order):
+        key = (e["user_id"], e[target])
         if key in latest:
             superseded.append(latest[key]["event_id"])
         latest[key] = e
@@ -171,7 +173,7 @@ def dpo_rows(events: list[dict]) -> list[dict]:
 
     for e in latest_edits(events)[0]:
         add(e["prompt"], e["edited"], e["answer"], [e["event_id"]])
-    for e in sorted((e for e in events if e["kind"] == "choice"), key=_order):
+    for e in latest_choices(events)[0]:
         for other in e.get("rejected") or []:
             add(e["prompt"], e["chosen"], other, [e["event_id"]])
     for ups, downs in sibling_pairs(latest_ratings(events)[0]):
@@ -267,6 +269,7 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
     usable = [e for e in events if not e.get("opted_out")]
     ratings, superseded_r = latest_ratings(usable)
     _, superseded_e = latest_edits(usable)
+    _, superseded_c = latest_choices(usable)
     flagged = curate.flag_events(usable)
 
     def when(row):  # time of a row = its latest source event
@@ -328,7 +331,8 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         "events": {
             "total": len(events), "by_kind": {k: kinds.get(k, 0) for k in KINDS},
             "opted_out": len(events) - len(usable), "superseded_ratings": len(superseded_r),
-            "superseded_edits": len(superseded_e), "conflicting_messages": len(verdicts(ratings)[2]),
+            "superseded_edits": len(superseded_e), "superseded_choices": len(superseded_c),
+            "conflicting_messages": len(verdicts(ratings)[2]),
             "flagged": len(flagged), "used": len(used), "unused": len(usable) - len(used),
         },
         "flagged": [{"event_id": k, "user_id": by_id[k]["user_id"], "reasons": v, "included": cfg.include_flagged}

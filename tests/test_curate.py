@@ -130,6 +130,22 @@ def test_near_duplicates_removed_distinct_kept():
     assert near_dedup(rows, 1.0) == (rows, [])
 
 
+def test_near_dup_needs_both_prompt_and_answer_alike():
+    thread = " ".join(f"Earlier turn {i} talked about gardening tomatoes and basil in pots." for i in range(20))
+
+    def row(i, q, a, label=None):
+        r = {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}],
+             "source": [f"rating:{i}"]}
+        return {**r, "label": label} if label is not None else r
+    different_answers = [row(1, thread, "Water them every morning."), row(2, thread, "Use a bigger pot instead.")]
+    assert near_dedup(different_answers, 0.8)[1] == []
+    same_answer = [row(3, "What is 2+2? Tell me quickly please.", "I am not sure about that one, sorry."),
+                   row(4, "Who wrote Hamlet? Tell me quickly please.", "I am not sure about that one, sorry.")]
+    assert near_dedup(same_answer, 0.8)[1] == []
+    opposite = [row(5, thread, "Water them every morning.", True), row(6, thread, "Water them every morning.", False)]
+    assert near_dedup(opposite, 0.8)[1] == []
+
+
 def test_near_dedup_in_build_is_counted():
     base = "Step one: preheat the oven to 200 C. Step two: roast the vegetables for 25 minutes, turning once."
     a = up(msg=1, user=1, answer=base)

@@ -109,6 +109,14 @@ def test_dpo_from_choice_picked_over_each_other():
     assert all(r["source"] == [c["event_id"]] for r in rows)
 
 
+def test_latest_choice_on_a_prompt_wins():
+    c1 = ev("choice", msg=5, parent=4, answer="A", chosen="First pick.", rejected=["Second pick."])
+    c2 = ev("choice", msg=6, parent=4, answer="B", chosen="Second pick.", rejected=["First pick."])
+    rows = dpo_rows([c2, c1])
+    assert [(r["chosen"][0]["content"], r["source"]) for r in rows] == [("Second pick.", [c2["event_id"]])]
+    assert build_datasets([c1, c2])[1]["events"]["superseded_choices"] == 1
+
+
 def test_dpo_from_up_down_siblings():
     a = up(msg=1, parent=100, answer="Good sibling.")
     b = down(msg=2, parent=100, answer="Bad sibling.")

@@ -1,0 +1,145 @@
+"""Writing datasets to disk, and `kaizen feedback export`.
+
+Two layouts, both read as they are:
+- `trl` (default): the rows of `feedback.datasets` -- TRL's conversational `messages` / `prompt, chosen, rejected` /
+  `prompt, completion, label`. `datasets.load_dataset("json", data_files=...)` then SFTTrainer / DPOTrainer /
+  KTOTrainer. The extra `source` column is dropped by TRL (`remove_unused_columns`).
+- `llamafactory`: LLaMA-Factory's sharegpt layout (DPO `chosen`/`rejected` are single message objects, KTO is one
+  `messages` list ending with the answer plus a `label` bool) and a `dataset_info.json` naming the columns, so
+  `dataset_dir=<out>` and `dataset=kaizen_sft` (or `kaizen_dpo`, `kaizen_kto`) work without edits.
+
+Every file is written to a temporary name and renamed into place; `manifest.json` last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from feedback.datasets import FILE_NAMES, build_datasets, jsonl_bytes
+
+TARGETS = ("trl", "llamafactory")
+_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+         "system_tag": "system"}
+
+
+def to_llamafactory(name: str, rows: list[dict]) -> list[dict]:
+    """TRL rows -> LLaMA-Factory sharegpt rows (same `source`)."""
+    kind = name.split("_")[0]
+    if kind == "sft":
+        return [dict(r) for r in rows]
+    if kind == "dpo":
+        return [{"messages": r["prompt"], "chosen": r["chosen"][0], "rejected": r["rejected"][0],
+                 "source": r["source"]} for r in rows]
+    if kind == "kto":
+        return [{"messages": r["prompt"] + r["completion"], "label": r["label"], "source": r["source"]}
+                for r in rows]
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def dataset_info(names: list[str]) -> dict:
+    """LLaMA-Factory `dataset_info.json` entries for the written files."""
+    info = {}
+    for name in names:
+        kind = name.split("_")[0]
+        entry = {"file_name": name + ".jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                 "tags": dict(_TAGS)}
+        if kind == "dpo":
+            entry["ranking"] = True
+            entry["columns"].update(chosen="chosen", rejected="rejected")
+        elif kind == "kto":
+            entry["columns"]["kto_tag"] = "label"
+        info["kaizen_" + name] = entry
+    return info
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def write_datasets(out_dir: str | Path, files: dict[str, list[dict]], manifest: dict, *,
+                   target: str = "trl") -> dict[str, Path]:
+    """Write `<name>.jsonl` for each entry of files (names from FILE_NAMES), then `manifest.json` whose `files`
+    section holds the rows and sha256 of exactly the bytes written. Byte-identical for the same input.
+    Returns {name: path} including "manifest" (and "dataset_info" for the llamafactory target)."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    unknown = sorted(set(files) - set(FILE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown dataset file(s) {unknown}; expected some of {list(FILE_NAMES)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in FILE_NAMES if n in files]
+    paths, written = {}, {}
+    for name in names:
+        rows = files[name] if target == "trl" else to_llamafactory(name, files[name])
+        data = jsonl_bytes(rows)
+        paths[name] = out / f"{name}.jsonl"
+        _atomic_write(paths[name], data)
+        written[name + ".jsonl"] = {"rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}
+    if target == "llamafactory":
+        paths["dataset_info"] = out / "dataset_info.json"
+        _atomic_write(paths["dataset_info"], _json_bytes(dataset_info(names)))
+    paths["manifest"] = out / "manifest.json"
+    _atomic_write(paths["manifest"], _json_bytes({**manifest, "files": written, "target": target}))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _cmd_export(args) -> int:
+    from agent.settings import Settings
+    from feedback.store import Store
+
+    settings = Settings.from_env()
+    if not Path(settings.db_path).exists():
+        raise FileNotFoundError(f"no feedback database at {settings.db_path} (set KAIZEN_DATA_DIR)")
+    events = Store(settings.db_path).training_events()
+    overrides = {"include_flagged": args.include_flagged}
+    if args.per_user_cap is not None:
+        overrides["per_user_cap"] = args.per_user_cap
+    if args.max_user_share is not None:
+        overrides["max_user_share"] = args.max_user_share if args.max_user_share > 0 else None
+    files, manifest = build_datasets(events, eval_fraction=args.eval_fraction, **overrides)
+    kinds = ["sft", "dpo", "kto"] if args.format == "all" else [args.format]
+    names = kinds + ([k + "_eval" for k in kinds] if args.include_eval else [])
+    paths = write_datasets(args.out, {n: files[n] for n in names}, manifest, target=args.target)
+    for name in [n for n in FILE_NAMES if n in names]:
+        print(f"{paths[name]}\t{len(files[name])} rows")
+    ev = manifest["events"]
+    print(f"{paths['manifest']}\t{ev['total']} events, {ev['used']} used, {ev['opted_out']} opted out, "
+          f"{ev['flagged']} flagged" + ("" if args.include_flagged else " (left out)"))
+    return 0
+
+
+def register(fsub) -> None:
+    """Add `export` to the `kaizen feedback` sub-parsers."""
+    p = fsub.add_parser("export", help="write SFT / DPO / KTO JSONL datasets built from the feedback",
+                        description="Build curated datasets from the feedback store and write JSONL that TRL "
+                                    "(--target trl) or LLaMA-Factory (--target llamafactory) reads as it is, "
+                                    "plus manifest.json. Without --include-eval only the training split is written.")
+    p.add_argument("--format", choices=["sft", "dpo", "kto", "all"], default="all")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--include-eval", action="store_true", help="also write the held-out *_eval.jsonl files")
+    p.add_argument("--include-flagged", action="store_true", help="keep rows built from suspicious edits")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of prompts held out (default 0.1)")
+    p.add_argument("--target", choices=list(TARGETS), default="trl", help="file layout (default trl)")
+    p.add_argument("--per-user-cap", type=int, default=None, help="at most N rows of one user per file")
+    p.add_argument("--max-user-share", type=float, default=None,
+                   help="no user above this share of a file (default 0.5; 0 = off)")
+    p.set_defaults(func=_cmd_export)
