@@ -1,0 +1,202 @@
+"""The exact schema of a blank feedback database, and migrations that fail leave everything unchanged."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlite_utils import Database
+
+from feedback import migrations
+from feedback.migrations import MIGRATIONS, MigrationError
+from feedback.store import Store
+
+EXPECTED_TABLES = {
+    "_migrations": "CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)",
+    "users": """CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+    opted_out INTEGER NOT NULL DEFAULT 0 CHECK (opted_out IN (0, 1)),
+    created TEXT NOT NULL
+)""",
+    "opt_outs": """CREATE TABLE opt_outs (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    opted_out INTEGER NOT NULL CHECK (opted_out IN (0, 1)),
+    created TEXT NOT NULL
+)""",
+    "conversations": """CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    title TEXT,
+    created TEXT NOT NULL
+)""",
+    "messages": """CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    parent_id INTEGER REFERENCES messages(id),
+    role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+    content TEXT NOT NULL,
+    template TEXT,
+    model TEXT,
+    adapter TEXT,
+    sources TEXT,
+    latency_ms REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    created TEXT NOT NULL
+)""",
+    "ratings": """CREATE TABLE ratings (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+    reasons TEXT NOT NULL DEFAULT '[]',
+    comment TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+)""",
+    "edits": """CREATE TABLE edits (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    original TEXT NOT NULL,
+    edited TEXT NOT NULL,
+    created TEXT NOT NULL
+)""",
+    "choices": """CREATE TABLE choices (
+    id INTEGER PRIMARY KEY,
+    prompt_message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    candidates TEXT NOT NULL,
+    picked_id INTEGER NOT NULL REFERENCES messages(id),
+    created TEXT NOT NULL
+)""",
+}
+EXPECTED_INDEXES = {
+    "idx_choices_created": "CREATE INDEX idx_choices_created ON choices(created)",
+    "idx_choices_prompt": "CREATE INDEX idx_choices_prompt ON choices(prompt_message_id, user_id)",
+    "idx_conversations_user": "CREATE INDEX idx_conversations_user ON conversations(user_id)",
+    "idx_edits_created": "CREATE INDEX idx_edits_created ON edits(created)",
+    "idx_edits_message": "CREATE INDEX idx_edits_message ON edits(message_id, user_id)",
+    "idx_messages_conversation": "CREATE INDEX idx_messages_conversation ON messages(conversation_id)",
+    "idx_messages_parent": "CREATE INDEX idx_messages_parent ON messages(parent_id)",
+    "idx_ratings_created": "CREATE INDEX idx_ratings_created ON ratings(created)",
+    "idx_ratings_message": "CREATE INDEX idx_ratings_message ON ratings(message_id, user_id)",
+    "sqlite_autoindex__migrations_1": None,  # PRIMARY KEY on _migrations.name
+    "sqlite_autoindex_users_1": None,  # UNIQUE users.name
+}
+EXPECTED_TRIGGERS = {
+    f"{t}_append_only": f"CREATE TRIGGER {t}_append_only BEFORE UPDATE ON {t}\n"
+                        f"BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END"
+    for t in ("choices", "edits", "messages", "opt_outs", "ratings")
+}
+
+
+def schema(path) -> dict:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    out: dict = {"table": {}, "index": {}, "trigger": {}, "view": {}}
+    for kind, name, sql in rows:
+        out[kind][name] = sql
+    return out
+
+
+def snapshot(path) -> dict:
+    """Schema plus every row of every table."""
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        rows = {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY rowid').fetchall() for t in tables}
+    return {"schema": schema(path), "rows": rows}
+
+
+def test_blank_database_has_exactly_this_schema(tmp_path):
+    path = tmp_path / "deep" / "dir" / "kaizen.db"
+    Store(path).close()
+    got = schema(path)
+    assert got["table"] == EXPECTED_TABLES
+    assert got["index"] == EXPECTED_INDEXES
+    assert got["trigger"] == EXPECTED_TRIGGERS
+    assert got["view"] == {}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == ["m001_initial"]
+        assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
+                   for t in EXPECTED_TABLES if t != "_migrations")
+
+
+def test_reopening_applies_nothing_twice(tmp_path):
+    path = tmp_path / "kaizen.db"
+    Store(path).close()
+    before = snapshot(path)
+    Store(path).close()
+    assert snapshot(path) == before
+
+
+def _open(path) -> Database:
+    return Database(sqlite3.connect(path, isolation_level=None))
+
+
+def test_failing_migration_leaves_database_unchanged(tmp_path):
+    path = tmp_path / "kaizen.db"
+    store = Store(path)
+    uid = store.ensure_user("alice")
+    conv = store.new_conversation(uid, "kept")
+    store.add_message(conv, "user", "hello", user_id=uid)
+    store.close()
+    before = snapshot(path)
+
+    def m002_broken(db):
+        db.execute("CREATE TABLE extra (a TEXT)")
+        db.execute("ALTER TABLE users ADD COLUMN email TEXT")
+        db.execute("INSERT INTO users (name, role, created) VALUES ('mallory', 'admin', 'now')")
+        db.execute("DELETE FROM messages")
+        raise RuntimeError("boom")
+
+    db = _open(path)
+    with pytest.raises(MigrationError, match="m002_broken.*boom"):
+        migrations.apply(db, MIGRATIONS + [m002_broken])
+    db.close()
+    assert snapshot(path) == before
+    # The store still opens and works; a correct m002 applies afterwards and is recorded.
+
+    def m002_fixed(db):
+        db.execute("CREATE TABLE extra (a TEXT)")
+
+    db = _open(path)
+    assert migrations.apply(db, MIGRATIONS + [m002_fixed]) == ["m002_fixed"]
+    assert migrations.applied(db) == ["m001_initial", "m002_fixed"]
+    assert migrations.apply(db, MIGRATIONS + [m002_fixed]) == []
+    db.close()
+
+
+def test_failing_first_migration_leaves_blank_file_blank(tmp_path):
+    path = tmp_path / "blank.db"
+
+    def m001_broken(db):
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        raise ValueError("no")
+
+    db = _open(path)
+    with pytest.raises(MigrationError):
+        migrations.apply(db, [m001_broken])
+    db.close()
+    assert snapshot(path) == {"schema": {"table": {}, "index": {}, "trigger": {}, "view": {}}, "rows": {}}
+
+
+def test_events_and_messages_cannot_be_updated_in_place(tmp_path):
+    path = tmp_path / "kaizen.db"
+    store = Store(path)
+    uid = store.ensure_user("alice")
+    conv = store.new_conversation(uid)
+    q = store.add_message(conv, "user", "q", user_id=uid)
+    a = store.add_message(conv, "assistant", "a", user_id=uid)
+    store.rate(a, uid, 1)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        for sql in ("UPDATE ratings SET value = -1", "UPDATE messages SET content = 'forged'",
+                    f"UPDATE messages SET parent_id = NULL WHERE id = {a}"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(sql)
+        assert conn.execute("SELECT value FROM ratings").fetchall() == [(1,)]
+        assert conn.execute("SELECT content FROM messages ORDER BY id").fetchall() == [("q",), ("a",)]
+    assert q < a
