@@ -126,13 +126,18 @@ class Generation:
     cancelled: bool = False
 
     def __iter__(self):
-        for piece in self.pieces:
-            if self.first_token_s is None:
-                self.first_token_s = time.perf_counter() - self.started
-            self.text += piece
+        try:
+            for piece in self.pieces:
+                if self.first_token_s is None:
+                    self.first_token_s = time.perf_counter() - self.started
+                self.text += piece
+                self.seconds = time.perf_counter() - self.started
+                yield piece
+        finally:
+            close = getattr(self.pieces, "close", None)
+            if close:  # a consumer that stops early cancels the generation at once
+                close()
             self.seconds = time.perf_counter() - self.started
-            yield piece
-        self.seconds = time.perf_counter() - self.started
 
     def collect(self) -> str:
         for _ in self:

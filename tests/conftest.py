@@ -1,0 +1,71 @@
+"""Shared fixtures. The real default model is converted once per test session; tests that load it are `slow`."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from agent.settings import DEFAULT_BASE, Settings  # noqa: F401  (sets the offline environment first)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory) -> Path:
+    """The bundled SmolLM2-135M-Instruct, converted from GGUF to safetensors once per session."""
+    from agent.model import convert_bundled
+
+    cache = os.environ.get("KAIZEN_TEST_MODELS_DIR")
+    models = Path(cache) if cache else tmp_path_factory.mktemp("models")
+    return convert_bundled(models)
+
+
+@pytest.fixture
+def settings(tmp_path, base_model_dir) -> Settings:
+    """Settings on a fresh data dir, with the real default model (already converted)."""
+    return Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir), max_new_tokens=48)
+
+
+@pytest.fixture(scope="session")
+def chat_model(base_model_dir):
+    """One real ChatModel for the session (read-only use: tests must not leave adapters attached)."""
+    from agent.model import ChatModel
+
+    s = Settings(base_model=str(base_model_dir))
+    return ChatModel.from_settings(s)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+@pytest.fixture
+def tiny_llama(tokenizer):
+    """A tiny random Llama built in code (no checkpoint) with the real tokenizer: for plumbing tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (CI lays ../shared beside the repo)")
+    return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
