@@ -318,6 +318,8 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         rows = _sorted(rows)
         train, held = split_rows(rows, eval_fraction)
         st.update(kept=len(rows), train=len(train), eval=len(held), users=len({owner(r) for r in rows}))
+        st["origins"] = dict(sorted(Counter("+".join(sorted({s.split(":")[0] for s in r["source"]}))
+                                            for r in rows).items()))  # e.g. "choice", "edit", "choice+rating"
         files[kind], files[kind + "_eval"] = train, held
         stages[kind] = st
         redactions[kind] = dict(sorted(red.items()))
