@@ -320,6 +320,9 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         st.update(kept=len(rows), train=len(train), eval=len(held), users=len({owner(r) for r in rows}))
         st["origins"] = dict(sorted(Counter("+".join(sorted({s.split(":")[0] for s in r["source"]}))
                                             for r in rows).items()))  # e.g. "choice", "edit", "choice+rating"
+        if kind == "kto":  # KTOTrainer's desirable/undesirable weights depend on this balance
+            st["desirable"] = sum(1 for r in rows if r["label"])
+            st["undesirable"] = len(rows) - st["desirable"]
         files[kind], files[kind + "_eval"] = train, held
         stages[kind] = st
         redactions[kind] = dict(sorted(red.items()))

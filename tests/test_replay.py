@@ -2,6 +2,7 @@
 TRL's own format checks; the LLaMA-Factory layout follows its sharegpt converter's rules."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_replayed_feedback_gives_sensible_datasets(replayed):
     assert st["sft"]["built"] == counts["thumbs_up"]  # no edits in oasst: SFT = thumbs-up answers
     assert st["dpo"]["built"] >= counts["choices"]  # at least one pair per ranked group
     assert st["kto"]["built"] > 0 and {r["label"] for r in files["kto"] + files["kto_eval"]} == {True, False}
+    assert st["kto"]["desirable"] + st["kto"]["undesirable"] == st["kto"]["kept"]
     for kind in ("sft", "dpo", "kto"):
         assert st[kind]["kept"] > 0.8 * st[kind]["built"]  # curation trims, it does not gut real data
     # the choice rows put the rank-0 reply first: the chosen text of each choice event is in some DPO row
@@ -88,7 +90,7 @@ def test_same_feedback_gives_byte_identical_files(replayed, tmp_path):
     assert set(out[0]) == {"sft.jsonl", "sft_eval.jsonl", "dpo.jsonl", "dpo_eval.jsonl", "kto.jsonl",
                            "kto_eval.jsonl", "manifest.json"}
     manifest = json.loads(out[0]["manifest.json"])
-    assert manifest["files"]["dpo.jsonl"]["sha256"] == __import__("hashlib").sha256(out[0]["dpo.jsonl"]).hexdigest()
+    assert manifest["files"]["dpo.jsonl"]["sha256"] == hashlib.sha256(out[0]["dpo.jsonl"]).hexdigest()
     assert not [p for p in (tmp_path / "out0").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
