@@ -245,9 +245,10 @@ def minhash(sh: set[str]) -> np.ndarray:
 
 def near_dedup(rows: list[dict], threshold: float) -> tuple[list[dict], list[dict]]:
     """Drop a row when an earlier kept row (with the same KTO label) has both its prompt and its answer side
-    (gold / chosen + rejected / completion) at word-3-gram Jaccard >= threshold. Two prompts alone never make a duplicate (different
-    answers to one long thread are not), nor do two answers alone (the same short reply to different questions).
-    MinHash LSH (16 bands x 4) over the answer side finds candidates; exact Jaccards decide. Returns (kept, dropped)."""
+    (gold / chosen + rejected / completion) at word-3-gram Jaccard >= threshold. Alike prompts alone never make a
+    duplicate (different answers to one long thread), nor do alike answers alone (one short reply to different
+    questions). MinHash LSH (16 bands x 4) over the answer side finds candidates; exact Jaccards decide.
+    Returns (kept, dropped)."""
     if threshold <= 0.0 or threshold >= 1.0:
         return list(rows), []
     buckets: dict[tuple, list[int]] = defaultdict(list)
