@@ -69,3 +69,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory, base_model_dir):
+    """The real app (`kaizen serve`) as a subprocess on a free loopback port, with its own data dir."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    data = tmp_path_factory.mktemp("appdata")
+    port = free_port()
+    env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir), KAIZEN_PORT=str(port),
+               KAIZEN_HOST="127.0.0.1", KAIZEN_MAX_NEW_TOKENS="40")
+    env.pop("GRADIO_SERVER_PORT", None)
+    env.pop("GRADIO_SERVER_NAME", None)
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited: {(data / 'server.log').read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError("the app did not start in 300 s")
+    yield {"url": url, "data_dir": data, "db": data / "kaizen.db", "proc": proc}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

