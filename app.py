@@ -48,7 +48,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         return "default" if choice in (None, "", "active") else (None if choice == "base" else choice)
 
     with gr.Blocks(title="Kaizen Chat", analytics_enabled=False) as demo:
-        gr.Markdown("## Kaizen Chat\nA chat that learns from your feedback: 👍/👎, corrections, and picks between retries.")
+        gr.Markdown("## Kaizen Chat\nA chat that learns from your feedback: thumbs up or down, corrections, "
+                    "and picks between retries.")
         state = gr.State(new_state())
         with gr.Tab("Chat"):
             with gr.Row():
@@ -111,6 +112,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         send.click(on_send, chat_inputs, chat_outputs, api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
         new.click(on_new, None, [state, chatbot, pick_row, why_panel, status], api_visibility="private")
+        chatbot.clear(on_new, None, [state, chatbot, pick_row, why_panel, status], api_visibility="private")
         chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot, pick_row, status],
                       api_visibility="private")
 

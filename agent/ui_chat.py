@@ -8,6 +8,7 @@ browser sends is never trusted: every handler re-renders the chat from the state
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +23,29 @@ def new_state() -> dict:
     return {"conversation": None, "shown": [], "pending": None}
 
 
+_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
+_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">"}
+
+
+def escape_display(text: str) -> str:
+    """HTML in messages is shown as text, not rendered: escape it outside Markdown code (code is literal anyway).
+    The Chatbot's sanitize_html stays on as a second line of defence."""
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+def unescape_display(text: str) -> str:
+    """Inverse of escape_display, for the text of an edit made on the displayed (escaped) message."""
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else re.sub(r"&(amp|lt|gt);", lambda m: _ENTITIES[m.group(0)], p)
+                   for i, p in enumerate(parts))
+
+
 def to_chatbot(state: dict) -> list[dict]:
     """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers."""
     out = []
     for m in state["shown"]:
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
             lines = [f"[{i}] {html.escape(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
                      for i, s in enumerate(m["sources"], 1)]
@@ -90,7 +109,7 @@ class ChatLogic:
         msg = state["shown"][i]
         if msg["role"] != "user":
             raise ValueError("retry applies to a question")
-        if i + 1 >= len(state["shown"]) or i + 2 != len(state["shown"]):
+        if i + 2 != len(state["shown"]):
             raise ValueError("only the latest answer can be regenerated")
         first = state["shown"].pop()
         history = self.history(state, upto=i)
@@ -139,7 +158,7 @@ class ChatLogic:
         m = state["shown"][i]
         if m["role"] != "assistant" or m["id"] is None:
             raise ValueError("only answers can be corrected; to change a question, undo and ask again")
-        edited = (edited or "").strip()
+        edited = unescape_display(edited or "").strip()
         if not edited:
             raise ValueError("the corrected answer is empty")
         limit = self.answerer.settings.max_edit_chars
