@@ -1,0 +1,256 @@
+"""The lab's report: a table, plots (matplotlib Agg -> PNG), Markdown and JSON, and a plain-language verdict derived
+from the numbers. Everything here is a pure function of the result dict except `write_report` and the plotting.
+
+A result is `{"task": {...}, "budget": {...}, "model", "device", "rows": [row, ...]}`; a row is one technique:
+`technique`, `label`, `status` ("ok" | "error"), `metrics` (name -> share 0..1), `quality` (the primary metric),
+`ttft_ms`, `tokens_per_s`, `prompt_tokens`, `trainable_params`, `total_params`, `train_s`, `peak_mem_mb`,
+`disk_mb`, and extras (`sources_used`, `retrieval_hit`, `samples`, `error`, ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+LABELS = {"base": "Base model", "prompt": "Prompt engineering", "rag": "RAG", "sft": "SFT LoRA", "dpo": "DPO LoRA",
+          "kto": "KTO LoRA", "full": "Full fine-tune"}
+SHORT = {"base": "Base", "prompt": "Prompt", "rag": "RAG", "sft": "SFT", "dpo": "DPO", "kto": "KTO", "full": "Full FT"}
+SUBJECT = {"squad": "on document questions", "style": "in house-style adherence", "oasst": "in preference accuracy"}
+MIN_GAIN_POINTS = 5.0  # smaller differences are reported as "no clear gain"
+REPORT_FILES = ("report.md", "report.json", "quality.png", "costs.png", "tradeoff.png")
+
+
+# ---------------------------------------------------------------------------------------------- formatting (pure)
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def num(x, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def params(n) -> str:
+    if n is None:
+        return "–"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.0f} k"
+    return str(int(n))
+
+
+def noise_points(n_items: int) -> float:
+    """The smallest difference worth a claim: MIN_GAIN_POINTS, or one item's worth on small sets."""
+    return max(MIN_GAIN_POINTS, 100.0 / n_items if n_items else 100.0)
+
+
+def baseline(rows: list[dict]) -> dict | None:
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("quality") is not None]
+    return next((r for r in ok if r["technique"] == "base"), ok[0] if ok else None)
+
+
+def _ms(x: float) -> str:
+    return f"{x:+,.0f} ms"
+
+
+def row_verdict(row: dict, base: dict, n_items: int, subject: str) -> str:
+    """One sentence for one technique, relative to the base row."""
+    name = SHORT.get(row["technique"], row["technique"])
+    if row.get("status") != "ok":
+        return f"{name}: failed ({row.get('error') or 'no result'})."
+    if row is base:
+        return f"{name}: {pct(row['quality'])} {subject} — the reference."
+    delta = 100 * (row["quality"] - base["quality"])
+    if abs(delta) < noise_points(n_items):
+        head = f"{name}: no clear gain {subject} ({delta:+.0f} points, {pct(row['quality'])})"
+    else:
+        head = f"{name}: {delta:+.0f} points {subject} ({pct(base['quality'])} → {pct(row['quality'])})"
+    costs = []
+    if row.get("ttft_ms") is not None and base.get("ttft_ms") is not None:
+        costs.append(f"{_ms(row['ttft_ms'] - base['ttft_ms'])} to first token")
+    if row.get("prompt_tokens") and base.get("prompt_tokens"):
+        ratio = row["prompt_tokens"] / base["prompt_tokens"]
+        if ratio >= 1.5:
+            costs.append(f"{ratio:.1f}× prompt tokens")
+    if row.get("train_s"):
+        what = "indexing" if row["technique"] == "rag" else "training"
+        costs.append(f"{row['train_s']:.0f} s {what}")
+    if row.get("trainable_params"):
+        costs.append(f"{params(row['trainable_params'])} trained parameters")
+    if row.get("disk_mb"):
+        costs.append(f"{num(row['disk_mb'], 1)} MB on disk")
+    return head + (", " + ", ".join(costs) if costs else "") + "."
+
+
+def verdict(result: dict) -> list[str]:
+    """Plain-language findings, derived only from the numbers: one line per technique, then the winner and the
+    cheapest technique that comes close to it."""
+    rows = result.get("rows", [])
+    base = baseline(rows)
+    if base is None:
+        return ["No technique produced a result."]
+    n = int(result.get("task", {}).get("items") or 0)
+    subject = SUBJECT.get(result.get("task", {}).get("name"), "on the task")
+    lines = [row_verdict(r, base, n, subject) for r in rows]
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("quality") is not None]
+    best = max(ok, key=lambda r: (r["quality"], -(r.get("train_s") or 0)))
+    margin = noise_points(n)
+    if 100 * (best["quality"] - base["quality"]) < margin:
+        lines.append(f"Overall: no technique beat the base model by {margin:.0f} points or more "
+                     f"on {n} items at this budget.")
+        return lines
+    lines.append(f"Best: {SHORT.get(best['technique'], best['technique'])} at {pct(best['quality'])} "
+                 f"({100 * (best['quality'] - base['quality']):+.0f} points over the base).")
+    close = [r for r in ok if 100 * (best["quality"] - r["quality"]) < margin and r is not best]
+    if close:
+        cheap = min(close + [best], key=lambda r: ((r.get("train_s") or 0) + (r.get("disk_mb") or 0) / 100,
+                                                     r.get("ttft_ms") or 0))
+        if cheap is not best:
+            lines.append(f"Cheapest within {margin:.0f} points of the best: "
+                         f"{SHORT.get(cheap['technique'], cheap['technique'])} ({pct(cheap['quality'])}).")
+    return lines
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the Markdown/UI table."""
+    metrics = list(result.get("task", {}).get("metrics") or [])
+    header = ["Technique", *metrics, "TTFT ms", "tok/s", "prompt tok", "trainable", "train/index s", "peak MB",
+              "disk MB"]
+    out = []
+    for r in result.get("rows", []):
+        if r.get("status") != "ok":
+            out.append([r.get("label") or r["technique"], *["error"] * len(metrics), *["–"] * 7])
+            continue
+        m = r.get("metrics") or {}
+        out.append([r.get("label") or r["technique"], *[pct(m.get(k)) for k in metrics], num(r.get("ttft_ms")),
+                    num(r.get("tokens_per_s"), 1), num(r.get("prompt_tokens")), params(r.get("trainable_params")),
+                    num(r.get("train_s"), 1), num(r.get("peak_mem_mb")), num(r.get("disk_mb"), 1)])
+    return header, out
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def budget_text(budget: dict) -> str:
+    return (f"Equal training budget for every trained technique: {budget.get('steps')} optimizer steps, batch size "
+            f"{budget.get('batch_size')}, {budget.get('examples')} training examples, max length "
+            f"{budget.get('max_length')} tokens, learning rate {budget.get('lr_note', 'per method recipe')}.")
+
+
+def markdown(result: dict) -> str:
+    task = result.get("task", {})
+    header, rows = table_rows(result)
+    parts = [f"# Techniques lab — {task.get('title', task.get('name', ''))}", "",
+             f"Model `{result.get('model')}` on {result.get('device')}; {task.get('items')} evaluation items; "
+             f"headline metric `{task.get('primary')}`. Run {result.get('created', '')}, "
+             f"{num(result.get('seconds'), 0)} s in all.", "", budget_text(result.get("budget", {})), "",
+             markdown_table(header, rows), "", "## Verdict", ""]
+    parts += [f"- {line}" for line in result.get("verdict") or verdict(result)]
+    parts += ["", "## Plots", "", "![quality](quality.png)", "", "![costs](costs.png)", "",
+              "![quality against cost](tradeoff.png)", "", "## Notes", ""]
+    for r in result.get("rows", []):
+        note = r.get("note") or ""
+        extra = []
+        if r.get("sources_used") is not None:
+            extra.append(f"answers with retrieved sources: {r['sources_used']}/{task.get('items')}")
+        if r.get("retrieval_hit") is not None:
+            extra.append(f"gold paragraph retrieved: {pct(r['retrieval_hit'])}")
+        if r.get("total_params"):
+            extra.append(f"trainable {params(r.get('trainable_params'))} of {params(r['total_params'])}")
+        if r.get("error"):
+            extra.append(f"error: {r['error']}")
+        parts.append(f"- **{r.get('label') or r['technique']}**: {note} {'; '.join(extra)}".rstrip())
+    samples = [(r, s) for r in result.get("rows", []) for s in (r.get("samples") or [])[:1]]
+    if samples:
+        parts += ["", "## A sample answer per technique", ""]
+        for r, s in samples:
+            text = " ".join(str(s.get("answer", "")).split())[:300]
+            parts.append(f"- **{SHORT.get(r['technique'], r['technique'])}** — _{s.get('question', '')[:120]}_ → {text}")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots and files
+def _bars(ax, names, values, title, fmt="{:.0f}", color="#4C72B0"):
+    vals = [0 if v is None else v for v in values]
+    bars = ax.bar(names, vals, color=color)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=35, labelsize=8)
+    for b, v in zip(bars, values):
+        ax.annotate("–" if v is None else fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    """quality.png (metric bars), costs.png (cost bars), tradeoff.png (quality against cost scatter)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.get("rows", []) if r.get("status") == "ok"]
+    names = [SHORT.get(r["technique"], r["technique"]) for r in rows]
+    metrics = list(result.get("task", {}).get("metrics") or [])
+    out_dir = Path(out_dir)
+    paths = []
+
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.5 * max(1, len(metrics)), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        _bars(ax, names, [None if (r.get("metrics") or {}).get(m) is None else 100 * r["metrics"][m] for r in rows],
+              f"{m} (%)", color="#55A868")
+        ax.set_ylim(0, 105)
+    fig.suptitle(result.get("task", {}).get("title", ""), fontsize=11)
+    fig.tight_layout()
+    paths.append(out_dir / "quality.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    costs = [("ttft_ms", "time to first token (ms)", "{:.0f}"), ("tokens_per_s", "tokens / s", "{:.1f}"),
+             ("prompt_tokens", "prompt tokens", "{:.0f}"), ("train_s", "training / indexing (s)", "{:.0f}"),
+             ("peak_mem_mb", "peak memory (MB)", "{:.0f}"), ("disk_mb", "size on disk (MB)", "{:.1f}")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, title, fmt) in zip(axes.flat, costs):
+        _bars(ax, names, [r.get(key) for r in rows], title, fmt)
+    fig.tight_layout()
+    paths.append(out_dir / "costs.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, title) in zip(axes, [("ttft_ms", "time to first token (ms)"),
+                                       ("train_s", "training / indexing time (s)")]):
+        for r, n in zip(rows, names):
+            x, y = r.get(key) or 0.0, 100 * (r.get("quality") or 0.0)
+            ax.scatter([x], [y], s=60)
+            ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(title)
+        ax.set_ylabel(f"{result.get('task', {}).get('primary', 'quality')} (%)")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Quality against cost", fontsize=11)
+    fig.tight_layout()
+    paths.append(out_dir / "tradeoff.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """report.json, report.md and the PNGs into `out_dir`; returns name -> path. The verdict is (re)derived here."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["verdict"] = verdict(result)
+    pngs = plot(result, out_dir)
+    files = {p.name: p for p in pngs}
+    md = out_dir / "report.md"
+    md.write_text(markdown(result), encoding="utf-8")
+    js = out_dir / "report.json"
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(js)
+    files.update({"report.md": md, "report.json": js})
+    return files

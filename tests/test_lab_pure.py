@@ -1,0 +1,158 @@
+"""The lab's pure parts: task metrics, task data preparation, the verdict and the report files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapters import lab_report as rep
+from adapters import lab_tasks as lt
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def test_normalize_and_f1_follow_squad():
+    assert lt.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert lt.token_f1("in the 10th century", "10th century") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert lt.token_f1("France", "france.") == 1.0
+    assert lt.token_f1("Germany", "France") == 0.0
+    assert lt.token_f1("", "") == 1.0 and lt.token_f1("x", "") == 0.0
+
+
+def test_contains_gold_needs_whole_words():
+    assert lt.contains_gold("It is located in France, in Europe.", ["France"])
+    assert lt.contains_gold("the 10th and 11th centuries", ["Italy", "10th and 11th centuries"])
+    assert not lt.contains_gold("Frances", ["France"])  # no partial-word match
+    assert not lt.contains_gold("anything", [""])
+
+
+def test_style_metric():
+    assert lt.follows_style("Kaizen here: the answer is 4.")
+    assert lt.follows_style('  "**kaizen here** the answer')
+    assert not lt.follows_style("Sure! Kaizen here: ...")
+    assert lt.house_style("One. Two! " + "x" * 400).startswith("Kaizen here: One. Two!")
+    assert len(lt.house_style("word " * 500)) <= len(lt.HOUSE_PHRASE) + 1 + 220
+
+
+def test_score_answer_per_task():
+    squad = lt.LabTask("squad", "t", "generate", "contains", ("contains", "f1"), [], {}, [], lt.SQUAD_PROMPT)
+    s = lt.score_answer(squad, {"answers": ["Paris", "the city of Paris"]}, "Paris")
+    assert s == {"contains": 1.0, "f1": 1.0}
+    style = lt.LabTask("style", "t", "generate", "style", ("style",), [], {}, [], lt.STYLE_PROMPT)
+    assert lt.score_answer(style, {}, "Hello. Kaizen here: hi") == {"style": 0.0, "phrase_anywhere": 1.0}
+    pref = lt.LabTask("oasst", "t", "preference", "pref_acc", ("pref_acc",), [], {}, [], lt.OASST_PROMPT)
+    with pytest.raises(ValueError):
+        lt.score_answer(pref, {}, "x")
+
+
+def test_unpair_gives_one_desirable_and_one_undesirable_per_pair():
+    p = [{"role": "user", "content": "q"}]
+    rows = lt.unpair([{"prompt": p, "chosen": [{"role": "assistant", "content": "a"}],
+                       "rejected": [{"role": "assistant", "content": "b"}]}])
+    assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [("a", True), ("b", False)]
+
+
+# ---------------------------------------------------------------------------------------------- task data
+def _squad_fixture():
+    def para(title, i):
+        qas = [{"id": f"{title}{i}q{j}", "question": f"Q{j} about {title} {i}?", "is_impossible": False,
+                "answers": [{"text": f"ans {title} {i} {j}", "answer_start": 0}]} for j in range(3)]
+        qas.append({"id": f"{title}{i}imp", "question": "unanswerable?", "is_impossible": True, "answers": []})
+        return {"context": f"Context of {title} {i}.", "qas": qas}
+
+    dev = {"data": [{"title": t, "paragraphs": [para(t, i) for i in range(3)]} for t in ("A", "B")]}
+    test = {"data": [{"title": "D", "paragraphs": [{"context": f"distractor {i}", "qas": []} for i in range(10)]}]}
+    return dev, test
+
+
+def test_squad_task_holds_out_eval_questions():
+    dev, test = _squad_fixture()
+    task = lt.build_squad(dev, test, limit=3)
+    assert [i["doc"] for i in task.items] == ["A #0", "B #0", "A #1"]  # articles interleaved
+    eval_q = {i["question"] for i in task.items}
+    train_q = {r["messages"][0]["content"] for r in task.train["sft"]}
+    assert eval_q.isdisjoint(train_q) and len(train_q) == 6  # the other two questions of each paragraph
+    assert all(r["chosen"] != r["rejected"] for r in task.train["dpo"])
+    assert len(task.train["kto"]) == 2 * len(task.train["dpo"])
+    assert len(task.documents) == 3 + 6 and task.documents[-1][1].startswith("distractor")
+
+
+def test_style_task_goes_through_the_feedback_store(tmp_path):
+    pairs = [(f"How do I do thing number {i} well?", f"You do thing {i} carefully. Then check it twice. " * 3)
+             for i in range(6)]
+    task = lt.build_style(pairs, ["How do I do thing number 1 well?", "A new question?", "Another one?"], limit=5,
+                          work_dir=tmp_path)
+    assert [i["question"] for i in task.items] == ["A new question?", "Another one?"]  # seen prompt left out
+    assert len(task.train["sft"]) == 6
+    assert all(lt.follows_style(r["messages"][-1]["content"]) for r in task.train["sft"])
+    assert all(lt.follows_style(r["chosen"][0]["content"]) and not lt.follows_style(r["rejected"][0]["content"])
+               for r in task.train["dpo"])
+    assert task.info["edits"] == 6
+
+
+def test_missing_shared_data_is_a_clear_error(tmp_path):
+    with pytest.raises(lt.TaskDataError, match="shared/data|not found"):
+        lt.load_task("squad", 3, data_root=tmp_path)
+    with pytest.raises(ValueError, match="unknown task"):
+        lt.load_task("nope", 3, data_root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- verdict
+def _row(t, q, **kw):
+    base = {"technique": t, "label": rep.LABELS[t], "status": "ok", "quality": q,
+            "metrics": {"contains": q, "f1": q / 2}, "ttft_ms": 100.0, "tokens_per_s": 20.0, "prompt_tokens": 40,
+            "trainable_params": 0, "total_params": 1000, "train_s": 0.0, "peak_mem_mb": 10.0, "disk_mb": 0.0}
+    base.update(kw)
+    return base
+
+
+def _result(rows, n=30):
+    return {"task": {"name": "squad", "title": "Doc QA", "items": n, "primary": "contains",
+                     "metrics": ["contains", "f1"]},
+            "budget": {"steps": 40, "batch_size": 2, "examples": 80, "max_length": 256},
+            "model": "m", "device": "cpu", "rows": rows}
+
+
+def test_verdict_is_derived_from_the_numbers():
+    rows = [_row("base", 0.20), _row("rag", 0.61, ttft_ms=420.0, prompt_tokens=700, train_s=3.0, disk_mb=1.5),
+            _row("sft", 0.22, trainable_params=460_000, train_s=40.0, disk_mb=1.8),
+            _row("full", 0.10, trainable_params=1000, train_s=90.0, disk_mb=540.0),
+            {"technique": "dpo", "label": "DPO LoRA", "status": "error", "error": "out of memory"}]
+    lines = rep.verdict(_result(rows))
+    assert lines[0].startswith("Base: 20%")
+    assert lines[1].startswith("RAG: +41 points on document questions (20% → 61%), +320 ms to first token")
+    assert "17.5× prompt tokens" in lines[1]
+    assert lines[2].startswith("SFT: no clear gain on document questions (+2 points")
+    assert lines[3].startswith("Full FT: -10 points")
+    assert lines[4] == "DPO: failed (out of memory)."
+    assert lines[5].startswith("Best: RAG at 61% (+41 points")
+
+
+def test_verdict_says_when_nothing_wins_and_scales_noise_with_items():
+    lines = rep.verdict(_result([_row("base", 0.5), _row("prompt", 0.6)], n=3))
+    assert "no clear gain" in lines[1] and lines[-1].startswith("Overall: no technique beat")
+    assert rep.noise_points(3) == pytest.approx(33.3, abs=0.1) and rep.noise_points(100) == rep.MIN_GAIN_POINTS
+    assert rep.verdict(_result([])) == ["No technique produced a result."]
+
+
+def test_cheapest_close_to_the_best_is_named():
+    rows = [_row("base", 0.1), _row("sft", 0.90, train_s=50.0, disk_mb=2.0), _row("prompt", 0.88)]
+    lines = rep.verdict(_result(rows))
+    assert lines[-2].startswith("Best: SFT at 90%")
+    assert lines[-1] == "Cheapest within 5 points of the best: Prompt (88%)."
+
+
+def test_report_files_are_complete(tmp_path):
+    rows = [_row("base", 0.2), _row("rag", 0.6, sources_used=30, retrieval_hit=0.9,
+                                    samples=[{"question": "Q?", "answer": "A | b"}]),
+            {"technique": "kto", "label": "KTO LoRA", "status": "error", "error": "boom"}]
+    files = rep.write_report(_result(rows), tmp_path)
+    assert set(files) == set(rep.REPORT_FILES)
+    for name in rep.REPORT_FILES:
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [r["technique"] for r in data["rows"]] == ["base", "rag", "kto"] and data["verdict"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| RAG | 60% | 30% |" in md and "KTO LoRA | error" in md
+    assert "gold paragraph retrieved: 90%" in md and "A \\| b" not in md  # samples are not table cells
+    assert "40 optimizer steps" in md and "80 training examples" in md
