@@ -7,7 +7,6 @@ The applied check happens inside the write transaction, so two processes opening
 """
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 

@@ -2,12 +2,15 @@
 
 Concurrency (chosen design): one SQLite connection per thread (WAL: readers never block) and, for writes, a
 write lock held around each `BEGIN IMMEDIATE ... COMMIT`: a `threading.Lock` shared by every `Store` on the same
-file in this process plus an `flock` on `<db>.lock` between processes. Writers therefore queue instead of spinning
+file in this process plus an `flock` on `<db>.lock` between processes (feedback.locking; create Stores after a
+fork, not before). Writers therefore queue instead of spinning
 in SQLite's busy handler (whose 100 ms sleeps starve writers and blow up tail latency); `busy_timeout=5000` still
 covers writers that do not take the lock (e.g. the `sqlite-utils` CLI). Safe to call from Gradio worker threads.
 
 Durability: WAL with `synchronous=NORMAL` (default) keeps every committed event across a crash or SIGKILL of the
 app; pass `synchronous="FULL"` to also survive power loss (costs an fsync per write, ~0.2-5 ms here).
+Checkpoints (which fsync) run in a background thread, off the request path; writers only checkpoint themselves
+when the WAL passes WAL_AUTOCHECKPOINT_PAGES under sustained load, which keeps the WAL bounded.
 
 Server-side truth: every write re-checks in the same transaction that the message or conversation belongs to the
 calling user; foreign ids, other users' ids and wrong roles all give `NotFoundError`/`FeedbackError` and write
@@ -16,10 +19,8 @@ nothing. Text is stored verbatim (HTML is not stripped; escaping is the UI's job
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -28,11 +29,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from feedback import migrations
-
-try:
-    import fcntl
-except ImportError:  # Windows: in-process lock only
-    fcntl = None
+from feedback.locking import Checkpointer, lock_for
 
 REASONS = ("wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other")
 USER_ROLES = ("user", "admin")
@@ -40,6 +37,7 @@ MESSAGE_ROLES = ("system", "user", "assistant")
 MAX_NAME_CHARS = 100
 MAX_META_CHARS = 200  # title, template, model, adapter
 MAX_SOURCES_CHARS = 200_000
+WAL_AUTOCHECKPOINT_PAGES = 8000  # ~32 MB: the in-line checkpoint is only a bound; see feedback.locking.Checkpointer
 
 
 class FeedbackError(ValueError):
@@ -66,63 +64,6 @@ def normalize_since(since: str | None) -> str:
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-# --- write lock ---------------------------------------------------------------------------------------------
-_LOCKS: dict[str, "_WriteLock"] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-class _WriteLock:
-    """threading.Lock (this process) + flock on a side file (other processes), with a timeout."""
-
-    def __init__(self, lock_path: str, timeout_s: float):
-        self.thread_lock = threading.Lock()
-        self.timeout_s = timeout_s
-        self.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if fcntl else None
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        deadline = time.monotonic() + self.timeout_s
-        if not self.thread_lock.acquire(timeout=self.timeout_s):
-            raise sqlite3.OperationalError("database is locked (write lock timeout)")
-        try:
-            if self.fd is not None:
-                pause = 5e-5
-                while True:
-                    try:
-                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise sqlite3.OperationalError("database is locked (another process holds it)")
-                        time.sleep(pause)
-                        pause = min(pause * 2, 1e-3)
-            try:
-                yield
-            finally:
-                if self.fd is not None:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
-        finally:
-            self.thread_lock.release()
-
-
-def _lock_for(db_path: Path, timeout_s: float) -> _WriteLock:
-    key = os.path.realpath(db_path)
-    with _LOCKS_GUARD:
-        if key not in _LOCKS:
-            _LOCKS[key] = _WriteLock(key + ".lock", timeout_s)
-        return _LOCKS[key]
-
-
-def _forget_locks_after_fork() -> None:  # a child must not share the parent's flock description
-    global _LOCKS_GUARD
-    _LOCKS.clear()
-    _LOCKS_GUARD = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
 # --- validation helpers -------------------------------------------------------------------------------------
@@ -164,6 +105,10 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
+_OWNED_ANSWER = ("SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                 "WHERE m.id = ? AND c.user_id = ? AND m.role = 'assistant'")
+
+
 class Store:
     """Feedback store over a SQLite file. See the module docstring for the concurrency design."""
 
@@ -181,12 +126,14 @@ class Store:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_guard = threading.Lock()
-        self._lock = _lock_for(self.path, busy_timeout_ms / 1000)
+        self._lock = lock_for(self.path, busy_timeout_ms / 1000)
         conn = self._conn()
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise FeedbackError(f"{self.path}: could not switch to WAL journal mode")
         with self._lock.hold():
             migrations.apply(self.db)
+        self._checkpointer = Checkpointer(self)
+        self._checkpointer.start()
 
     # --- connections ----------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -197,6 +144,7 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self._local.conn = conn
             self._local.db = Database(conn)
             with self._conns_guard:
@@ -211,6 +159,10 @@ class Store:
 
     def close(self) -> None:
         """Close every connection this Store opened (all threads)."""
+        checkpointer = getattr(self, "_checkpointer", None)
+        if checkpointer is not None:
+            checkpointer.stopped.set()
+            checkpointer.join(timeout=5)
         with self._conns_guard:
             for conn in self._conns:
                 conn.close()
@@ -225,6 +177,7 @@ class Store:
             try:
                 yield conn
                 conn.execute("COMMIT")
+                self._checkpointer.dirty = True
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -416,24 +369,32 @@ class Store:
             raise FeedbackError(f"unknown reason(s) {unknown}; known: {list(REASONS)}")
         reasons_json = json.dumps(list(dict.fromkeys(reasons)))
         comment = _text(comment if comment is not None else "", "comment", self.max_comment_chars, allow_empty=True)
-        with self._write() as conn:
-            self._owned_message(conn, message_id, user_id, "assistant")
-            return conn.execute("INSERT INTO ratings (message_id, user_id, value, reasons, comment, created) "
-                                "VALUES (?, ?, ?, ?, ?, ?)",
-                                (message_id, user_id, int(value), reasons_json, comment, now_iso())).lastrowid
+        _id(message_id, "message_id"), _id(user_id, "user_id")
+        params = (message_id, user_id, int(value), reasons_json, comment, now_iso(), message_id, user_id)
+        with self._write() as conn:  # the ownership check and the insert are one statement (the UI hot path)
+            cur = conn.execute("INSERT INTO ratings (message_id, user_id, value, reasons, comment, created) "
+                               f"SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED_ANSWER})", params)
+            if cur.rowcount != 1:
+                self._owned_message(conn, message_id, user_id, "assistant")  # raises the precise error
+                raise FeedbackError(f"message {message_id} cannot be rated")
+            return cur.lastrowid
 
     def edit(self, message_id: int, user_id: int, edited: str) -> int:
         """A corrected answer. The original is read from the database (the answer as generated)."""
         edited = _text(edited, "edited answer", self.max_answer_chars)
+        _id(message_id, "message_id"), _id(user_id, "user_id")
         with self._write() as conn:
-            msg = self._owned_message(conn, message_id, user_id, "assistant")
-            last = conn.execute("SELECT edited FROM edits WHERE message_id = ? AND user_id = ? ORDER BY id DESC "
-                                "LIMIT 1", (message_id, user_id)).fetchone()
-            if edited == (last[0] if last else msg["content"]):
+            cur = conn.execute(
+                "INSERT INTO edits (message_id, user_id, original, edited, created) "
+                "SELECT m.id, ?, m.content, ?, ? FROM messages m WHERE m.id = ? AND m.role = 'assistant' "
+                "AND m.conversation_id IN (SELECT id FROM conversations WHERE user_id = ?) "
+                "AND ? IS NOT coalesce((SELECT edited FROM edits WHERE message_id = m.id AND user_id = ? "
+                "ORDER BY id DESC LIMIT 1), m.content)",
+                (user_id, edited, now_iso(), message_id, user_id, edited, user_id))
+            if cur.rowcount != 1:
+                self._owned_message(conn, message_id, user_id, "assistant")  # raises the precise error
                 raise FeedbackError("the edit does not change the answer")
-            return conn.execute("INSERT INTO edits (message_id, user_id, original, edited, created) "
-                                "VALUES (?, ?, ?, ?, ?)",
-                                (message_id, user_id, msg["content"], edited, now_iso())).lastrowid
+            return cur.lastrowid
 
     def choose(self, prompt_message_id: int, user_id: int, candidate_ids: Sequence[int], picked_id: int) -> int:
         """Regenerate-and-pick: `candidate_ids` (>= 2 assistant answers to the same user message) and the pick."""
