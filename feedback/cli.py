@@ -16,8 +16,7 @@ def open_store(settings: Settings | None = None):
     """The Store on the configured database, with the configured length limits."""
     from feedback.store import Store
 
-    settings = settings or Settings.from_env()
-    return Store(settings.db_path, max_user_chars=settings.max_input_chars, max_answer_chars=settings.max_edit_chars)
+    return Store.from_settings(settings or Settings.from_env())
 
 
 def _cmd_backup(args) -> int:

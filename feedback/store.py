@@ -135,6 +135,12 @@ class Store:
         self._checkpointer = Checkpointer(self)
         self._checkpointer.start()
 
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> "Store":
+        """The Store at `settings.db_path` with the length limits of `settings` (max_input_chars, max_edit_chars)."""
+        return cls(settings.db_path, max_user_chars=settings.max_input_chars,
+                   max_answer_chars=settings.max_edit_chars, **kwargs)
+
     # --- connections ----------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

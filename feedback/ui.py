@@ -1,8 +1,8 @@
 """The Feedback tab: counts over time and by template/model/adapter, thumbs ratio, latest edits.
 
 Call `build_feedback_tab(store, user_id_fn)` inside `with gr.Tab("Feedback"):` of a `gr.Blocks`; it builds the
-components, wires its refresh button and returns a `FeedbackTab`. To fill it when the page opens:
-`demo.load(tab.refresh, None, tab.outputs)`. `user_id_fn(request: gr.Request) -> int | None` names the viewer:
+components, refreshes them when the tab is selected and on its Refresh button, and returns a `FeedbackTab`
+(to also fill it when the page opens: `demo.load(tab.refresh, None, tab.outputs)`). `user_id_fn(request: gr.Request) -> int | None` names the viewer:
 an admin (or None, anonymous single-user mode) sees everyone's feedback, a user only their own.
 `frames(stats)` (pure) turns `Store.stats()` into the DataFrames shown.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
+from gradio.context import get_render_context
 
 EDIT_COLUMNS = ["created", "user", "message_id", "adapter", "original", "edited"]
 
@@ -54,6 +55,7 @@ class FeedbackTab:
 
 def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
     """Build the Feedback view in the current Blocks context (no launching)."""
+    parent = get_render_context()
     summary = gr.Markdown("Press **Refresh** to load the feedback statistics.")
     refresh_button = gr.Button("Refresh", variant="secondary", size="sm")
     per_day = gr.LinePlot(x="day", y="count", color="kind", title="Feedback events per day", x_title="day",
@@ -80,4 +82,6 @@ def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
 
     outputs = [summary, per_day, ratio, by_adapter, by_template, by_model, edits]
     refresh_button.click(refresh, None, outputs, api_visibility="private")
+    if isinstance(parent, gr.Tab):
+        parent.select(refresh, None, outputs, api_visibility="private")
     return FeedbackTab(refresh=refresh, outputs=outputs, refresh_button=refresh_button)

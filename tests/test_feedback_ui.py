@@ -26,6 +26,8 @@ def test_tab_builds_and_refresh_fills_every_output(tmp_path):
         with gr.Tab("Feedback"):
             tab = build_feedback_tab(store, lambda request: viewer["id"])
         demo.load(tab.refresh, None, tab.outputs)
+    selects = [d for d in demo.config["dependencies"] if any(t[1] == "select" for t in d["targets"])]
+    assert len(selects) == 1  # the tab refreshes itself when selected
     values = tab.refresh(None)
     assert len(values) == len(tab.outputs) == 7
     for component, value in zip(tab.outputs, values):
