@@ -1,0 +1,134 @@
+"""A real browser (Debian Chromium driven by playwright) against the running app: chat, templates, feedback."""
+import json
+import sqlite3
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (`make test` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    pg = browser.new_page()
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.goto(app_server["url"])
+    pg.wait_for_selector("#message textarea")
+    yield pg
+    pg.close()
+
+
+def bot_text(page) -> str:
+    bots = page.locator('[data-testid="bot"]')
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def send(page, text, timeout=180):
+    """Type a message, press Enter, and return every distinct text the answer bubble showed while streaming."""
+    before = page.locator('[data-testid="bot"]').count()
+    page.fill("#message textarea", text)
+    page.press("#message textarea", "Enter")
+    seen, last_change, deadline = [], time.time(), time.time() + timeout
+    while time.time() < deadline:
+        if page.locator('[data-testid="bot"]').count() > before:
+            t = bot_text(page)
+            if t and (not seen or seen[-1] != t):
+                seen.append(t)
+                last_change = time.time()
+            if seen and time.time() - last_change > 3 and page.locator("#message textarea").input_value() == "":
+                return seen
+        page.wait_for_timeout(25)
+    raise AssertionError(f"no complete answer within {timeout}s; saw {seen}")
+
+
+def db_rows(app_server, sql, *args):
+    with sqlite3.connect(app_server["db"]) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def choose_template(page, name):
+    page.click("#template input")
+    page.locator(f'[role="option"]:has-text("{name}")').first.click()
+    page.wait_for_timeout(300)
+
+
+def test_reply_streams_in_and_template_switch_takes_effect(page, app_server):
+    seen = send(page, "What is the capital of France?")
+    assert len(seen) >= 2, f"the answer should appear piece by piece, saw {seen}"
+    assert "Paris" in seen[-1]
+    choose_template(page, "academic")
+    send(page, "volcanoes")
+    (template, content), = db_rows(app_server, "select template, content from messages where role='assistant' "
+                                               "order by id desc limit 1")
+    assert template == "academic" and content.strip() and content.strip()[:20] in bot_text(page)
+
+
+def test_thumbs_down_with_reason_edit_retry_and_pick_are_stored(page, app_server):
+    send(page, "Name a fruit.")
+    (answer_id, original), = db_rows(app_server, "select id, content from messages where role='assistant' "
+                                                "order by id desc limit 1")
+    bot = page.locator('[data-testid="bot"]').last
+    bot.hover()
+    page.locator('[aria-label="Dislike"]').last.click()
+    page.wait_for_selector("#why-panel", state="visible")
+    page.locator("#reasons label:has-text('wrong')").click()
+    page.fill("#comment textarea", "not a fruit")
+    page.click("#why-save")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Saved')")
+
+    bot.hover()
+    page.locator('[aria-label="Edit"]').last.click()
+    page.fill(".edit-textarea", "An apple is a fruit.")
+    page.locator('[aria-label="Submit"]').click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('correction')")
+    assert "An apple is a fruit." in bot_text(page)
+
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Retry"]').last.click()
+    page.wait_for_selector("#pick-row", state="visible", timeout=180_000)
+    page.click("#pick-second")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('preferred')")
+
+    ratings = db_rows(app_server, "select value, reasons, comment, user_id from ratings where message_id=?", answer_id)
+    assert [(v, json.loads(r), c) for v, r, c, _ in ratings][-1] == (-1, ["wrong"], "not a fruit")
+    edits = db_rows(app_server, "select original, edited from edits where message_id=?", answer_id)
+    assert edits == [(original, "An apple is a fruit.")]
+    (prompt_id, candidates, picked), = db_rows(
+        app_server, "select prompt_message_id, candidates, picked_id from choices order by id desc limit 1")
+    (parent,), = db_rows(app_server, "select parent_id from messages where id=?", answer_id)
+    assert prompt_id == parent and answer_id in json.loads(candidates) and picked != answer_id
+    (picked_parent, role), = db_rows(app_server, "select parent_id, role from messages where id=?", picked)
+    assert (picked_parent, role) == (parent, "assistant")
+
+
+def test_script_in_an_edit_is_shown_escaped_and_never_runs(page, app_server):
+    send(page, "Say hello.")
+    payload = "<img src=x onerror=alert(1)>"
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Edit"]').last.click()
+    page.fill(".edit-textarea", payload)
+    page.locator('[aria-label="Submit"]').click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('correction')")
+    page.wait_for_timeout(1000)
+    assert payload in bot_text(page)  # shown as text
+    assert page.locator('#chatbot img[src="x"]').count() == 0
+    assert page.dialogs == []
+    assert db_rows(app_server, "select edited from edits order by id desc limit 1") == [(payload,)]
