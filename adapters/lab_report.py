@@ -41,6 +41,17 @@ def params(n) -> str:
     return str(int(n))
 
 
+def size(mb) -> str:
+    """Disk size from MB: '0.4 KB', '1.5 MB', '540 MB'."""
+    if mb is None:
+        return "–"
+    if mb == 0:
+        return "0"
+    if mb < 1:
+        return f"{mb * 1024:.1f} KB"
+    return f"{mb:,.1f} MB" if mb < 100 else f"{mb:,.0f} MB"
+
+
 def noise_points(n_items: int) -> float:
     """The smallest difference worth a claim: MIN_GAIN_POINTS, or one item's worth on small sets."""
     return max(MIN_GAIN_POINTS, 100.0 / n_items if n_items else 100.0)
@@ -79,8 +90,8 @@ def row_verdict(row: dict, base: dict, n_items: int, subject: str) -> str:
         costs.append(f"{row['train_s']:.0f} s {what}")
     if row.get("trainable_params"):
         costs.append(f"{params(row['trainable_params'])} trained parameters")
-    if row.get("disk_mb"):
-        costs.append(f"{num(row['disk_mb'], 1)} MB on disk")
+    if (row.get("disk_mb") or 0) >= 0.01:
+        costs.append(f"{size(row['disk_mb'])} on disk")
     return head + (", " + ", ".join(costs) if costs else "") + "."
 
 
@@ -117,7 +128,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the Markdown/UI table."""
     metrics = list(result.get("task", {}).get("metrics") or [])
     header = ["Technique", *metrics, "TTFT ms", "tok/s", "prompt tok", "trainable", "train/index s", "peak MB",
-              "disk MB"]
+              "disk"]
     out = []
     for r in result.get("rows", []):
         if r.get("status") != "ok":
@@ -126,7 +137,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         m = r.get("metrics") or {}
         out.append([r.get("label") or r["technique"], *[pct(m.get(k)) for k in metrics], num(r.get("ttft_ms")),
                     num(r.get("tokens_per_s"), 1), num(r.get("prompt_tokens")), params(r.get("trainable_params")),
-                    num(r.get("train_s"), 1), num(r.get("peak_mem_mb")), num(r.get("disk_mb"), 1)])
+                    num(r.get("train_s"), 1), num(r.get("peak_mem_mb")), size(r.get("disk_mb"))])
     return header, out
 
 
@@ -137,6 +148,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def budget_text(budget: dict) -> str:
+    if not budget.get("examples"):
+        return "No technique was trained in this run."
     return (f"Equal training budget for every trained technique: {budget.get('steps')} optimizer steps, batch size "
             f"{budget.get('batch_size')}, {budget.get('examples')} training examples, max length "
             f"{budget.get('max_length')} tokens, learning rate {budget.get('lr_note', 'per method recipe')}.")

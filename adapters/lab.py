@@ -1,0 +1,363 @@
+"""The techniques lab: one evaluation set through the base model, prompt engineering, RAG, SFT / DPO / KTO LoRA and
+a full fine-tune, side by side, with equal training budgets; a report (table, plots, verdict) in an output folder.
+
+    kaizen lab --task squad|style|oasst --techniques base,prompt,rag,sft,dpo,kto,full \
+               --budget-steps 40 --limit 30 --out DIR
+
+What each technique changes (and nothing else): `base` — the plain template; `prompt` — the task's engineered
+template; `rag` — the product's retriever (Chroma + BM25) over the task's documents, answers through the grounded
+template; `sft`/`dpo`/`kto` — a LoRA adapter trained by `adapters.train` on the task's training rows, answering with
+the plain template; `full` — every weight trained (SFT rows), answering with the plain template.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from adapters import lab_measure as lm
+from adapters.lab_report import LABELS, write_report
+from adapters.lab_tasks import TASKS, LabTask, load_task
+from agent.chat import Answerer
+from agent.settings import Settings
+from agent.templates import Template
+
+TECHNIQUES = ("base", "prompt", "rag", "sft", "dpo", "kto", "full")
+TRAINED = ("sft", "dpo", "kto", "full")
+DATA_KIND = {"sft": "sft", "dpo": "dpo", "kto": "kto", "full": "sft"}  # full fine-tuning = SFT on all weights
+LATENCY_SAMPLES = 5  # generations timed per technique on preference tasks (which are scored without generating)
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The one training budget every trained technique gets. `examples`: None = steps x batch_size, capped at the
+    smallest training set among the chosen methods (the same rows count for all)."""
+
+    steps: int = 40
+    batch_size: int = 2
+    max_length: int = 256
+    examples: int | None = None
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.max_length < 32:
+            raise ValueError("budget: steps and batch size must be >= 1 and max length >= 32")
+        if self.examples is not None and self.examples < 1:
+            raise ValueError("budget: examples must be >= 1")
+
+
+def parse_techniques(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'base,rag,sft' -> ['base', 'rag', 'sft'] in the lab's order; clear error on an unknown one."""
+    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    unknown = [t for t in names if t not in TECHNIQUES]
+    if unknown or not names:
+        raise ValueError(f"unknown technique(s) {unknown or text!r}; choose from {','.join(TECHNIQUES)}")
+    return [t for t in TECHNIQUES if t in names]
+
+
+def training_examples(task: LabTask, methods: list[str], budget: Budget) -> int:
+    """How many training rows every trained method gets (equal for all)."""
+    sizes = [len(task.train[DATA_KIND[m]]) for m in methods]
+    if not sizes:
+        return 0
+    if min(sizes) == 0:
+        empty = [m for m, n in zip(methods, sizes) if n == 0]
+        raise ValueError(f"task {task.name!r} has no training rows for {', '.join(empty)}")
+    wanted = budget.examples or budget.steps * budget.batch_size
+    return min(wanted, *sizes)
+
+
+class LabAnswerer(Answerer):
+    """The product's answer pipeline, with the task's engineered template available by name."""
+
+    def __init__(self, model, settings: Settings, kb=None, extra: dict[str, Template] | None = None):
+        super().__init__(model, settings, kb)
+        self.extra = extra or {}
+
+    def templates(self) -> dict[str, Template]:
+        return {**super().templates(), **self.extra}
+
+
+@dataclass
+class Lab:
+    """Everything one run shares: settings, task, the loaded base model, the budget, the output folder."""
+
+    settings: Settings
+    task: LabTask
+    model: object  # agent.model.ChatModel
+    budget: Budget
+    examples: int
+    work: Path
+    progress: Progress
+    kb: object = None
+    ref_pairs: list | None = None  # the base model's (logp chosen, logp rejected) per preference item
+
+    def answerer(self, model=None, kb=None) -> LabAnswerer:
+        return LabAnswerer(model or self.model, dataclasses.replace(self.settings, temperature=0.0), kb,
+                           {self.task.prompt_template.name: self.task.prompt_template})
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def sources_for(answerer: LabAnswerer, question: str, max_new: int) -> tuple[str, list]:
+    """The reference block the grounded template gets (same budget rule as agent.chat.Answerer.answer)."""
+    from agent.retrieval import format_sources
+
+    hits, _ = answerer.retrieve(question, "on")
+    budget = max(400, (answerer.model.max_context - max_new - 200) * 3 - len(question))
+    return format_sources(hits, max_chars=budget), hits
+
+
+def evaluate(lab: Lab, answerer: LabAnswerer, *, template: str, rag: str, adapter: str | None,
+             relative: bool = False) -> dict:
+    """Quality and serving costs of one technique on the task's items."""
+    task = lab.task
+    doc_names = None
+    if task.name == "squad" and rag == "on":
+        from agent.ingest import display_name
+
+        doc_names = {i["doc"]: display_name(i["doc"]) for i in task.items}
+    if task.kind == "generate":
+        return lm.answer_items(answerer, task, task.items, template=template, rag=rag, adapter=adapter, score=True,
+                               doc_names=doc_names, progress=lambda f, m: lab.progress(f, m))
+    tmpl = answerer.template(template)
+    pairs, used = [], 0
+    for n, item in enumerate(task.items):
+        history, question = lm.history_and_question(item)
+        variables = {}
+        if rag == "on":
+            variables["sources"], hits = sources_for(answerer, question, task.max_new_tokens)
+            used += bool(hits)
+        messages = tmpl.render(question, history, **variables)
+        pairs.append(lm.pair_logps(answerer.model, messages, item, adapter))
+        lab.progress((n + 1) / len(task.items), f"scored {n + 1}/{len(task.items)} pairs")
+    ref = reference_pairs(lab) if relative else None
+    out = lm.answer_items(answerer, task, task.items[:LATENCY_SAMPLES], template=template, rag=rag, adapter=adapter,
+                          score=False)
+    out["metrics"] = lm.preference_scores(pairs, ref)
+    out["sources_used"] = used if rag == "on" else 0
+    out["reward"] = "implicit reward relative to the base model" if relative else "raw log-probability margin"
+    return out
+
+
+def reference_pairs(lab: Lab) -> list:
+    """The base model's log-probabilities of each pair, with the plain template (computed once)."""
+    if lab.ref_pairs is None:
+        tmpl = lab.answerer().template(lab.task.base_template)
+        lab.ref_pairs = []
+        for item in lab.task.items:
+            history, question = lm.history_and_question(item)
+            lab.ref_pairs.append(lm.pair_logps(lab.model, tmpl.render(question, history), item, None))
+    return lab.ref_pairs
+
+
+# ---------------------------------------------------------------------------------------------- techniques
+def run_base(lab: Lab, row: dict) -> None:
+    row.update(evaluate(lab, lab.answerer(), template=lab.task.base_template, rag="off", adapter=None))
+    row["note"] = f"template `{lab.task.base_template}`, no retrieval, no training."
+
+
+def run_prompt(lab: Lab, row: dict) -> None:
+    tmpl = lab.task.prompt_template
+    path = lab.work / "prompt" / f"{tmpl.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    path.write_text(yaml.safe_dump({"name": tmpl.name, "description": tmpl.description, "system": tmpl.system,
+                                    "user": tmpl.user}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    row.update(evaluate(lab, lab.answerer(), template=tmpl.name, rag="off", adapter=None))
+    row.update(disk_mb=lm.disk_mb(path), artifact=str(path),
+               note=f"template `{tmpl.name}` (system: “{tmpl.system[:160]}”), same weights, no retrieval.")
+
+
+def run_rag(lab: Lab, row: dict) -> None:
+    from agent.retrieval import KnowledgeBase
+
+    folder = lab.work / "rag"
+    shutil.rmtree(folder, ignore_errors=True)
+    kb_settings = dataclasses.replace(lab.settings, data_dir=folder, chroma_url="")
+    elapsed = lm.time_it()
+    kb = KnowledgeBase.from_settings(kb_settings, collection="lab")
+    for n, (name, text) in enumerate(lab.task.documents):
+        kb.add_text(text, name)
+        lab.progress((n + 1) / len(lab.task.documents), f"indexing {n + 1}/{len(lab.task.documents)} documents")
+    row["train_s"] = elapsed()
+    row.update(evaluate(lab, lab.answerer(kb=kb), template="grounded", rag="on", adapter=None))
+    row.update(disk_mb=lm.disk_mb(folder), artifact=str(folder), documents=len(lab.task.documents),
+               note=f"{len(lab.task.documents)} documents indexed (Chroma + BM25, hybrid), top-4 chunks in the "
+                    "`grounded` template, same weights.")
+
+
+def train_method(lab: Lab, method: str) -> dict:
+    """Train `method` on the task's first `lab.examples` rows with the lab's budget (adapters.train).
+    Returns {"folder", "train_s", "trainable_params", "recipe"}."""
+    from adapters import train as trainer
+
+    kind = DATA_KIND[method]
+    data_dir = lab.work / method / "data"
+    out_dir = lab.work / method / "out"
+    shutil.rmtree(lab.work / method, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    rows = lab.task.train[kind][: lab.examples]
+    (data_dir / f"{kind}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+    recipe = trainer.recipe_for(method, steps=lab.budget.steps, batch_size=lab.budget.batch_size,
+                                max_length=lab.budget.max_length)
+    elapsed = lm.time_it()
+    result = trainer.train(method, data_dir, out_dir, lab.settings, recipe=recipe)
+    seconds = elapsed()
+    folder = Path(getattr(result, "folder", None) or (result.get("folder") if isinstance(result, dict) else out_dir))
+    info = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe or {})
+    trainable = getattr(result, "trainable_params", None)
+    if trainable is None and isinstance(result, dict):
+        trainable = result.get("trainable_params")
+    return {"folder": folder, "train_s": seconds, "trainable_params": trainable, "recipe": info}
+
+
+def run_lora(lab: Lab, row: dict, method: str) -> None:
+    t = train_method(lab, method)
+    trainable = t["trainable_params"] or sum(lm.safetensors_params(t["folder"]).values())
+    row.update(train_s=t["train_s"], trainable_params=trainable, recipe=t["recipe"], artifact=str(t["folder"]),
+               disk_mb=lm.disk_mb(t["folder"]), train_examples=lab.examples, train_steps=lab.budget.steps)
+    lab.model.add_adapter(f"lab-{method}", t["folder"])
+    try:
+        row.update(evaluate(lab, lab.answerer(), template=lab.task.base_template, rag="off",
+                            adapter=f"lab-{method}", relative=True))
+    finally:
+        lab.model.remove_adapter(f"lab-{method}")
+    row["note"] = (f"LoRA adapter trained on {lab.examples} {DATA_KIND[method].upper()} rows, "
+                   f"{lab.budget.steps} steps; answers with template `{lab.task.base_template}`.")
+
+
+def run_full(lab: Lab, row: dict, keep: bool) -> None:
+    from agent.model import ChatModel
+
+    t = train_method(lab, "full")
+    full = ChatModel.from_settings(dataclasses.replace(lab.settings, base_model=str(t["folder"])))
+    changed, tensors = lm.changed_tensors(lab.model.model, full.model)
+    total = lm.model_params(full.model)
+    row.update(train_s=t["train_s"], trainable_params=t["trainable_params"] or total, recipe=t["recipe"],
+               disk_mb=lm.disk_mb(t["folder"]), artifact=str(t["folder"]), changed_tensors=changed,
+               tensors=tensors, train_examples=lab.examples, train_steps=lab.budget.steps)
+    try:
+        row.update(evaluate(lab, lab.answerer(model=full), template=lab.task.base_template, rag="off", adapter=None,
+                            relative=True))
+    finally:
+        del full
+        if not keep:  # the full copy is large; its size is measured above
+            for f in Path(t["folder"]).glob("*.safetensors"):
+                f.unlink()
+            row["artifact_removed"] = True
+    row["note"] = (f"all weights trained on {lab.examples} SFT rows, {lab.budget.steps} steps; "
+                   f"{changed}/{tensors} weight tensors changed.")
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budget: Budget = Budget(),
+            limit: int = 30, out_dir: str | Path | None = None, data_root: str | Path | None = None,
+            keep: bool = False, progress: Progress | None = None) -> dict:
+    """Run the lab and write its report into `out_dir` (default <data_dir>/lab/<task>-<time>). Returns the result
+    dict (what report.json holds) with "files": name -> path. A technique that fails gets an error row; the
+    others still run."""
+    from agent.model import ChatModel
+
+    techniques = parse_techniques(techniques)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)}")
+    out = Path(out_dir) if out_dir else Path(settings.data_dir) / "lab" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda f, m: None)
+    started, elapsed = time.strftime("%Y-%m-%dT%H:%M:%S"), lm.time_it()
+    say(0.0, f"loading task {task}")
+    the_task = load_task(task, limit, data_root, work_dir=work)
+    examples = training_examples(the_task, [t for t in techniques if t in TRAINED], budget)
+    say(0.0, "loading the base model")
+    model = ChatModel.from_settings(settings)
+    # Warm-up: the first generation of a process pays one-off costs (thread pools, allocator growth) that would
+    # otherwise be charged to whichever technique runs first.
+    model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4, adapter=None)
+    lab = Lab(settings, the_task, model, budget, examples, work, say)
+    base_params = lm.model_params(model.model)
+    rows = []
+    for i, tech in enumerate(techniques):
+        row = {"technique": tech, "label": LABELS[tech], "status": "ok", "trainable_params": 0,
+               "total_params": base_params, "train_s": 0.0, "disk_mb": 0.0}
+
+        def step(f, m, i=i, tech=tech):
+            say((i + max(0.0, min(1.0, f))) / len(techniques), f"{LABELS[tech]}: {m}")
+
+        lab.progress = step
+        step(0.0, "starting")
+        t0 = lm.time_it()
+        try:
+            with lm.PeakMemory(model.device) as mem:
+                if tech == "base":
+                    run_base(lab, row)
+                elif tech == "prompt":
+                    run_prompt(lab, row)
+                elif tech == "rag":
+                    run_rag(lab, row)
+                elif tech == "full":
+                    run_full(lab, row, keep)
+                else:
+                    run_lora(lab, row, tech)
+            row["peak_mem_mb"] = mem.peak_mb
+            row["peak_rss_mb"] = mem.peak_rss_mb
+        except Exception as e:  # one failed technique must not lose the others' results
+            row.update(status="error", error=f"{type(e).__name__}: {e}")
+        row["seconds"] = t0()
+        m = row.get("metrics") or {}
+        row["quality"] = m.get(the_task.primary) if row["status"] == "ok" else None
+        rows.append(row)
+        step(1.0, "done" if row["status"] == "ok" else f"failed: {row.get('error')}")
+    result = {
+        "created": started, "seconds": elapsed(), "model": str(settings.base_model), "device": model.device,
+        "dtype": str(getattr(model.model, "dtype", "")),
+        "task": {"name": the_task.name, "title": the_task.title, "kind": the_task.kind, "items": len(the_task.items),
+                 "primary": the_task.primary, "metrics": list(the_task.metrics),
+                 "train_rows": {k: len(v) for k, v in the_task.train.items()},
+                 "documents": len(the_task.documents), "info": the_task.info},
+        "budget": {**dataclasses.asdict(budget), "examples": examples,
+                   "lr_note": "per method recipe (see each row's recipe)"},
+        "techniques": techniques, "rows": rows,
+    }
+    files = write_report(result, out)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _cmd_lab(args) -> int:
+    settings = Settings.from_env()
+    budget = Budget(steps=args.budget_steps, batch_size=args.batch_size, max_length=args.max_length,
+                    examples=args.examples)
+
+    def progress(f, message):
+        print(f"[{100 * f:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+    result = run_lab(settings, args.task, args.techniques, budget, args.limit, args.out, args.data, args.keep,
+                     progress)
+    print((Path(result["files"]["report.md"])).read_text(encoding="utf-8"))
+    print(f"report: {Path(result['files']['report.md']).parent}", file=sys.stderr)
+    return 0 if all(r["status"] == "ok" for r in result["rows"]) else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lab", help="compare prompt engineering, RAG, SFT/DPO/KTO LoRA and full fine-tuning "
+                                   "on one task, side by side")
+    p.add_argument("--task", choices=TASKS, default="squad", help="built-in evaluation task")
+    p.add_argument("--techniques", default=",".join(TECHNIQUES), help="comma-separated: " + ",".join(TECHNIQUES))
+    p.add_argument("--budget-steps", type=int, default=40, help="optimizer steps of every trained technique")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=256, help="training max length (tokens)")
+    p.add_argument("--examples", type=int, default=None, help="training rows (default steps x batch size)")
+    p.add_argument("--limit", type=int, default=30, help="evaluation items")
+    p.add_argument("--out", default=None, help="report folder (default <data_dir>/lab/<task>-<time>)")
+    p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
+    p.add_argument("--keep", action="store_true", help="keep the full fine-tune's weights (hundreds of MB)")
+    p.set_defaults(func=_cmd_lab)
