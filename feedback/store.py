@@ -198,20 +198,21 @@ class Store:
         return rows[0] if rows else None
 
     # --- users ----------------------------------------------------------------------------------------------
-    def ensure_user(self, name: str, role: str = "user") -> int:
-        """The id of user `name`, created if missing. The role is synced (the users file is its source)."""
+    def ensure_user(self, name: str, role: str | None = None) -> int:
+        """The id of user `name`, created (role `role` or "user") if missing. An existing user's role changes only
+        when `role` is given: pass the role from the users file (feedback.auth.role_of) to keep them in sync."""
         name = _text(name, "user name", MAX_NAME_CHARS).strip()
-        if role not in USER_ROLES:
+        if role is not None and role not in USER_ROLES:
             raise FeedbackError(f"role must be one of {USER_ROLES}, got {role!r}")
         row = self._one("SELECT id, role FROM users WHERE name = ?", (name,))
-        if row and row["role"] == role:
+        if row and role in (None, row["role"]):
             return row["id"]
         with self._write() as conn:
             row = self._one("SELECT id, role FROM users WHERE name = ?", (name,), conn)
             if row is None:
                 return conn.execute("INSERT INTO users (name, role, opted_out, created) VALUES (?, ?, 0, ?)",
-                                    (name, role, now_iso())).lastrowid
-            if row["role"] != role:
+                                    (name, role or "user", now_iso())).lastrowid
+            if role is not None and row["role"] != role:
                 conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, row["id"]))
             return row["id"]
 

@@ -245,6 +245,8 @@ def test_users_roles_and_opt_out(world):
     assert s.ensure_user("alice") == world["alice"]
     assert s.ensure_user("carol", "admin") == s.ensure_user("carol", "admin")
     assert s.find_user("carol")["role"] == "admin"
+    assert s.ensure_user("carol") == s.find_user("carol")["id"]  # no role given: unchanged
+    assert s.find_user("carol")["role"] == "admin"
     s.ensure_user("carol", "user")  # roles follow the users file
     assert s.find_user("carol")["role"] == "user"
     s.set_opt_out(world["alice"], True)
