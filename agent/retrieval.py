@@ -143,14 +143,13 @@ class KnowledgeBase:
                  chunk_size: int = ingest.CHUNK_SIZE, hybrid: HybridConfig = HybridConfig()):
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
-        from agent.embeddings import Embedder
-
         self.collection = collection
         self.store = ChromaVectorStore(chroma_collection=collection)
         self.uploads_dir = Path(uploads_dir)
         self.max_upload_mb = max_upload_mb
-        self.embedder = embedder or Embedder()
-        self.splitter = ingest.make_splitter(self.embedder.tokenizer.tokenize, chunk_size)
+        self._embedder = embedder
+        self._splitter = None
+        self.chunk_size = chunk_size
         self.hybrid = hybrid
         self._lock = threading.RLock()
         self._chunks: list[dict] = []  # id, doc_id, name, chunk, chunks, added, text
@@ -177,6 +176,21 @@ class KnowledgeBase:
         col = client.get_or_create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
                                               embedding_function=None)
         return cls(col, settings.uploads_dir, max_upload_mb=settings.max_upload_mb, **kwargs)
+
+    @property
+    def embedder(self):
+        """Loaded on first use: listing and deleting documents need no model."""
+        if self._embedder is None:
+            from agent.embeddings import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    @property
+    def splitter(self):
+        if self._splitter is None:
+            self._splitter = ingest.make_splitter(self.embedder.tokenizer.tokenize, self.chunk_size)
+        return self._splitter
 
     # -- caches derived from Chroma -----------------------------------------------------------------
     def _refresh(self, force: bool = False) -> None:
@@ -232,38 +246,55 @@ class KnowledgeBase:
     def add_text(self, text: str, name: str, doc_id: str | None = None,
                  progress: Callable[[float, str], None] | None = None) -> dict:
         """Ingest already-extracted text under display `name` (content-hash id unless given)."""
+        return self.add_texts([(text, name, doc_id)], progress=progress)[0]
+
+    def add_texts(self, items: list[tuple], progress: Callable[[float, str], None] | None = None) -> list[dict]:
+        """Bulk ingest of (text, name[, doc_id]) items: one embedding pass, one write. All or nothing."""
         from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
-        name = ingest.display_name(name)
-        doc_id = doc_id or ingest.content_id(text)
+        docs = []
+        for item in items:
+            text, name = item[0], ingest.display_name(item[1])
+            doc_id = (item[2] if len(item) > 2 else None) or ingest.content_id(text)
+            docs.append((text, name, doc_id))
         with self._lock:
-            if self.has(doc_id):
-                existing = next((d for d in self.list() if d["doc_id"] == doc_id), None)
-                return {"doc_id": doc_id, "name": existing["name"] if existing else name,
-                        "chunks": existing["chunks"] if existing else 0, "duplicate": True}
-            chunks = ingest.chunk_text(text, self.splitter)
-            if not chunks:
-                raise IngestError(f"{name} contains no text to index")
-            vectors: list[list[float]] = []
-            for start in range(0, len(chunks), 64):
-                vectors += self.embedder.embed(chunks[start:start + 64])
-                if progress:
-                    progress(min(1.0, (start + 64) / len(chunks)), f"embedding {name}")
+            known = {d["doc_id"]: d for d in self.list()}
+            results, nodes, texts, fresh = [], [], [], []
             added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            nodes = [
-                TextNode(id_=f"{doc_id}:{i}", text=chunk, embedding=vec,
-                         metadata={"name": name, "chunk": i, "chunks": len(chunks), "added": added},
-                         relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc_id)})
-                for i, (chunk, vec) in enumerate(zip(chunks, vectors))
-            ]
+            for text, name, doc_id in docs:
+                if doc_id in known:
+                    d = known[doc_id]
+                    results.append({"doc_id": doc_id, "name": d["name"], "chunks": d["chunks"], "duplicate": True})
+                    continue
+                chunks = ingest.chunk_text(text, self.splitter)
+                if not chunks:
+                    raise IngestError(f"{name} contains no text to index")
+                known[doc_id] = {"name": name, "chunks": len(chunks)}
+                results.append({"doc_id": doc_id, "name": name, "chunks": len(chunks), "duplicate": False})
+                fresh.append(doc_id)
+                for i, chunk in enumerate(chunks):
+                    nodes.append(TextNode(
+                        id_=f"{doc_id}:{i}", text=chunk,
+                        metadata={"name": name, "chunk": i, "chunks": len(chunks), "added": added},
+                        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc_id)}))
+                    texts.append(chunk)
+            if not nodes:
+                return results
+            label = docs[0][1] if len(docs) == 1 else f"{len(fresh)} documents"
+            for start in range(0, len(texts), 64):
+                for node, vec in zip(nodes[start:start + 64], self.embedder.embed(texts[start:start + 64])):
+                    node.embedding = vec
+                if progress:
+                    progress(min(1.0, (start + 64) / len(texts)), f"embedding {label}")
             try:
                 self.store.add(nodes)
             except BaseException:
-                self.store.delete(doc_id)  # no half-indexed document
+                for doc_id in fresh:  # no half-indexed document
+                    self.store.delete(doc_id)
                 raise
             finally:
-                self._refresh(force=True)
-        return {"doc_id": doc_id, "name": name, "chunks": len(chunks), "duplicate": False}
+                self._seen = -1  # caches rebuilt lazily, on the next read
+        return results
 
     def _keep_copy(self, doc_id: str, raw_name: str, data: bytes) -> None:
         """The original bytes under a generated, inert name (never the user's name, never .html/.svg)."""
@@ -286,7 +317,7 @@ class KnowledgeBase:
             self.store.delete(doc_id)
             for f in self.stored_files(doc_id):
                 f.unlink(missing_ok=True)
-            self._refresh(force=True)
+            self._seen = -1
         return True
 
     # -- reading -------------------------------------------------------------------------------------

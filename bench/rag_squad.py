@@ -1,0 +1,293 @@
+"""Retrieval benchmark on SQuAD 2.0: BM25 vs dense vs the project's hybrid, in the same run, on the same store.
+
+Corpus: the 646 dev paragraphs + the 570 test paragraphs (distractors), each ingested as one document through
+`KnowledgeBase.add_text` (real chunking, real embeddings, real Chroma in a temp dir). Queries: the answerable dev
+questions (a seeded sample with --limit). Relevant: the question's own paragraph. A document's rank is the rank of its
+best chunk. Prints JSON: recall@1/5/10, MRR@10, p50/p95 latency per mode (modes interleaved per query).
+
+  --chunk-sizes 128,254,512   also compare chunk sizes (dense and BM25 lists only, fused offline)
+  --sweep                     grid over the RRF parameters, chosen on half the articles, reported on the other half
+  --answers N                 generate answers for N questions with the real default model, with and without RAG,
+                              and report how often the answer contains a gold answer
+  --routing                   calibrate agent.routing's threshold: best-hit cosine for SQuAD questions vs real
+                              open-ended chat prompts (oasst prompt lottery) on the same store
+
+Example: .venv/bin/python bench/rag_squad.py --limit 1000 --sweep --routing --answers 100 > bench/out/rag.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import agent.settings  # noqa: E402,F401  (offline env first)
+from agent.retrieval import HybridConfig, KnowledgeBase, rrf_fuse  # noqa: E402
+from agent.settings import Settings  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+KS = (1, 5, 10)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_squad(root: Path):
+    """(paragraphs {key: text}, questions [{id, question, key, answers, article}])."""
+    paragraphs, questions = {}, []
+    for split in ("dev", "test"):
+        data = json.loads((root / f"{split}-v2.0.json").read_text())["data"]
+        for a, article in enumerate(data):
+            for p, para in enumerate(article["paragraphs"]):
+                key = f"{split}/{a}/{p}"
+                paragraphs[key] = para["context"]
+                if split != "dev":
+                    continue
+                for qa in para["qas"]:
+                    answers = [x["text"] for x in qa.get("answers", [])]
+                    if answers and not qa.get("is_impossible", False):
+                        questions.append({"id": qa["id"], "question": qa["question"], "key": key,
+                                          "answers": answers, "article": a})
+    return paragraphs, questions
+
+
+def build(paragraphs: dict, tmp: Path, chunk_size: int, hybrid: HybridConfig | None = None):
+    settings = Settings.from_env(data_dir=tmp / f"c{chunk_size}", chroma_url="")
+    kb = KnowledgeBase.from_settings(settings, collection=f"squad_{chunk_size}", chunk_size=chunk_size,
+                                     **({"hybrid": hybrid} if hybrid else {}))
+    t = time.perf_counter()
+    keys = list(paragraphs)
+    done = kb.add_texts([(paragraphs[k], k.replace("/", "-")) for k in keys])
+    key_doc = {k: d["doc_id"] for k, d in zip(keys, done)}
+    kb.search("warm up", 1)  # builds BM25
+    n_chunks = kb.collection.count()
+    return kb, key_doc, {"chunk_size": chunk_size, "chunks": n_chunks, "ingest_s": round(time.perf_counter() - t, 1)}
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def doc_rank(doc_ids: list[str], gold: str, limit: int = 10) -> int | None:
+    """1-based rank of `gold` among the distinct documents of a chunk ranking, or None past `limit`."""
+    seen: list[str] = []
+    for d in doc_ids:
+        if d not in seen:
+            seen.append(d)
+            if d == gold:
+                return len(seen)
+            if len(seen) >= limit:
+                break
+    return None
+
+
+def summarize(ranks: list[int | None]) -> dict:
+    n = len(ranks) or 1
+    out = {f"recall@{k}": round(sum(1 for r in ranks if r and r <= k) / n, 4) for k in KS}
+    out["mrr@10"] = round(sum(1 / r for r in ranks if r) / n, 4)
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def raw_lists(kb: KnowledgeBase, questions: list[dict], depth: int = 50):
+    """Per query: (dense chunk ids, bm25 chunk ids), best first, at `depth` — for offline fusion."""
+    kb.search("warm up", 1)
+    by_id = kb._by_id
+    chunks = kb._chunks
+    out = []
+    for q in questions:
+        qvec = kb.embedder.embed_query(q["question"])
+        dense = [i for i, _ in kb._dense(qvec, depth)]
+        bm25 = [chunks[i]["id"] for i, _ in kb._bm25.search(q["question"], depth)]
+        out.append((dense, bm25))
+    to_doc = {cid: chunks[i]["doc_id"] for cid, i in by_id.items()}
+    return out, to_doc
+
+
+def eval_lists(lists, to_doc, gold: list[str], cfg: HybridConfig | None, which: str) -> dict:
+    ranks = []
+    for (dense, bm25), g in zip(lists, gold):
+        if which == "dense":
+            ids = dense
+        elif which == "bm25":
+            ids = bm25
+        else:
+            ids = [i for i, _ in rrf_fuse([dense[:cfg.depth], bm25[:cfg.depth]],
+                                          [cfg.dense_weight, cfg.bm25_weight], cfg.rrf_k)]
+        ranks.append(doc_rank([to_doc[i] for i in ids], g))
+    return summarize(ranks)
+
+
+def live_run(kb: KnowledgeBase, questions: list[dict], key_doc: dict, k_chunks: int = 30) -> dict:
+    """The real `kb.search` for each mode, interleaved per query (rotating order), timed."""
+    modes = ["bm25", "dense", "hybrid"]
+    ranks = {m: [] for m in modes}
+    lat = {m: [] for m in modes}
+    for n, q in enumerate(questions):
+        for m in modes[n % 3:] + modes[:n % 3]:
+            t = time.perf_counter()
+            hits = kb.search(q["question"], k=k_chunks, mode=m)
+            lat[m].append(time.perf_counter() - t)
+            ranks[m].append(doc_rank([h.doc_id for h in hits], key_doc[q["key"]]))
+    out = {}
+    for m in modes:
+        out[m] = summarize(ranks[m]) | {"p50_ms": pct(lat[m], 0.5), "p95_ms": pct(lat[m], 0.95)}
+    best = max(out["bm25"]["recall@5"], out["dense"]["recall@5"])
+    out["hybrid_minus_best_baseline_recall@5_points"] = round(100 * (out["hybrid"]["recall@5"] - best), 2)
+    return out
+
+
+def sweep(lists, to_doc, questions, key_doc) -> dict:
+    """RRF grid: chosen on even-numbered dev articles, reported on odd ones (held out)."""
+    gold = [key_doc[q["key"]] for q in questions]
+    tune = [i for i, q in enumerate(questions) if q["article"] % 2 == 0]
+    held = [i for i, q in enumerate(questions) if q["article"] % 2 == 1]
+    grid = [HybridConfig(rrf_k=k, dense_weight=w, bm25_weight=1.0, depth=d)
+            for k in (1, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0) for d in (20, 50)]
+
+    def score(cfg, idx):
+        return eval_lists([lists[i] for i in idx], to_doc, [gold[i] for i in idx], cfg, "hybrid")
+
+    table = [(cfg, score(cfg, tune)) for cfg in grid]
+    best_cfg, best_tune = max(table, key=lambda t: (t[1]["recall@5"], t[1]["mrr@10"]))
+    default = HybridConfig()
+    return {
+        "tune_queries": len(tune), "held_out_queries": len(held),
+        "best": vars(best_cfg) | {"tune": best_tune, "held_out": score(best_cfg, held)},
+        "default": vars(default) | {"tune": score(default, tune), "held_out": score(default, held)},
+        "held_out_baselines": {w: eval_lists([lists[i] for i in held], to_doc, [gold[i] for i in held], None, w)
+                               for w in ("bm25", "dense")},
+        "top5_on_tune": [vars(c) | {"recall@5": s["recall@5"], "mrr@10": s["mrr@10"]}
+                         for c, s in sorted(table, key=lambda t: -t[1]["recall@5"])[:5]],
+    }
+
+
+def routing_calibration(kb: KnowledgeBase, questions: list[dict]) -> dict:
+    """Best-hit cosine for on-topic questions vs off-topic real chat prompts; the threshold maximising balanced
+    accuracy, and the rates at agent.routing's current default."""
+    from agent.routing import DEFAULT_MIN_SIMILARITY
+
+    path = DATA / "oasst_en_100" / "prompt_lottery_en_250_text.jsonl"
+    prompts = [p for p in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+               if isinstance(p, str) and p.strip()]
+
+    def best(text):
+        hits = kb.search(text, k=4)
+        return max((h.similarity for h in hits if h.similarity is not None), default=-1.0)
+
+    on = [best(q["question"]) for q in questions[:500]]
+    off = [best(p) for p in prompts]
+    cands = sorted(set(round(x, 2) for x in on + off))
+    def bal(t):
+        return (sum(x >= t for x in on) / len(on) + sum(x < t for x in off) / len(off)) / 2
+    t_best = max(cands, key=bal)
+    rate = lambda xs, t: round(sum(x >= t for x in xs) / len(xs), 4)  # noqa: E731
+    return {"on_topic": len(on), "off_topic": len(off),
+            "on_median": round(statistics.median(on), 3), "off_median": round(statistics.median(off), 3),
+            "best_threshold": t_best, "balanced_accuracy": round(bal(t_best), 4),
+            "default_threshold": DEFAULT_MIN_SIMILARITY,
+            "default_on_topic_routed": rate(on, DEFAULT_MIN_SIMILARITY),
+            "default_off_topic_routed": rate(off, DEFAULT_MIN_SIMILARITY)}
+
+
+def answers_run(kb: KnowledgeBase, questions: list[dict], n: int, max_new_tokens: int) -> dict:
+    """Answers from the real default model through the project's answer pipeline, RAG off vs on."""
+    from agent.chat import Answerer
+    from agent.model import ChatModel
+
+    settings = Settings.from_env()
+    answerer = Answerer(ChatModel.from_settings(settings), settings, kb)
+    sample = questions[:n]
+    res = {"off": 0, "on": 0}
+    seconds = {"off": [], "on": []}
+    examples = []
+    for q in sample:
+        got = {}
+        for mode in ("off", "on"):
+            t = time.perf_counter()
+            reply = answerer.answer([], q["question"], template="plain", rag=mode, max_new_tokens=max_new_tokens)
+            got[mode] = reply.generation.collect()
+            seconds[mode].append(time.perf_counter() - t)
+            res[mode] += any(a.lower() in got[mode].lower() for a in q["answers"])
+        if len(examples) < 3:
+            examples.append({"question": q["question"], "gold": q["answers"][:2]} | got)
+    return {"questions": len(sample), "max_new_tokens": max_new_tokens, "model": settings.base_model,
+            "contains_gold_without_rag": round(res["off"] / len(sample), 4),
+            "contains_gold_with_rag": round(res["on"] / len(sample), 4),
+            "median_s_without_rag": round(statistics.median(seconds["off"]), 2),
+            "median_s_with_rag": round(statistics.median(seconds["on"]), 2), "examples": examples}
+
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA / "squad2")
+    ap.add_argument("--limit", type=int, default=0, help="sample this many questions (0 = all 2,910)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk-sizes", default="", help="comma list, e.g. 128,254,512")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--routing", action="store_true")
+    ap.add_argument("--answers", type=int, default=0)
+    ap.add_argument("--answer-tokens", type=int, default=48)
+    args = ap.parse_args(argv)
+    if not (args.data / "dev-v2.0.json").exists():
+        print(json.dumps({"skipped": f"{args.data} not found"}))
+        return 0
+    paragraphs, questions = load_squad(args.data)
+    random.Random(args.seed).shuffle(questions)
+    if args.limit:
+        questions = questions[: args.limit]
+    report: dict = {"paragraphs": len(paragraphs), "queries": len(questions), "seed": args.seed}
+    with tempfile.TemporaryDirectory(prefix="rag_squad_") as tmp:
+        kb, key_doc, info = build(paragraphs, Path(tmp), ingest_default())
+        report["store"] = info
+        log(f"store built: {info}")
+        report["hybrid_config"] = vars(kb.hybrid)
+        report["live"] = live_run(kb, questions, key_doc)
+        log(f"live run: {json.dumps(report['live'])}")
+        if args.sweep or args.chunk_sizes:
+            lists, to_doc = raw_lists(kb, questions)
+            if args.sweep:
+                report["sweep"] = sweep(lists, to_doc, questions, key_doc)
+                log(f"sweep: {json.dumps(report['sweep'])}")
+        if args.routing:
+            report["routing"] = routing_calibration(kb, questions)
+            log(f"routing: {json.dumps(report['routing'])}")
+        if args.answers:
+            report["answers"] = answers_run(kb, questions, args.answers, args.answer_tokens)
+            log(f"answers: {json.dumps(report['answers'])}")
+        sizes = [int(s) for s in args.chunk_sizes.split(",") if s.strip()]
+        report["chunk_sizes"] = {}
+        for size in sizes:
+            kb2, key_doc2, info2 = build(paragraphs, Path(tmp), size)
+            lists2, to_doc2 = raw_lists(kb2, questions)
+            gold = [key_doc2[q["key"]] for q in questions]
+            report["chunk_sizes"][size] = info2 | {
+                w: eval_lists(lists2, to_doc2, gold, kb2.hybrid, w) for w in ("bm25", "dense", "hybrid")}
+            log(f"chunk size {size}: {json.dumps(report['chunk_sizes'][size])}")
+            del kb2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def ingest_default() -> int:
+    from agent.ingest import CHUNK_SIZE
+
+    return CHUNK_SIZE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
