@@ -10,7 +10,7 @@ from agent.settings import Settings  # first: sets the offline / no-telemetry en
 import gradio as gr
 
 from agent.chat import RAG_MODES, Answerer
-from agent.ui_chat import ChatLogic, new_state, to_chatbot
+from agent.ui_chat import LOCAL_USER, ChatLogic, new_state, to_chatbot
 
 log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
@@ -33,13 +33,18 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     if store is None:
         from feedback.store import Store
 
-        store = Store(settings.db_path)
+        store = Store.from_settings(settings)
     answerer = answerer or Answerer.from_settings(settings)
     logic = ChatLogic(answerer, store)
     model = answerer.model
 
     def uid(request: gr.Request) -> int:
-        return logic.user_id(getattr(request, "username", None))
+        name = getattr(request, "username", None)
+        if not name:  # anonymous single-user mode: the local user owns the app
+            return store.ensure_user(LOCAL_USER, "admin")
+        from feedback.auth import role_of
+
+        return store.ensure_user(name, role_of(settings.auth_file, name) or "user")
 
     def adapter_choices() -> list[str]:
         return ["active", "base"] + sorted(model.adapters)
