@@ -193,6 +193,11 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
             with gr.Tab("Adapters"):
                 build_adapters_tab(registry, scheduler, lambda: gr.update(choices=adapter_choices()))
+        if _has("adapters.ui_lab"):
+            from adapters.ui_lab import build_lab_tab
+
+            with gr.Tab("Lab"):
+                build_lab_tab(settings)
         demo.load(lambda: gr.update(choices=adapter_choices()), None, adapter, api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
     return demo
