@@ -62,10 +62,11 @@ class Answerer:
             raise ValueError(f"rag mode must be one of {RAG_MODES}")
         if self.kb is None or mode == "off" or self.kb.is_empty():
             return [], False
-        from agent.routing import decide
+        from agent.routing import decide, relevant
 
         hits = self.kb.search(question, k=4)
-        return hits, decide(question, hits, mode)
+        use = decide(question, hits, mode)
+        return (relevant(hits) if mode == "auto" else hits) if use else hits, use
 
     def answer(
         self,
