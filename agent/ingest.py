@@ -144,7 +144,8 @@ def extract_text(data: bytes, name: str) -> str:
         raise IngestError(f"{display_name(name)} is empty (0 bytes)")
     text = _clean(EXTRACTORS[kind](data))
     if not text:
-        raise IngestError(f"{display_name(name)} contains no extractable text")
+        hint = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
+        raise IngestError(f"{display_name(name)} contains no extractable text{hint}")
     return text
 
 
