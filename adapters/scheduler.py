@@ -1,0 +1,289 @@
+"""The adaptation loop: feedback -> datasets -> training -> evaluation -> registry -> gate -> promotion.
+
+    result = run_once(settings, force=True)              # one run now (what `kaizen adapt` does)
+    sched = Scheduler(settings, on_promote=swap)         # in the app: checks every `interval_s`
+    sched.start(); ...; sched.trigger(); ...; sched.stop()
+
+A run is due when `settings.adapt_min_events` feedback events arrived since the last run, or when any arrived and
+`settings.adapt_hours` have passed. One run at a time across processes (an fcntl lock on
+<adapters_dir>/.adapt.lock; a second caller gets {"status": "busy"}). Training and evaluation run in child
+processes; the candidate is trained into a temporary folder and registered only when training finished, so a
+failed or killed run changes nothing. The gate decides: promoted (ACTIVE swapped, `on_promote(version, folder)`
+called when that version is what should be served, i.e. nothing is pinned) or retired (kept, listed, promotable by
+hand).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from adapters.registry import Registry, RegistryError, write_json
+from agent.settings import Settings
+
+log = logging.getLogger(__name__)
+STATE_FILE = "scheduler.json"
+LOCK_FILE = ".adapt.lock"
+MIN_ROWS = 4  # fewer training rows than this for a method: nothing to learn from
+AUTO_ORDER = ("sft", "dpo", "kto")
+
+
+# ---------------------------------------------------------------------------------------------- pure decisions
+def due(new_events: int, hours_since: float | None, min_events: int, hours: float) -> tuple[bool, str]:
+    """Is a run due? (decision, reason)."""
+    if new_events <= 0:
+        return False, "no new feedback events"
+    if new_events >= min_events:
+        return True, f"{new_events} new events >= {min_events}"
+    if hours_since is not None and hours_since >= hours:
+        return True, f"{new_events} new events and {hours_since:.1f} h since the last run (>= {hours} h)"
+    return False, f"{new_events}/{min_events} new events, {hours_since or 0:.1f}/{hours} h"
+
+
+def choose_method(rows: dict[str, int], min_rows: int = MIN_ROWS) -> str | None:
+    """The method for automatic runs: SFT when there are enough gold answers (edits, thumbs-up), else DPO
+    (pairs), else KTO (unpaired thumbs); None when no file has `min_rows` training rows."""
+    for method in AUTO_ORDER:
+        if rows.get(method, 0) >= min_rows:
+            return method
+    return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def hours_between(earlier: str | None, later: str) -> float | None:
+    if not earlier:
+        return None
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds() / 3600
+
+
+# ---------------------------------------------------------------------------------------------- state & lock
+def read_state(settings: Settings) -> dict:
+    try:
+        return json.loads((Path(settings.adapters_dir) / STATE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def run_lock(settings: Settings):
+    """Yields True when this caller holds the adaptation lock, False when another run holds it."""
+    root = Path(settings.adapters_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open_store(settings: Settings):
+    try:
+        from feedback.store import Store
+    except ModuleNotFoundError as e:
+        raise RuntimeError("the feedback store (feedback.store) is not installed") from e
+    return Store.from_settings(settings)
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def run_once(settings: Settings, store=None, force: bool = False, method: str | None = None,
+             progress: Callable[[dict], None] | None = None, on_promote: Callable[[str, str], None] | None = None,
+             margin: float = 0.05, recipe=None, eval_config=None, stop: threading.Event | None = None,
+             timeout: float | None = None) -> dict:
+    """One pass of the loop. Returns {"status": "busy" | "skipped" | "failed" | "promoted" | "refused", ...}
+    with "reason", and for trained runs "version", "method", "rows", "train" (metrics), "gate" {"promote",
+    "reasons"}, "seconds"; a failure has "error" and leaves the registry as it was."""
+    from adapters.evaluate import gate, run_evaluation
+    from adapters.train import TrainingError, run_training
+
+    say = progress or (lambda e: None)
+    t0 = time.perf_counter()
+    with run_lock(settings) as mine:
+        if not mine:
+            return {"status": "busy", "reason": "another adaptation run is in progress"}
+        registry = Registry(settings)
+        registry.clean_tmp(older_than_s=0)  # leftovers of killed runs (we hold the lock: none is live)
+        state = read_state(settings)
+        own_store = store is None
+        store = store or _open_store(settings)
+        started = now_iso()
+        run_dir = None
+        try:
+            if not state.get("watching_since"):
+                state["watching_since"] = started
+            new = store.event_count(state.get("last_run"))
+            decision, reason = due(new, hours_between(state.get("last_run") or state["watching_since"], started),
+                                   settings.adapt_min_events, settings.adapt_hours)
+            if not (force or decision):
+                _save_state(settings, state)
+                return {"status": "skipped", "reason": reason, "new_events": new}
+            say({"event": "datasets", "new_events": new})
+            from feedback.datasets import build_datasets
+            from feedback.export import write_datasets
+
+            files, manifest = build_datasets(store.training_events())
+            counts = {k: len(v) for k, v in files.items()}
+            chosen = method or choose_method(counts)
+            if chosen is None or counts.get("sft" if chosen == "full" else chosen, 0) == 0:
+                state.update(last_run=started, last_status="skipped")
+                _save_state(settings, state)
+                return {"status": "skipped", "new_events": new, "rows": counts,
+                        "reason": f"not enough training rows for {chosen or 'any method'} ({counts})"}
+            run_dir = registry.tmp_folder(chosen)
+            data_dir, adapter_dir = run_dir / "data", run_dir / "adapter"
+            write_datasets(data_dir, files, manifest)
+            say({"event": "training", "method": chosen, "rows": counts})
+            metrics = run_training(chosen, data_dir, adapter_dir, settings, recipe=recipe, progress=say,
+                                   timeout=timeout, stop=stop)
+            active = registry.active()
+            active_folder = None
+            if active is not None:
+                try:
+                    registry.validate(registry.folder(active))
+                    active_folder = str(registry.folder(active))
+                except RegistryError as e:
+                    log.warning("active version %s does not validate (%s): comparing against the base", active, e)
+                    active = None
+            say({"event": "evaluating", "against": active or "base"})
+            reports = run_evaluation(settings, data_dir, {"candidate": str(adapter_dir), "active": active_folder},
+                                     run_dir / "eval.json", config=eval_config, progress=say, timeout=timeout,
+                                     stop=stop)
+            promote, reasons = gate(reports["candidate"], reports["active"], margin)
+            meta = {"method": chosen, "recipe": metrics.get("recipe"), "metrics": _plain(metrics),
+                    "dataset": manifest, "rows": counts, "new_events": new,
+                    "eval": {"candidate": reports["candidate"], "active": reports["active"],
+                             "active_version": active},
+                    "gate": {"promote": promote, "reasons": reasons, "margin": margin}}
+            version = registry.register(adapter_dir, meta)
+            if promote:
+                registry.promote(version)
+                status = "promoted"
+            else:
+                registry.update_meta(version, state="retired")
+                status = "refused"
+            state.update(last_run=started, last_status=status, last_version=version)
+            _save_state(settings, state)
+            say({"event": status, "version": version})
+            swap_error = None
+            if promote and on_promote is not None and registry.serving() == version:
+                try:
+                    on_promote(version, str(registry.folder(version)))
+                except Exception as e:  # the app keeps serving what it served; the promotion stands
+                    log.exception("on_promote(%s) failed", version)
+                    swap_error = repr(e)
+            return {"swap_error": swap_error, "status": status, "version": version, "method": chosen, "new_events": new, "rows": counts,
+                    "train": _plain(metrics), "gate": {"promote": promote, "reasons": reasons},
+                    "eval": {"candidate": _brief(reports["candidate"]), "active": _brief(reports["active"])},
+                    "seconds": round(time.perf_counter() - t0, 1), "reason": "; ".join(reasons)}
+        except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
+            log.warning("adaptation run failed: %s", e)
+            state.update(last_run=started, last_status="failed", last_error=str(e)[:2000])
+            _save_state(settings, state)
+            return {"status": "failed", "error": str(e), "reason": str(e).splitlines()[0] if str(e) else "failed",
+                    "seconds": round(time.perf_counter() - t0, 1)}
+        finally:
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if own_store:
+                store.close()
+
+
+def _save_state(settings: Settings, state: dict) -> None:
+    write_json(Path(settings.adapters_dir) / STATE_FILE, state)
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("recipe", "folder")}
+
+
+def _brief(report: dict) -> dict:
+    return {k: report.get(k) for k in ("pref", "similarity", "general")}
+
+
+# ---------------------------------------------------------------------------------------------- in the app
+class Scheduler:
+    """Runs `run_once` in a background thread: every `interval_s` (skipped when not due), or at once after
+    `trigger()`. `stop()` ends the thread and kills a training child in progress (nothing is registered)."""
+
+    def __init__(self, settings: Settings, on_promote: Callable[[str, str], None] | None = None, store=None,
+                 interval_s: float = 60.0, **run_kwargs):
+        self.settings = settings
+        self.on_promote = on_promote
+        self.store = store
+        self.interval_s = interval_s
+        self.run_kwargs = run_kwargs
+        self.last: dict | None = None
+        self.progress: dict | None = None
+        self.running = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._forced: dict | None = None
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def start(self) -> "Scheduler":
+        if self._thread and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="kaizen-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def trigger(self, method: str | None = None) -> bool:
+        """Ask for a forced run now (a training run in progress: False, nothing queued)."""
+        with self._guard:
+            if self.running:
+                return False
+            self._forced = {"method": method}
+        self._wake.set()
+        if not (self._thread and self._thread.is_alive()):
+            self.start()
+        return True
+
+    @property
+    def status(self) -> dict:
+        return {"alive": bool(self._thread and self._thread.is_alive()), "running": self.running,
+                "last": self.last, "progress": self.progress}
+
+    def _on_progress(self, event: dict) -> None:
+        self.progress = {**event, "time": time.time()}
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._guard:
+                forced, self._forced = self._forced, None
+                self.running = True
+            try:
+                result = run_once(self.settings, store=self.store, force=forced is not None,
+                                  method=(forced or {}).get("method"), progress=self._on_progress,
+                                  on_promote=self.on_promote, stop=self._stop, **self.run_kwargs)
+                if result["status"] != "skipped" or forced is not None or self.last is None:
+                    self.last = {**result, "finished": now_iso()}
+            except Exception as e:  # the loop must survive anything one run throws
+                log.exception("scheduler run crashed")
+                self.last = {"status": "failed", "error": repr(e), "finished": now_iso()}
+            finally:
+                with self._guard:
+                    self.running = False
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
