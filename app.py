@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import time
 
 from agent.settings import Settings  # first: sets the offline / no-telemetry environment
 
@@ -27,6 +28,32 @@ def _stop_for(request: gr.Request) -> threading.Event:
     return ev
 
 
+def serve_registry(registry, model, interval_s: float = 3.0) -> threading.Thread:
+    """Keep the model serving what the registry says (active or pinned version, or the base), so a promotion,
+    roll-back or pin made anywhere (scheduler, Adapters tab, `kaizen adapters ...` in another process) takes effect
+    without a restart. A version that fails validation is logged and the model keeps serving what it served."""
+    from adapters.registry import RegistryError, sync_model
+
+    def sync():
+        try:
+            want = registry.serving()
+            if want != model.active:
+                log.info("serving %s (was %s)", want or "the base model", model.active or "the base model")
+                sync_model(registry, model)
+        except (RegistryError, OSError, ValueError) as e:
+            log.warning("cannot serve the registry's version: %s", e)
+
+    def loop():
+        while True:
+            sync()
+            time.sleep(interval_s)
+
+    sync()
+    t = threading.Thread(target=loop, name="kaizen-registry-sync", daemon=True)
+    t.start()
+    return t
+
+
 def build_app(settings: Settings | None = None, answerer: Answerer | None = None, store=None,
               registry=None, scheduler=None) -> gr.Blocks:
     settings = settings or Settings.from_env()
@@ -37,6 +64,18 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     answerer = answerer or Answerer.from_settings(settings)
     logic = ChatLogic(answerer, store)
     model = answerer.model
+    if registry is None:
+        from adapters.registry import Registry
+
+        registry = Registry(settings)
+    serve_registry(registry, model)
+    if scheduler is None:
+        from adapters.registry import sync_model
+        from adapters.scheduler import Scheduler
+
+        scheduler = Scheduler(settings, on_promote=lambda version, folder: sync_model(registry, model), store=store)
+        if settings.adapt_watch:
+            scheduler.start()
 
     def uid(request: gr.Request) -> int:
         name = getattr(request, "username", None)

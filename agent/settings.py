@@ -56,7 +56,6 @@ class Settings:
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app
-    ab_share: float = 0.0  # share of new conversations served by the candidate adapter (A/B)
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
