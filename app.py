@@ -1,7 +1,6 @@
 """Kaizen Chat — the Gradio app. This file only wires the UI; the logic lives in agent/, feedback/ and adapters/."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -10,16 +9,18 @@ from agent.settings import Settings  # first: sets the offline / no-telemetry en
 
 import gradio as gr
 
+from adapters.registry import Registry, RegistryError, sync_model
+from adapters.scheduler import Scheduler
+from adapters.ui import build_adapters_tab
+from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.ui_chat import LOCAL_USER, ChatLogic, new_state, to_chatbot
+from agent.ui_docs import build_docs_tab
+from feedback.ui import build_feedback_tab
 
 log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
 _stops: dict[str, threading.Event] = {}  # session hash -> stop flag of its running generation
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def _stop_for(request: gr.Request) -> threading.Event:
@@ -32,8 +33,6 @@ def serve_registry(registry, model, interval_s: float = 3.0) -> threading.Thread
     """Keep the model serving what the registry says (active or pinned version, or the base), so a promotion,
     roll-back or pin made anywhere (scheduler, Adapters tab, `kaizen adapters ...` in another process) takes effect
     without a restart. A version that fails validation is logged and the model keeps serving what it served."""
-    from adapters.registry import RegistryError, sync_model
-
     def sync():
         try:
             want = registry.serving()
@@ -64,15 +63,9 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     answerer = answerer or Answerer.from_settings(settings)
     logic = ChatLogic(answerer, store)
     model = answerer.model
-    if registry is None:
-        from adapters.registry import Registry
-
-        registry = Registry(settings)
+    registry = registry or Registry(settings)
     serve_registry(registry, model)
     if scheduler is None:
-        from adapters.registry import sync_model
-        from adapters.scheduler import Scheduler
-
         scheduler = Scheduler(settings, on_promote=lambda version, folder: sync_model(registry, model), store=store)
         if settings.adapt_watch:
             scheduler.start()
@@ -217,27 +210,23 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         chatbot.undo(on_undo, [state], [state, chatbot, box, status], api_visibility="private")
 
         # -- other tabs -------------------------------------------------------------------------------------
-        if answerer.kb is not None and _has("agent.ui_docs"):
-            from agent.ui_docs import build_docs_tab
-
+        if answerer.kb is not None:
             with gr.Tab("Documents"):
                 build_docs_tab(answerer.kb)
-        if _has("feedback.ui"):
-            from feedback.ui import build_feedback_tab
+        with gr.Tab("Feedback"):
+            build_feedback_tab(store, lambda request=None: uid(request))
+        with gr.Tab("Adapters") as adapters_tab:
+            build_adapters_tab(registry, scheduler, lambda: sync_model(registry, model))
+        with gr.Tab("Lab") as lab_tab:
+            build_lab_tab(settings)
+        admin_tabs = [adapters_tab, lab_tab]
 
-            with gr.Tab("Feedback"):
-                build_feedback_tab(store, lambda request=None: uid(request))
-        if registry is not None and _has("adapters.ui"):
-            from adapters.ui import build_adapters_tab
+        def on_load(request: gr.Request):
+            """Training controls are for admins (everyone is, in anonymous single-user mode)."""
+            admin = store.user(uid(request)).get("role") == "admin"
+            return [gr.update(choices=adapter_choices())] + [gr.update(visible=admin) for _ in admin_tabs]
 
-            with gr.Tab("Adapters"):
-                build_adapters_tab(registry, scheduler, lambda: gr.update(choices=adapter_choices()))
-        if _has("adapters.ui_lab"):
-            from adapters.ui_lab import build_lab_tab
-
-            with gr.Tab("Lab"):
-                build_lab_tab(settings)
-        demo.load(lambda: gr.update(choices=adapter_choices()), None, adapter, api_visibility="private")
+        demo.load(on_load, None, [adapter, *admin_tabs], api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
     return demo
 

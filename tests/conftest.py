@@ -1,8 +1,13 @@
 """Shared fixtures. The real default model is converted once per test session; tests that load it are `slow`."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,40 +76,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory, base_model_dir):
-    """The real app (`kaizen serve`) as a subprocess on a free loopback port, with its own data dir."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    data = tmp_path_factory.mktemp("appdata")
+@contextlib.contextmanager
+def running_app(data: Path, base_model_dir: Path, **env_extra):
+    """Start `kaizen serve` as a subprocess on a free loopback port; yields a dict with url, data_dir, db."""
     port = free_port()
     env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir), KAIZEN_PORT=str(port),
-               KAIZEN_HOST="127.0.0.1", KAIZEN_MAX_NEW_TOKENS="40")
+               KAIZEN_HOST="127.0.0.1", KAIZEN_MAX_NEW_TOKENS="40", **env_extra)
     env.pop("GRADIO_SERVER_PORT", None)
     env.pop("GRADIO_SERVER_NAME", None)
+    data.mkdir(parents=True, exist_ok=True)
     log = open(data / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited: {(data / 'server.log').read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError("the app did not start in 300 s")
-    yield {"url": url, "data_dir": data, "db": data / "kaizen.db", "proc": proc}
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        deadline = time.time() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the app exited: {(data / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("the app did not start in 300 s")
+                time.sleep(1)
+        yield {"url": url, "data_dir": data, "db": data / "kaizen.db", "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory, base_model_dir):
+    """The real app (`kaizen serve`) as a subprocess on a free loopback port, with its own data dir."""
+    with running_app(tmp_path_factory.mktemp("appdata"), base_model_dir) as server:
+        yield server

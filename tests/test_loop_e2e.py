@@ -1,0 +1,83 @@
+"""The whole adaptation loop on the real default model, CPU: users' edits into a house style → `kaizen adapt`
+(datasets, LoRA training, evaluation gate, promotion) → the running app serves the adapter without a restart, and
+its answers to prompts that were not in the feedback follow the style far more often than the base's did."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adapters.lab_tasks import HOUSE_PHRASE, follows_style, oasst_first_turns, style_events
+from agent.settings import Settings
+from feedback.store import Store
+from tests.conftest import ROOT, running_app
+
+pytestmark = pytest.mark.slow
+TRAIN_PROMPTS = 48
+EVAL_PROMPTS = 12
+
+
+def ask_all(client, prompts) -> list[str]:
+    answers = []
+    for p in prompts:
+        chat, _, status = client.predict(p, "plain", "off", "active", api_name="/chat")
+        assert status == "", status
+        answers.append(chat[-1]["content"][0]["text"])
+    return answers
+
+
+def rate(answers) -> float:
+    return sum(follows_style(a) for a in answers) / len(answers)
+
+
+def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base_model_dir, tmp_path):
+    from gradio_client import Client
+
+    trees = [json.loads(line) for line in (shared_data / "oasst_en_100" / "en_100_tree.jsonl").open()]
+    pairs = oasst_first_turns(trees)[:TRAIN_PROMPTS]
+    seen = {p for p, _ in pairs}
+    lottery = [json.loads(line) for line in (shared_data / "oasst_en_100" / "prompt_lottery_en_250_text.jsonl").open()]
+    unseen = [r["text"].strip() for r in lottery if r["text"].strip() not in seen and len(r["text"]) < 300]
+    unseen = unseen[:EVAL_PROMPTS]
+
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, base_model=str(base_model_dir), adapt_min_events=20)
+    store = Store.from_settings(settings)
+    assert style_events(store, pairs) == len(pairs)  # scripted users edit every answer into the house style
+    store.close()
+
+    with running_app(data, base_model_dir, KAIZEN_MAX_NEW_TOKENS="24") as app:
+        client = Client(app["url"], verbose=False)
+        base_rate = rate(ask_all(client, unseen))
+
+        env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir),
+                   KAIZEN_ADAPT_MIN_EVENTS="20")
+        run = subprocess.run([sys.executable, "-m", "agent.cli", "adapt"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=1500)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        listing = subprocess.run([sys.executable, "-m", "agent.cli", "adapters", "list", "--json"], cwd=ROOT,
+                                 env=env, capture_output=True, text=True, timeout=120)
+        versions = json.loads(listing.stdout)["versions"]
+        promoted = [v for v in versions if v["state"] == "active"]
+        assert promoted, f"the gate did not promote: {run.stdout[-2000:]}"
+        version = promoted[0]["version"]
+
+        deadline = time.time() + 60  # the app picks the promotion up by itself (no restart)
+        while True:
+            answers = ask_all(client, unseen[:1])
+            with sqlite3.connect(app["db"]) as db:
+                (served,), = db.execute("select adapter from messages where role='assistant' "
+                                        "order by id desc limit 1").fetchall()
+            if served == version:
+                break
+            assert time.time() < deadline, f"the app still serves {served!r}, not {version}"
+            time.sleep(2)
+        adapter_rate = rate(answers + ask_all(client, unseen[1:]))
+
+    print(f"house style '{HOUSE_PHRASE}' on {len(unseen)} unseen prompts: base {base_rate:.0%}, "
+          f"{version} {adapter_rate:.0%}")
+    assert base_rate <= 0.2
+    assert adapter_rate >= 0.7 and adapter_rate - base_rate >= 0.5
