@@ -1,5 +1,6 @@
 """The document store: a Chroma collection (through llama-index's ChromaVectorStore) plus a BM25 index rebuilt from
-the same stored chunks, fused by weighted reciprocal rank.
+the same stored chunks; hybrid search fuses the two (see HybridConfig: a convex score mix by default, weighted
+reciprocal rank on request).
 
 Chroma is the single source of truth: chunk text, document name, date and chunk count live in its metadata; the
 BM25 index and the document list are derived from it (rebuilt when the collection changes, also by another process
@@ -28,7 +29,7 @@ FOOTER = "<<<END REFERENCE DATA>>>"
 STORED_EXT = {".txt": ".txt", ".md": ".md", ".markdown": ".md", ".pdf": ".pdf", ".docx": ".docx",
               ".html": ".html.txt", ".htm": ".html.txt"}
 
-__all__ = ["Hit", "HybridConfig", "KnowledgeBase", "IngestError", "format_sources", "rrf_fuse"]
+__all__ = ["Hit", "HybridConfig", "KnowledgeBase", "IngestError", "convex_fuse", "format_sources", "rrf_fuse"]
 
 
 @dataclass
@@ -53,10 +54,17 @@ class Hit:
 
 @dataclass(frozen=True)
 class HybridConfig:
-    """Weighted reciprocal-rank fusion: score = sum_i w_i / (rrf_k + rank_i), over the top `depth` of each list.
-    Defaults chosen on bench/rag_squad.py (see its docstring)."""
+    """How BM25 and dense results are fused, over the top `depth` chunks of each.
 
-    rrf_k: int = 60
+    "convex": score = bm25_share * bm25 / max_bm25 + (1 - bm25_share) * cosine, on the union of both candidate
+    lists (exact cosine for every candidate). "rrf": weighted reciprocal rank, sum_i w_i / (rrf_k + rank_i).
+    Defaults chosen by bench/rag_squad.py on half the SQuAD articles and checked on the other half: convex with a
+    0.25 BM25 share beat the best RRF (k=10, equal weights) on recall@1/5/10 and MRR, and is the only fusion whose
+    recall@1 is above plain BM25's (RRF trades top-1 precision for recall)."""
+
+    method: str = "convex"
+    bm25_share: float = 0.25
+    rrf_k: int = 10
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     depth: int = 50
@@ -70,6 +78,15 @@ def rrf_fuse(rankings: list[list[str]], weights: list[float] | None = None, rrf_
     for ranking, w in zip(rankings, weights):
         for rank, key in enumerate(ranking, start=1):
             scores[key] = scores.get(key, 0.0) + w / (rrf_k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def convex_fuse(cosines: dict[str, float], bm25: dict[str, float], bm25_share: float) -> list[tuple[str, float]]:
+    """Fuse by a convex mix of the cosine similarity and the BM25 score scaled by the query's best BM25 score.
+    `cosines` should hold every candidate (a missing one counts as 0); a candidate missing from `bm25` scores 0."""
+    top = max(bm25.values(), default=0.0) or 1.0
+    keys = list(dict.fromkeys([*cosines, *bm25]))
+    scores = {k: bm25_share * bm25.get(k, 0.0) / top + (1 - bm25_share) * cosines.get(k, 0.0) for k in keys}
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
@@ -333,8 +350,13 @@ class KnowledgeBase:
     def _similarities(self, qvec: list[float], ids: list[str]) -> dict[str, float]:
         if not ids:
             return {}
+        import numpy as np
+
         got = self.collection.get(ids=ids, include=["embeddings"])
-        return {i: float(sum(a * b for a, b in zip(qvec, e))) for i, e in zip(got["ids"], got["embeddings"])}
+        if not got["ids"]:
+            return {}
+        cos = np.asarray(got["embeddings"], dtype=np.float32) @ np.asarray(qvec, dtype=np.float32)
+        return dict(zip(got["ids"], cos.tolist()))
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:
         """Top-k chunks for `query`. mode: "hybrid" (BM25 + dense, weighted RRF), "bm25" or "dense"."""
@@ -353,15 +375,20 @@ class KnowledgeBase:
         qvec = self.embedder.embed_query(query)
         dense = self._dense(qvec, depth) if mode != "bm25" else []
         lexical = [(chunks[i]["id"], s) for i, s in bm25.search(query, depth)] if mode != "dense" else []
+        sims = dict(dense)
         if mode == "dense":
             ranked = dense
         elif mode == "bm25":
             ranked = lexical
-        else:
+        elif cfg.method == "rrf":
             ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in lexical]],
                               [cfg.dense_weight, cfg.bm25_weight], cfg.rrf_k)
+        elif cfg.method == "convex":
+            sims.update(self._similarities(qvec, [i for i, _ in lexical if i not in sims]))
+            ranked = convex_fuse(sims, dict(lexical), cfg.bm25_share)
+        else:
+            raise ValueError(f"unknown fusion method {cfg.method!r}: use convex or rrf")
         ranked = [(i, s) for i, s in ranked if i in by_id][:k]
-        sims = dict(dense)
         sims.update(self._similarities(qvec, [i for i, _ in ranked if i not in sims]))
         hits = []
         for cid, score in ranked:

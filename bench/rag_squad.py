@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import agent.settings  # noqa: E402,F401  (offline env first)
-from agent.retrieval import HybridConfig, KnowledgeBase, rrf_fuse  # noqa: E402
+from agent.retrieval import HybridConfig, KnowledgeBase, convex_fuse, rrf_fuse  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -97,43 +97,61 @@ def pct(xs: list[float], q: float) -> float:
 
 # ---------------------------------------------------------------------------------------------- runs
 def raw_lists(kb: KnowledgeBase, questions: list[dict], depth: int = 50):
-    """Per query: (dense chunk ids, bm25 chunk ids), best first, at `depth` — for offline fusion."""
+    """Per query: (dense [(id, cosine)], bm25 [(id, score)], {id: cosine} of every candidate), best first, at
+    `depth` — what kb.search sees, kept for offline fusion experiments."""
     kb.search("warm up", 1)
     by_id = kb._by_id
     chunks = kb._chunks
     out = []
     for q in questions:
         qvec = kb.embedder.embed_query(q["question"])
-        dense = [i for i, _ in kb._dense(qvec, depth)]
-        bm25 = [chunks[i]["id"] for i, _ in kb._bm25.search(q["question"], depth)]
-        out.append((dense, bm25))
+        dense = kb._dense(qvec, depth)
+        bm25 = [(chunks[i]["id"], s) for i, s in kb._bm25.search(q["question"], depth)]
+        cos = dict(dense)
+        cos.update(kb._similarities(qvec, [i for i, _ in bm25 if i not in cos]))
+        out.append((dense, bm25, cos))
     to_doc = {cid: chunks[i]["doc_id"] for cid, i in by_id.items()}
     return out, to_doc
 
 
+def fuse(entry, cfg: HybridConfig) -> list[str]:
+    dense, bm25, cos = entry
+    dense, bm25 = dense[:cfg.depth], bm25[:cfg.depth]
+    if cfg.method == "rrf":
+        return [i for i, _ in rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]],
+                                       [cfg.dense_weight, cfg.bm25_weight], cfg.rrf_k)]
+    keep = {i for i, _ in dense} | {i for i, _ in bm25}
+    return [i for i, _ in convex_fuse({i: c for i, c in cos.items() if i in keep}, dict(bm25), cfg.bm25_share)]
+
+
 def eval_lists(lists, to_doc, gold: list[str], cfg: HybridConfig | None, which: str) -> dict:
     ranks = []
-    for (dense, bm25), g in zip(lists, gold):
+    for entry, g in zip(lists, gold):
         if which == "dense":
-            ids = dense
+            ids = [i for i, _ in entry[0]]
         elif which == "bm25":
-            ids = bm25
+            ids = [i for i, _ in entry[1]]
         else:
-            ids = [i for i, _ in rrf_fuse([dense[:cfg.depth], bm25[:cfg.depth]],
-                                          [cfg.dense_weight, cfg.bm25_weight], cfg.rrf_k)]
+            ids = fuse(entry, cfg)
         ranks.append(doc_rank([to_doc[i] for i in ids], g))
     return summarize(ranks)
 
 
 def live_run(kb: KnowledgeBase, questions: list[dict], key_doc: dict, k_chunks: int = 30) -> dict:
-    """The real `kb.search` for each mode, interleaved per query (rotating order), timed."""
-    modes = ["bm25", "dense", "hybrid"]
+    """The real `kb.search` for each mode, interleaved per query (rotating order), timed. "hybrid" is the project's
+    default fusion; "hybrid_rrf" the same store searched with weighted reciprocal-rank fusion."""
+    rrf_kb = KnowledgeBase(kb.collection, kb.uploads_dir, embedder=kb.embedder, chunk_size=kb.chunk_size,
+                           hybrid=HybridConfig(method="rrf"))
+    runs = {"bm25": (kb, "bm25"), "dense": (kb, "dense"), "hybrid": (kb, "hybrid"), "hybrid_rrf": (rrf_kb, "hybrid")}
+    modes = list(runs)
     ranks = {m: [] for m in modes}
     lat = {m: [] for m in modes}
     for n, q in enumerate(questions):
-        for m in modes[n % 3:] + modes[:n % 3]:
+        r = n % len(modes)
+        for m in modes[r:] + modes[:r]:
+            store, mode = runs[m]
             t = time.perf_counter()
-            hits = kb.search(q["question"], k=k_chunks, mode=m)
+            hits = store.search(q["question"], k=k_chunks, mode=mode)
             lat[m].append(time.perf_counter() - t)
             ranks[m].append(doc_rank([h.doc_id for h in hits], key_doc[q["key"]]))
     out = {}
@@ -145,12 +163,15 @@ def live_run(kb: KnowledgeBase, questions: list[dict], key_doc: dict, k_chunks: 
 
 
 def sweep(lists, to_doc, questions, key_doc) -> dict:
-    """RRF grid: chosen on even-numbered dev articles, reported on odd ones (held out)."""
+    """Fusion grid (convex mixes and RRF): chosen on even-numbered dev articles, reported on odd ones (held out),
+    next to the shipped default and the baselines on the same held-out queries."""
     gold = [key_doc[q["key"]] for q in questions]
     tune = [i for i, q in enumerate(questions) if q["article"] % 2 == 0]
     held = [i for i, q in enumerate(questions) if q["article"] % 2 == 1]
-    grid = [HybridConfig(rrf_k=k, dense_weight=w, bm25_weight=1.0, depth=d)
-            for k in (1, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0) for d in (20, 50)]
+    grid = [HybridConfig(method="convex", bm25_share=a, depth=d)
+            for a in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5) for d in (20, 50)]
+    grid += [HybridConfig(method="rrf", rrf_k=k, dense_weight=w, bm25_weight=1.0, depth=d)
+             for k in (1, 5, 10, 20, 60) for w in (0.5, 0.75, 1.0, 1.25, 1.5) for d in (20, 50)]
 
     def score(cfg, idx):
         return eval_lists([lists[i] for i in idx], to_doc, [gold[i] for i in idx], cfg, "hybrid")
@@ -165,7 +186,11 @@ def sweep(lists, to_doc, questions, key_doc) -> dict:
         "held_out_baselines": {w: eval_lists([lists[i] for i in held], to_doc, [gold[i] for i in held], None, w)
                                for w in ("bm25", "dense")},
         "top5_on_tune": [vars(c) | {"recall@5": s["recall@5"], "mrr@10": s["mrr@10"]}
-                         for c, s in sorted(table, key=lambda t: -t[1]["recall@5"])[:5]],
+                         for c, s in sorted(table, key=lambda t: (-t[1]["recall@5"], -t[1]["mrr@10"]))[:5]],
+        "oracle_union_top5_all": round(sum(
+            1 for entry, g in zip(lists, gold)
+            if (doc_rank([to_doc[i] for i, _ in entry[0]], g) or 99) <= 5
+            or (doc_rank([to_doc[i] for i, _ in entry[1]], g) or 99) <= 5) / len(gold), 4),
     }
 
 

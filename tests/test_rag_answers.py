@@ -6,7 +6,7 @@ import pytest
 
 from agent.chat import Answerer
 from agent.retrieval import FOOTER, HEADER, KnowledgeBase
-from test_rag_retrieval import write_docs
+from tests.test_rag_retrieval import write_docs
 
 pytestmark = pytest.mark.slow
 

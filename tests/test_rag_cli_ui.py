@@ -10,7 +10,7 @@ from agent import cli
 from agent.retrieval import KnowledgeBase
 from agent.settings import Settings
 from agent.ui_docs import build_docs_tab, delete_doc, table_rows, upload_files
-from test_ingest_files import BINARY, make_pdf
+from tests.test_ingest_files import BINARY, make_pdf
 
 
 @pytest.fixture

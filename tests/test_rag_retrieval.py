@@ -18,7 +18,7 @@ from agent.ingest import IngestError
 from agent.retrieval import FOOTER, HEADER, KnowledgeBase, format_sources
 from agent.routing import decide
 from agent.settings import Settings
-from test_ingest_files import BINARY, make_blank_pdf, make_docx, make_pdf
+from tests.test_ingest_files import BINARY, make_blank_pdf, make_docx, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
 
