@@ -82,3 +82,16 @@ def test_reference_block_fits_the_budget():
 def test_hit_as_source_has_no_text():
     src = hit(0.75, "secret body", "a.txt", 2, score=0.03).as_source()
     assert src == {"doc_id": "0123456789abcdef", "file": "a.txt", "chunk": 2, "score": 0.03, "similarity": 0.75}
+
+
+def test_convex_fusion_mixes_scaled_bm25_with_cosine():
+    from agent.retrieval import convex_fuse
+
+    cos = {"a": 0.9, "b": 0.5, "c": 0.4}
+    bm25 = {"b": 10.0, "c": 5.0, "d": 8.0}  # "d" has no cosine: counts as 0
+    fused = convex_fuse(cos, bm25, bm25_share=0.25)
+    assert [k for k, _ in fused] == ["a", "b", "c", "d"]
+    assert dict(fused)["b"] == pytest.approx(0.25 * 1.0 + 0.75 * 0.5)
+    assert dict(fused)["d"] == pytest.approx(0.25 * 0.8)
+    assert [k for k, _ in convex_fuse(cos, bm25, bm25_share=0.9)][0] == "b"
+    assert convex_fuse({}, {}, 0.25) == []
