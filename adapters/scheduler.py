@@ -203,6 +203,7 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
 
 
 def _save_state(settings: Settings, state: dict) -> None:
+    Path(settings.adapters_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(settings.adapters_dir) / STATE_FILE, state)
 
 
@@ -217,12 +218,14 @@ def _brief(report: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- in the app
 class Scheduler:
     """Runs `run_once` in a background thread: every `interval_s` (skipped when not due), or at once after
-    `trigger()`. `stop()` ends the thread and kills a training child in progress (nothing is registered)."""
+    `trigger()`. `stop()` ends the thread and kills a training child in progress (nothing is registered).
+    `on_progress(event)` sees every progress event of a run; `status` holds the latest and the last result."""
 
     def __init__(self, settings: Settings, on_promote: Callable[[str, str], None] | None = None, store=None,
-                 interval_s: float = 60.0, **run_kwargs):
+                 interval_s: float = 60.0, on_progress: Callable[[dict], None] | None = None, **run_kwargs):
         self.settings = settings
         self.on_promote = on_promote
+        self.on_progress = on_progress
         self.store = store
         self.interval_s = interval_s
         self.run_kwargs = run_kwargs
@@ -267,6 +270,8 @@ class Scheduler:
 
     def _on_progress(self, event: dict) -> None:
         self.progress = {**event, "time": time.time()}
+        if self.on_progress is not None:
+            self.on_progress(event)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

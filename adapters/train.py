@@ -128,7 +128,7 @@ def trainer_args(method: str, recipe: Recipe, work_dir: Path, device: str, n_row
         max_steps=recipe.max_steps or -1, per_device_train_batch_size=min(recipe.batch_size, max(n_rows, 1)),
         gradient_accumulation_steps=recipe.grad_accum, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, lr_scheduler_type=recipe.lr_scheduler, seed=recipe.seed,
-        logging_steps=recipe.logging_steps, gradient_checkpointing=recipe.gradient_checkpointing,
+        logging_steps=recipe.logging_steps, activation_checkpointing=recipe.gradient_checkpointing,
         bf16=device == "cuda", fp16=False, use_cpu=device == "cpu", save_strategy="no", report_to=[],
         disable_tqdm=True, dataloader_num_workers=0, max_length=recipe.max_length, eval_strategy="no",
     )

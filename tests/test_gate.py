@@ -1,0 +1,112 @@
+"""Evaluation metrics and the promotion gate: pure rules, and a real candidate trained on swapped preferences
+refused against a good active adapter, which stays active."""
+from __future__ import annotations
+
+import pytest
+
+from adapters import evaluate as E
+from adapters import train as T
+from adapters.registry import Registry
+from tests.test_train_support import dpo_rows, save_tiny_base, sft_rows, tiny_settings, write_data
+
+
+def report(acc=0.5, sim=0.2, nonempty=1.0, degenerate=0, repetition=0.0, ppl_ratio=1.0):
+    return {"pref": {"n": 8, "accuracy": acc}, "similarity": {"n": 4, "rouge_l": sim},
+            "general": {"n": 6, "nonempty": nonempty, "degenerate": degenerate, "repetition": repetition,
+                        "ppl_ratio": ppl_ratio}}
+
+
+# ---------------------------------------------------------------------------------------------- pure metrics
+def test_text_metrics():
+    assert E.rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert E.rouge_l("Kaizen says: hello there", "kaizen says hello") == pytest.approx(2 * 0.75 * 1 / 1.75)
+    assert E.rouge_l("", "x") == 0.0 and E.rouge_l("", "") == 1.0
+    assert E.token_f1("a b c", "c b a") == 1.0 and E.token_f1("a", "b") == 0.0
+    assert E.repetition("one two three four five") == 0.0
+    loop = "I am a bot. " * 10
+    assert E.repetition(loop) > 0.6 and E.degenerate(loop) and E.degenerate("  ")
+    assert not E.degenerate("Paris is the capital of France.")
+
+
+def test_summaries():
+    s = E.pref_summary([0.5, -0.1, 0.0, 1.0], raw=[1, -1, 1, 1])
+    assert s["n"] == 4 and s["accuracy"] == pytest.approx((1 + 0 + 0.5 + 1) / 4) and s["raw_accuracy"] == 0.75
+    assert E.pref_summary([0.0] * 3, raw=[0, 0, 0])["accuracy"] == 0.5  # the base itself: all ties
+    assert E.pref_summary([], [])["accuracy"] is None
+    g = E.general_summary(["fine answer", ""], nll=1.0, base_nll=0.5)
+    assert g["nonempty"] == 0.5 and g["degenerate"] == 1 and g["ppl_ratio"] == pytest.approx(2.718281828 ** 0.5)
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+def test_gate_promotes_a_clearly_better_candidate():
+    ok, reasons = E.gate(report(acc=0.9, sim=0.4), report(acc=0.5, sim=0.2), margin=0.05)
+    assert ok and any("better" in r for r in reasons) and reasons[0].startswith("regression checks passed")
+
+
+def test_gate_refuses_worse_equal_or_regressing_candidates():
+    assert not E.gate(report(acc=0.1), report(acc=0.5))[0]  # e.g. trained on swapped pairs
+    ok, reasons = E.gate(report(acc=0.52, sim=0.21), report(acc=0.5, sim=0.2))
+    assert not ok and "does not beat" in reasons[-1]
+    ok, reasons = E.gate(report(acc=1.0, sim=0.0), report(acc=0.5, sim=0.3))  # wins one, loses the other
+    assert not ok and any("worse" in r for r in reasons)
+    for bad in (dict(nonempty=0.5), dict(degenerate=2), dict(repetition=0.8), dict(ppl_ratio=3.0)):
+        ok, reasons = E.gate(report(acc=1.0, sim=0.9, **bad), report())
+        assert not ok and any(r.startswith("regression:") for r in reasons), bad
+
+
+def test_gate_needs_held_out_data_and_judges_relative_to_the_active():
+    empty = {"pref": {"n": 0, "accuracy": None}, "similarity": {"n": 0, "rouge_l": None}, "general": {"n": 0}}
+    ok, reasons = E.gate(empty, empty)
+    assert not ok and "no held-out" in reasons[-1]
+    # a base that already answers empty on general prompts is not a regression of the candidate
+    assert E.gate(report(acc=0.9, nonempty=0.0, degenerate=6), report(nonempty=0.0, degenerate=6))[0]
+    assert E.gate(report(acc=0.6), report(acc=0.5), margin=0.2)[0] is False
+
+
+# ---------------------------------------------------------------------------------------------- real models
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer):
+    """On a tiny random Llama: a DPO adapter on good pairs (chosen = the polite "Yes, gladly" answers) and one on
+    the same pairs swapped; held-out pairs and prompts from other seeds."""
+    root = tmp_path_factory.mktemp("gate")
+    base = save_tiny_base(root / "base", tokenizer)
+    settings = tiny_settings(root / "d", base)
+    recipe = T.recipe_for("dpo", steps=8, batch_size=4, max_length=128, lr=5e-3, epochs=10)
+    out = {}
+    for name, swap in (("good", False), ("swapped", True)):
+        data = write_data(root / name, dpo=dpo_rows(16, seed=1, swap=swap))
+        T.train("dpo", data, root / f"{name}-adapter", settings, recipe)
+        out[name] = root / f"{name}-adapter"
+    held = write_data(root / "held", dpo_eval=dpo_rows(12, seed=2), sft_eval=sft_rows(2, seed=3))
+    return settings, out, held
+
+
+def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(trained):
+    settings, adapters, held = trained
+    reports = E.evaluate(settings, held, {"good": str(adapters["good"]), "swapped": str(adapters["swapped"]),
+                                          "base": None}, E.EvalConfig(max_new_tokens=4))
+    assert reports["base"]["pref"]["accuracy"] == 0.5 and reports["base"]["general"]["ppl_ratio"] == 1.0
+    assert reports["good"]["pref"]["n"] == 12
+    assert reports["good"]["pref"]["accuracy"] >= 0.9 and reports["good"]["pref"]["margin_mean"] > 0
+    assert reports["swapped"]["pref"]["accuracy"] <= 0.1 and reports["swapped"]["pref"]["margin_mean"] < 0
+    assert reports["good"]["similarity"]["n"] == 2 and len(reports["good"]["samples"]) >= 2
+    assert reports["good"]["general"]["n"] == len(E.GENERAL)
+
+
+def test_gate_refuses_the_swapped_candidate_and_the_active_one_stays(trained):
+    settings, adapters, held = trained
+    reg = Registry(settings)
+    good = reg.promote(reg.register(adapters["good"], {"method": "dpo"}))
+    reports = E.run_evaluation(settings, held, {"candidate": str(adapters["swapped"]),
+                                                "active": reg.get(good)["folder"]},
+                               held / "eval.json", E.EvalConfig(max_new_tokens=4), timeout=600)
+    promote, reasons = E.gate(reports["candidate"], reports["active"], margin=0.05)
+    bad = reg.register(adapters["swapped"], {"method": "dpo", "eval": reports, "gate": {"promote": promote,
+                                                                                         "reasons": reasons}})
+    if promote:
+        reg.promote(bad)
+    else:
+        reg.update_meta(bad, state="retired")
+    assert not promote and any("preference accuracy" in r and "worse" in r for r in reasons)
+    assert reg.active() == good and reg.get(good)["state"] == "active" and reg.get(bad)["state"] == "retired"
+    assert reg.get(bad)["gate"]["promote"] is False

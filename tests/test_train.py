@@ -1,0 +1,210 @@
+"""Training plumbing: recipes, row checks, SFT / DPO / KTO LoRA and the full fine-tune on a tiny random Llama with
+the real tokenizer, the child-process runner, and one slow SFT run on the real default model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adapters import train as T
+from adapters.config import FullFTRecipe, SFTRecipe, load_recipe, recipe_from_dict
+from tests.test_train_support import dpo_rows, kto_rows, save_tiny_base, sft_rows, tiny_settings, write_data
+
+FORBIDDEN = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tokenizer):
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data(tmp_path / "data", sft=sft_rows(12), dpo=dpo_rows(8), kto=kto_rows(8))
+
+
+def fast(method, **kw):
+    return T.recipe_for(method, steps=kw.pop("steps", 2), batch_size=kw.pop("batch_size", 4), max_length=128, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- recipes & rows
+def test_each_method_has_a_recipe_file_with_sane_values():
+    for method in ("sft", "dpo", "kto", "full"):
+        r = load_recipe(method)
+        assert r.method == method and r.lr > 0 and r.max_length >= 128 and not r.gradient_checkpointing
+    assert isinstance(load_recipe("full"), FullFTRecipe) and not hasattr(load_recipe("full"), "lora_r")
+    assert load_recipe("dpo").beta > 0 and load_recipe("kto").beta > 0
+    r = load_recipe("sft", lr="3e-4", max_steps=5)
+    assert isinstance(r, SFTRecipe) and r.lr == 3e-4 and r.max_steps == 5
+    assert recipe_from_dict("sft", r.to_dict()) == r  # round trip through meta.json
+
+
+def test_recipes_refuse_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="unknown sft recipe key"):
+        load_recipe("sft", learning_rate=1e-4)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        load_recipe("sft", lr=0)
+    with pytest.raises(ValueError, match="unknown training method"):
+        load_recipe("ppo")
+    with pytest.raises(ValueError, match="not 'sft'"):
+        recipe_from_dict("sft", {"method": "dpo"})
+    bad = tmp_path / "r.yaml"
+    bad.write_text("lr: fast\n")
+    with pytest.raises(ValueError, match="not a number"):
+        load_recipe("sft", bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_recipe("sft", bad)
+
+
+def test_rows_are_checked_against_the_trl_schemas():
+    T.check_rows("sft", sft_rows(2))
+    T.check_rows("dpo", dpo_rows(2))
+    T.check_rows("kto", kto_rows(2))
+    with pytest.raises(ValueError, match="no training rows"):
+        T.check_rows("sft", [])
+    with pytest.raises(ValueError, match="ending with an assistant turn"):
+        T.check_rows("sft", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(ValueError, match="'rejected'"):
+        T.check_rows("dpo", [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant",
+                                                                                         "content": "a"}]}])
+    with pytest.raises(ValueError, match="'label'"):
+        T.check_rows("kto", [{**kto_rows(1)[0], "label": "yes"}])
+
+
+def test_training_rows_keep_only_trainer_columns():
+    row = sft_rows(1)[0]
+    pc = T.training_rows("sft", [row])[0]
+    assert pc == {"prompt": row["messages"][:1], "completion": row["messages"][1:]}  # loss on the answer only
+    assert set(T.training_rows("dpo", dpo_rows(1))[0]) == {"prompt", "chosen", "rejected"}
+    assert set(T.training_rows("kto", kto_rows(1))[0]) == {"prompt", "completion", "label"}
+
+
+def test_bad_jsonl_names_the_line(tmp_path):
+    (tmp_path / "sft.jsonl").write_text(json.dumps(sft_rows(1)[0]) + "\n{oops\n")
+    with pytest.raises(ValueError, match=r"sft.jsonl:2: not JSON"):
+        T.load_rows("sft", tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        T.load_rows("dpo", tmp_path)
+
+
+def test_summarize_reads_the_trainer_log():
+    hist = [{"loss": 2.0, "num_tokens": 100.0, "step": 1}, {"loss": 1.5, "num_tokens": 200.0, "step": 2,
+                                                           "rewards/margins": 0.3},
+            {"train_loss": 1.75, "step": 2}]
+    s = T.summarize("dpo", hist, 4.0, rows=8, trainable=10, total=100)
+    assert s["first_loss"] == 2.0 and s["final_loss"] == 1.5 and s["train_loss"] == 1.75
+    assert s["tokens"] == 200 and s["tokens_per_s"] == 50.0 and s["rewards/margins"] == 0.3 and s["steps"] == 2
+
+
+def test_packed_rows_do_not_attend_across_sequences(tiny_base):
+    """The speed set-up packs SFT rows into one row with restarting position ids (no padding). With the
+    trainer's use_cache=False, sdpa then keeps the sequences apart: logits equal separate forwards."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation="sdpa").train()
+    a, b = torch.randint(10, 1000, (1, 7)), torch.randint(10, 1000, (1, 5))
+    with torch.no_grad():
+        la, lb = model(input_ids=a, use_cache=False).logits, model(input_ids=b, use_cache=False).logits
+        pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=pos, use_cache=False).logits
+    assert torch.allclose(packed[:, :7], la, atol=1e-5) and torch.allclose(packed[:, 7:], lb, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _no_pickles(folder):
+    return not [p for p in folder.rglob("*") if p.suffix in FORBIDDEN]
+
+
+def test_sft_lora_learns_and_exports_a_standard_peft_folder(tiny_base, data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "sft"
+    events = []
+    m = T.train("sft", data, out, tiny_settings(tmp_path / "d", tiny_base), fast("sft", steps=4, lr=1e-2),
+                progress=events.append)
+    assert m["kind"] == "lora" and m["steps"] == 4 and m["rows"] == 12
+    assert m["final_loss"] < m["first_loss"]  # it learns
+    assert 0 < m["trainable_params"] < m["total_params"] and m["tokens"] > 0 and m["tokens_per_s"] > 0
+    assert {p.name for p in out.iterdir()} >= {"adapter_model.safetensors", "adapter_config.json", "metrics.jsonl",
+                                                 "train.json"}
+    assert _no_pickles(out) and not (out / ".trainer").exists()
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "loaded" and kinds.count("step") == 4 and kinds[-1] == "done"
+    # plain peft loads it onto the base, and it changes the output
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    ids = torch.tensor([[1, 520, 3000, 42]])
+    before = base(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(base, str(out)).eval()
+    assert not torch.allclose(tuned(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_preference_methods_log_rewards(tiny_base, data, tmp_path, method):
+    out = tmp_path / method
+    m = T.train(method, data, out, tiny_settings(tmp_path / "d", tiny_base), fast(method, lr=1e-3))
+    assert m["steps"] == 2 and "rewards/margins" in m and "rewards/chosen" in m
+    assert (out / "adapter_model.safetensors").exists() and _no_pickles(out)
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("rewards/margins" in r for r in logged if "loss" in r)
+
+
+def test_full_finetune_saves_a_whole_loadable_model(tiny_base, data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "full"
+    m = T.train("full", data, out, tiny_settings(tmp_path / "d", tiny_base), fast("full", lr=1e-3))
+    assert m["kind"] == "full" and m["trainable_params"] == m["total_params"]
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists() and _no_pickles(out)
+    AutoTokenizer.from_pretrained(out)  # self-contained: usable as a base_model folder
+    AutoModelForCausalLM.from_pretrained(out)
+    before, after = load_file(tiny_base / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2  # every kind of weight moved, not just an adapter
+
+
+def test_run_training_in_a_child_process_streams_progress(tiny_base, data, tmp_path):
+    events = []
+    m = T.run_training("sft", data, tmp_path / "out", tiny_settings(tmp_path / "d", tiny_base), fast("sft"),
+                       progress=events.append, timeout=600)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and events[0]["pid"] > 0
+    assert "loaded" in kinds and "step" in kinds and kinds[-1] == "done"
+    assert m["steps"] == 2 and (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert json.loads((tmp_path / "out" / "recipe.json").read_text())["max_steps"] == 2
+    assert (tmp_path / "out" / "train.log").exists()
+
+
+def test_run_training_refuses_bad_data_before_starting_a_process(tiny_base, tmp_path):
+    write_data(tmp_path / "bad", dpo=[{"prompt": "not messages", "chosen": [], "rejected": []}])
+    events = []
+    with pytest.raises(ValueError, match="prompt"):
+        T.run_training("dpo", tmp_path / "bad", tmp_path / "out", tiny_settings(tmp_path / "d", tiny_base),
+                       progress=events.append)
+    assert events == [] and not (tmp_path / "out").exists()
+
+
+def test_a_failing_child_raises_with_its_log(tiny_base, data, tmp_path):
+    settings = tiny_settings(tmp_path / "d", tmp_path / "no-such-model")
+    with pytest.raises(T.TrainingError, match="failed"):
+        T.run_training("sft", data, tmp_path / "out", settings, fast("sft"), timeout=300)
+
+
+# ---------------------------------------------------------------------------------------------- the real model
+@pytest.mark.slow
+def test_sft_lora_on_the_real_default_model(settings, tmp_path):
+    """A few SFT LoRA steps on SmolLM2-135M on CPU; the adapter loads into the serving model and answers."""
+    from agent.model import ChatModel
+
+    data = write_data(tmp_path / "data", sft=sft_rows(8))
+    m = T.train("sft", data, tmp_path / "out", settings, T.recipe_for("sft", steps=2, batch_size=1, max_length=128))
+    assert m["steps"] == 2 and m["final_loss"] is not None and m["trainable_params"] > 0
+    chat = ChatModel.from_settings(settings)
+    chat.add_adapter("sft", tmp_path / "out")
+    chat.use("sft")
+    assert isinstance(chat.chat([{"role": "user", "content": "Hi"}], max_new_tokens=4), str)
