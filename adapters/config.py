@@ -102,8 +102,8 @@ class KTORecipe(LoraRecipe):
     method: ClassVar[str] = "kto"
     lr: float = 5e-5
     beta: float = 0.1
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
+    desirable_weight: float | None = None  # None: balanced from the label counts (adapters.train.kto_weights)
+    undesirable_weight: float | None = None
     precompute_ref: bool = True
 
 
@@ -138,7 +138,7 @@ def recipe_from_dict(method: str, values: dict) -> Recipe:
         raise ValueError(f"unknown {method} recipe key(s) {unknown}; known: {sorted(known)}")
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for k, v in values.items():  # YAML reads 1e-4 as a string; ints where floats are expected are fine
-        if types[k] == "float" and isinstance(v, (str, int)) and not isinstance(v, bool):
+        if types[k] in ("float", "float | None") and isinstance(v, (str, int)) and not isinstance(v, bool):
             try:
                 values[k] = float(v)
             except ValueError as e:

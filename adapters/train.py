@@ -119,7 +119,8 @@ def load_rows(method: str, data_dir: str | Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- trainer set-up
-def trainer_args(method: str, recipe: Recipe, work_dir: Path, device: str, n_rows: int):
+def trainer_args(method: str, recipe: Recipe, work_dir: Path, device: str, n_rows: int,
+                 labels: list[bool] | None = None):
     """The TRL config for `recipe` on `device` (bf16 on CUDA, fp32 on CPU; no checkpoints, no reporting)."""
     from trl import DPOConfig, KTOConfig, SFTConfig
 
@@ -137,8 +138,24 @@ def trainer_args(method: str, recipe: Recipe, work_dir: Path, device: str, n_row
     if method == "dpo":
         return DPOConfig(**common, beta=recipe.beta, loss_type=[recipe.loss_type],
                          precompute_ref_log_probs=recipe.precompute_ref)
-    return KTOConfig(**common, beta=recipe.beta, desirable_weight=recipe.desirable_weight,
-                     undesirable_weight=recipe.undesirable_weight, precompute_ref_log_probs=recipe.precompute_ref)
+    dw, uw = kto_weights(labels or [], recipe.desirable_weight, recipe.undesirable_weight)
+    return KTOConfig(**common, beta=recipe.beta, desirable_weight=dw, undesirable_weight=uw,
+                     precompute_ref_log_probs=recipe.precompute_ref)
+
+
+def kto_weights(labels: list[bool], desirable: float | None = None,
+                undesirable: float | None = None) -> tuple[float, float]:
+    """KTO loss weights. Given ones are kept; missing ones balance the counts so that weight x count is about
+    equal for both sides (the range TRL recommends), e.g. 30 thumbs-up / 10 down -> (1.0, 3.0)."""
+    n_up = max(sum(1 for x in labels if x), 1)
+    n_down = max(len(labels) - sum(1 for x in labels if x), 1)
+    if desirable is not None and undesirable is not None:
+        return float(desirable), float(undesirable)
+    if desirable is not None:
+        return float(desirable), float(desirable) * n_up / n_down
+    if undesirable is not None:
+        return float(undesirable) * n_down / n_up, float(undesirable)
+    return (n_down / n_up, 1.0) if n_down > n_up else (1.0, n_up / n_down)
 
 
 def lora_config(recipe: Recipe):
@@ -222,7 +239,7 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
     say = progress or (lambda e: None)
     say({"event": "loaded", "method": method, "device": device, "rows": len(rows)})
     work = out / ".trainer"
-    args = trainer_args(method, recipe, work, device, len(rows))
+    args = trainer_args(method, recipe, work, device, len(rows), [r.get("label") for r in rows])
     data = Dataset.from_list(training_rows(method, rows))
     peft_config = None if method == "full" else lora_config(recipe)
     from trl import DPOTrainer, KTOTrainer, SFTTrainer

@@ -81,6 +81,15 @@ def test_training_rows_keep_only_trainer_columns():
     assert set(T.training_rows("kto", kto_rows(1))[0]) == {"prompt", "completion", "label"}
 
 
+def test_kto_weights_balance_thumbs_counts():
+    assert T.kto_weights([True] * 30 + [False] * 10) == (1.0, 3.0)
+    assert T.kto_weights([True] * 5 + [False] * 20) == (4.0, 1.0)
+    assert T.kto_weights([True, False]) == (1.0, 1.0)
+    assert T.kto_weights([True] * 3 + [False], desirable=2.0, undesirable=0.5) == (2.0, 0.5)
+    assert T.kto_weights([True] * 4 + [False] * 2, desirable=1.0) == (1.0, 2.0)
+    assert load_recipe("kto").desirable_weight is None  # balanced by default
+
+
 def test_bad_jsonl_names_the_line(tmp_path):
     (tmp_path / "sft.jsonl").write_text(json.dumps(sft_rows(1)[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match=r"sft.jsonl:2: not JSON"):
