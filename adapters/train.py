@@ -16,8 +16,9 @@ safetensors only: `adapter_model.safetensors` + `adapter_config.json` (LoRA), or
 and, out of process, `train.log`.
 
 Speed on CPU (see bench/train_speed.py): no gradient checkpointing, best-fit packing of SFT rows into `max_length`
-rows (no padding is computed; sequences are kept apart by position ids), loss on the answer only, fp32, torch
-threads = settings.threads. On CUDA: bf16.
+rows (no padding is computed; sequences are kept apart by position ids), loss on the answer only, torch threads =
+settings.threads; fp32 weights, with bf16 autocast where the CPU has native bf16 (settings.train_precision:
+auto | bf16 | fp32). On CUDA: bf16.
 """
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def load_rows(method: str, data_dir: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- trainer set-up
 def trainer_args(method: str, recipe: Recipe, work_dir: Path, device: str, n_rows: int,
-                 labels: list[bool] | None = None):
-    """The TRL config for `recipe` on `device` (bf16 on CUDA, fp32 on CPU; no checkpoints, no reporting)."""
+                 labels: list[bool] | None = None, bf16: bool = False):
+    """The TRL config for `recipe` on `device` (bf16: mixed precision; no checkpoints, no reporting)."""
     from trl import DPOConfig, KTOConfig, SFTConfig
 
     common = dict(
@@ -130,7 +131,7 @@ def trainer_args(method: str, recipe: Recipe, work_dir: Path, device: str, n_row
         gradient_accumulation_steps=recipe.grad_accum, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, lr_scheduler_type=recipe.lr_scheduler, seed=recipe.seed,
         logging_steps=recipe.logging_steps, activation_checkpointing=recipe.gradient_checkpointing,
-        bf16=device == "cuda", fp16=False, use_cpu=device == "cpu", save_strategy="no", report_to=[],
+        bf16=bf16, fp16=False, use_cpu=device == "cpu", save_strategy="no", report_to=[],
         disable_tqdm=True, dataloader_num_workers=0, max_length=recipe.max_length, eval_strategy="no",
     )
     if method in ("sft", "full"):
@@ -156,6 +157,28 @@ def kto_weights(labels: list[bool], desirable: float | None = None,
     if undesirable is not None:
         return float(undesirable) * n_down / n_up, float(undesirable)
     return (n_down / n_up, 1.0) if n_down > n_up else (1.0, n_up / n_down)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast trains ~1.5x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_bf16(device: str, precision: str = "auto") -> bool:
+    """Mixed precision for training: weights stay fp32 (CPU) and matmuls run in bf16 under autocast."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"KAIZEN_TRAIN_PRECISION={precision!r}: expected auto, bf16 or fp32")
+    if precision != "auto":
+        return precision == "bf16"
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
 
 
 def lora_config(recipe: Recipe):
@@ -239,7 +262,8 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
     say = progress or (lambda e: None)
     say({"event": "loaded", "method": method, "device": device, "rows": len(rows)})
     work = out / ".trainer"
-    args = trainer_args(method, recipe, work, device, len(rows), [r.get("label") for r in rows])
+    bf16 = use_bf16(device, getattr(settings, "train_precision", "auto"))
+    args = trainer_args(method, recipe, work, device, len(rows), [r.get("label") for r in rows], bf16=bf16)
     data = Dataset.from_list(training_rows(method, rows))
     peft_config = None if method == "full" else lora_config(recipe)
     from trl import DPOTrainer, KTOTrainer, SFTTrainer
@@ -255,7 +279,8 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
     seconds = time.perf_counter() - t0
     summary = summarize(method, trainer.state.log_history, seconds, len(rows), trainable, total)
     summary.update(folder=str(out), kind="full" if method == "full" else "lora", device=device,
-                   dtype="bfloat16" if device == "cuda" else "float32", recipe=recipe.to_dict())
+                   dtype=str(next(model.parameters()).dtype).replace("torch.", ""), bf16_autocast=bf16,
+                   recipe=recipe.to_dict())
     say({"event": "saving"})
     final = trainer.model
     final.eval()

@@ -56,6 +56,7 @@ class Settings:
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app
+    train_precision: str = "auto"  # auto | bf16 | fp32; auto: bf16 on CUDA, and bf16 autocast on CPUs with native bf16
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod

@@ -90,6 +90,13 @@ def test_kto_weights_balance_thumbs_counts():
     assert load_recipe("kto").desirable_weight is None  # balanced by default
 
 
+def test_training_precision_choice():
+    assert T.use_bf16("cpu", "fp32") is False and T.use_bf16("cpu", "bf16") is True
+    assert T.use_bf16("cpu", "auto") == T.cpu_has_bf16()  # bf16 autocast only where the CPU does bf16 natively
+    with pytest.raises(ValueError, match="KAIZEN_TRAIN_PRECISION"):
+        T.use_bf16("cpu", "fp16")
+
+
 def test_bad_jsonl_names_the_line(tmp_path):
     (tmp_path / "sft.jsonl").write_text(json.dumps(sft_rows(1)[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match=r"sft.jsonl:2: not JSON"):
