@@ -94,6 +94,7 @@ class Lab:
     examples: int
     work: Path
     progress: Progress
+    isolate: bool = True  # train in a child process
     kb: object = None
     ref_pairs: list | None = None  # the base model's (logp chosen, logp rejected) per preference item
 
@@ -125,17 +126,18 @@ def evaluate(lab: Lab, answerer: LabAnswerer, *, template: str, rag: str, adapte
         return lm.answer_items(answerer, task, task.items, template=template, rag=rag, adapter=adapter, score=True,
                                doc_names=doc_names, progress=lambda f, m: lab.progress(f, m))
     tmpl = answerer.template(template)
-    pairs, used = [], 0
+    prompts, used = [], 0
     for n, item in enumerate(task.items):
         history, question = lm.history_and_question(item)
         variables = {}
         if rag == "on":
             variables["sources"], hits = sources_for(answerer, question, task.max_new_tokens)
             used += bool(hits)
-        messages = tmpl.render(question, history, **variables)
-        pairs.append(lm.pair_logps(answerer.model, messages, item, adapter))
-        lab.progress((n + 1) / len(task.items), f"scored {n + 1}/{len(task.items)} pairs")
+        prompts.append(tmpl.render(question, history, **variables))
+    lab.progress(0.3, f"scoring {len(task.items)} preference pairs")
+    pairs = lm.pair_logps(answerer.model, prompts, task.items, adapter)
     ref = reference_pairs(lab) if relative else None
+    lab.progress(0.7, "timing answers")
     out = lm.answer_items(answerer, task, task.items[:LATENCY_SAMPLES], template=template, rag=rag, adapter=adapter,
                           score=False)
     out["metrics"] = lm.preference_scores(pairs, ref)
@@ -148,29 +150,34 @@ def reference_pairs(lab: Lab) -> list:
     """The base model's log-probabilities of each pair, with the plain template (computed once)."""
     if lab.ref_pairs is None:
         tmpl = lab.answerer().template(lab.task.base_template)
-        lab.ref_pairs = []
-        for item in lab.task.items:
-            history, question = lm.history_and_question(item)
-            lab.ref_pairs.append(lm.pair_logps(lab.model, tmpl.render(question, history), item, None))
+        prompts = [tmpl.render(q, h) for h, q in map(lm.history_and_question, lab.task.items)]
+        lab.ref_pairs = lm.pair_logps(lab.model, prompts, lab.task.items, None)
     return lab.ref_pairs
+
+
+def serve(lab: Lab, row: dict, answerer: LabAnswerer, **kw) -> None:
+    """Evaluate into `row`, with the answering phase's peak memory."""
+    with lm.PeakMemory(lab.model.device, children=False) as mem:
+        row.update(evaluate(lab, answerer, **kw))
+    row["peak_mem_mb"] = mem.peak_mb
 
 
 # ---------------------------------------------------------------------------------------------- techniques
 def run_base(lab: Lab, row: dict) -> None:
-    row.update(evaluate(lab, lab.answerer(), template=lab.task.base_template, rag="off", adapter=None))
+    serve(lab, row, lab.answerer(), template=lab.task.base_template, rag="off", adapter=None)
     row["note"] = f"template `{lab.task.base_template}`, no retrieval, no training."
 
 
 def run_prompt(lab: Lab, row: dict) -> None:
+    import yaml
+
     tmpl = lab.task.prompt_template
     path = lab.work / "prompt" / f"{tmpl.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     path.write_text(yaml.safe_dump({"name": tmpl.name, "description": tmpl.description, "system": tmpl.system,
                                     "user": tmpl.user}, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    row.update(evaluate(lab, lab.answerer(), template=tmpl.name, rag="off", adapter=None))
-    row.update(disk_mb=lm.disk_mb(path), artifact=str(path),
+    serve(lab, row, lab.answerer(), template=tmpl.name, rag="off", adapter=None)
+    row.update(disk_mb=lm.disk_mb(path), artifact=str(path), template=tmpl.name,
                note=f"template `{tmpl.name}` (system: “{tmpl.system[:160]}”), same weights, no retrieval.")
 
 
@@ -181,85 +188,104 @@ def run_rag(lab: Lab, row: dict) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     kb_settings = dataclasses.replace(lab.settings, data_dir=folder, chroma_url="")
     elapsed = lm.time_it()
-    kb = KnowledgeBase.from_settings(kb_settings, collection="lab")
-    for n, (name, text) in enumerate(lab.task.documents):
-        kb.add_text(text, name)
-        lab.progress((n + 1) / len(lab.task.documents), f"indexing {n + 1}/{len(lab.task.documents)} documents")
-    row["train_s"] = elapsed()
-    row.update(evaluate(lab, lab.answerer(kb=kb), template="grounded", rag="on", adapter=None))
+    with lm.PeakMemory(lab.model.device) as mem:
+        kb = KnowledgeBase.from_settings(kb_settings, collection="lab")
+        for n, (name, text) in enumerate(lab.task.documents):
+            kb.add_text(text, name)
+            lab.progress(0.5 * (n + 1) / len(lab.task.documents),
+                         f"indexing {n + 1}/{len(lab.task.documents)} documents")
+    row.update(train_s=elapsed(), train_peak_mb=mem.peak_mb)
+    serve(lab, row, lab.answerer(kb=kb), template="grounded", rag="on", adapter=None)
     row.update(disk_mb=lm.disk_mb(folder), artifact=str(folder), documents=len(lab.task.documents),
+               template="grounded",
                note=f"{len(lab.task.documents)} documents indexed (Chroma + BM25, hybrid), top-4 chunks in the "
                     "`grounded` template, same weights.")
 
 
 def train_method(lab: Lab, method: str) -> dict:
-    """Train `method` on the task's first `lab.examples` rows with the lab's budget (adapters.train).
-    Returns {"folder", "train_s", "trainable_params", "recipe"}."""
+    """Train `method` on the task's first `lab.examples` rows with the lab's budget, in a child process
+    (`adapters.train.run_training`: the lab's own memory stays clean and every method is measured alike), or in
+    this process when `lab.isolate` is off (quicker: the training libraries are imported once; the first method's
+    peak memory then includes those imports). Returns the training summary plus `wall_s` and `peak_mb`."""
     from adapters import train as trainer
 
     kind = DATA_KIND[method]
-    data_dir = lab.work / method / "data"
-    out_dir = lab.work / method / "out"
+    data_dir, out_dir = lab.work / method / "data", lab.work / method / "out"
     shutil.rmtree(lab.work / method, ignore_errors=True)
     data_dir.mkdir(parents=True)
     rows = lab.task.train[kind][: lab.examples]
     (data_dir / f"{kind}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
+    # Equal budgets: the same steps, batch size, max length and rows for every method; no packing (a packed SFT
+    # step would see many more examples than a DPO step).
+    extra = {"packing": False} if method in ("sft", "full") else {}
     recipe = trainer.recipe_for(method, steps=lab.budget.steps, batch_size=lab.budget.batch_size,
-                                max_length=lab.budget.max_length)
+                                max_length=lab.budget.max_length, **extra)
+
+    def progress(event: dict):
+        if event.get("event") == "step" and event.get("max_steps"):
+            lab.progress(0.6 * event["step"] / event["max_steps"], f"training step {event['step']}/{event['max_steps']}")
+
     elapsed = lm.time_it()
-    result = trainer.train(method, data_dir, out_dir, lab.settings, recipe=recipe)
-    seconds = elapsed()
-    folder = Path(getattr(result, "folder", None) or (result.get("folder") if isinstance(result, dict) else out_dir))
-    info = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe or {})
-    trainable = getattr(result, "trainable_params", None)
-    if trainable is None and isinstance(result, dict):
-        trainable = result.get("trainable_params")
-    return {"folder": folder, "train_s": seconds, "trainable_params": trainable, "recipe": info}
+    with lm.PeakMemory(lab.model.device) as mem:
+        if lab.isolate:
+            summary = trainer.run_training(method, data_dir, out_dir, lab.settings, recipe=recipe, progress=progress)
+        else:
+            summary = trainer.train(method, data_dir, out_dir, lab.settings, recipe=recipe, progress=progress)
+    return {**summary, "wall_s": elapsed(), "peak_mb": mem.peak_mb, "folder": summary.get("folder") or str(out_dir)}
+
+
+def _training_row(lab: Lab, row: dict, t: dict) -> None:
+    row.update(train_s=t.get("seconds"), train_wall_s=t["wall_s"], train_peak_mb=t["peak_mb"],
+               trainable_params=t.get("trainable_params"), recipe=t.get("recipe"), artifact=t["folder"],
+               disk_mb=lm.disk_mb(t["folder"]), train_examples=t.get("rows"), train_steps=t.get("steps"),
+               train_loss={"first": t.get("first_loss"), "final": t.get("final_loss")},
+               train_tokens_per_s=t.get("tokens_per_s"))
 
 
 def run_lora(lab: Lab, row: dict, method: str) -> None:
     t = train_method(lab, method)
-    trainable = t["trainable_params"] or sum(lm.safetensors_params(t["folder"]).values())
-    row.update(train_s=t["train_s"], trainable_params=trainable, recipe=t["recipe"], artifact=str(t["folder"]),
-               disk_mb=lm.disk_mb(t["folder"]), train_examples=lab.examples, train_steps=lab.budget.steps)
-    lab.model.add_adapter(f"lab-{method}", t["folder"])
+    _training_row(lab, row, t)
+    if not row["trainable_params"]:
+        row["trainable_params"] = sum(lm.safetensors_params(t["folder"]).values())
+    name = f"lab-{method}"
+    lab.model.add_adapter(name, t["folder"])
     try:
-        row.update(evaluate(lab, lab.answerer(), template=lab.task.base_template, rag="off",
-                            adapter=f"lab-{method}", relative=True))
+        lab.progress(0.65, "evaluating")
+        serve(lab, row, lab.answerer(), template=lab.task.base_template, rag="off", adapter=name, relative=True)
     finally:
-        lab.model.remove_adapter(f"lab-{method}")
-    row["note"] = (f"LoRA adapter trained on {lab.examples} {DATA_KIND[method].upper()} rows, "
-                   f"{lab.budget.steps} steps; answers with template `{lab.task.base_template}`.")
+        lab.model.remove_adapter(name)
+    row["note"] = (f"LoRA adapter trained on {row['train_examples']} {DATA_KIND[method].upper()} rows, "
+                   f"{row['train_steps']} steps; answers with template `{lab.task.base_template}`.")
 
 
 def run_full(lab: Lab, row: dict, keep: bool) -> None:
     from agent.model import ChatModel
 
     t = train_method(lab, "full")
+    _training_row(lab, row, t)
     full = ChatModel.from_settings(dataclasses.replace(lab.settings, base_model=str(t["folder"])))
-    changed, tensors = lm.changed_tensors(lab.model.model, full.model)
-    total = lm.model_params(full.model)
-    row.update(train_s=t["train_s"], trainable_params=t["trainable_params"] or total, recipe=t["recipe"],
-               disk_mb=lm.disk_mb(t["folder"]), artifact=str(t["folder"]), changed_tensors=changed,
-               tensors=tensors, train_examples=lab.examples, train_steps=lab.budget.steps)
     try:
-        row.update(evaluate(lab, lab.answerer(model=full), template=lab.task.base_template, rag="off", adapter=None,
-                            relative=True))
+        changed, tensors = lm.changed_tensors(lab.model.model, full.model)
+        row.update(changed_tensors=changed, tensors=tensors, loaded_params=lm.model_params(full.model))
+        lab.progress(0.65, "evaluating")
+        serve(lab, row, lab.answerer(model=full), template=lab.task.base_template, rag="off", adapter=None,
+              relative=True)
     finally:
         del full
-        if not keep:  # the full copy is large; its size is measured above
+        if not keep:  # the whole model is large; its size is measured above
             for f in Path(t["folder"]).glob("*.safetensors"):
                 f.unlink()
             row["artifact_removed"] = True
-    row["note"] = (f"all weights trained on {lab.examples} SFT rows, {lab.budget.steps} steps; "
+    row["note"] = (f"all weights trained on {row['train_examples']} SFT rows, {row['train_steps']} steps; "
                    f"{changed}/{tensors} weight tensors changed.")
 
 
 # ---------------------------------------------------------------------------------------------- the run
 def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budget: Budget = Budget(),
             limit: int = 30, out_dir: str | Path | None = None, data_root: str | Path | None = None,
-            keep: bool = False, progress: Progress | None = None) -> dict:
+            keep: bool = False, progress: Progress | None = None, max_new_tokens: int | None = None,
+            isolate: bool = True) -> dict:
     """Run the lab and write its report into `out_dir` (default <data_dir>/lab/<task>-<time>). Returns the result
     dict (what report.json holds) with "files": name -> path. A technique that fails gets an error row; the
     others still run."""
@@ -275,18 +301,20 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
     started, elapsed = time.strftime("%Y-%m-%dT%H:%M:%S"), lm.time_it()
     say(0.0, f"loading task {task}")
     the_task = load_task(task, limit, data_root, work_dir=work)
+    if max_new_tokens:
+        the_task.max_new_tokens = int(max_new_tokens)
     examples = training_examples(the_task, [t for t in techniques if t in TRAINED], budget)
     say(0.0, "loading the base model")
     model = ChatModel.from_settings(settings)
     # Warm-up: the first generation of a process pays one-off costs (thread pools, allocator growth) that would
     # otherwise be charged to whichever technique runs first.
     model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4, adapter=None)
-    lab = Lab(settings, the_task, model, budget, examples, work, say)
+    lab = Lab(settings, the_task, model, budget, examples, work, say, isolate)
     base_params = lm.model_params(model.model)
     rows = []
     for i, tech in enumerate(techniques):
         row = {"technique": tech, "label": LABELS[tech], "status": "ok", "trainable_params": 0,
-               "total_params": base_params, "train_s": 0.0, "disk_mb": 0.0}
+               "total_params": base_params, "train_s": 0.0, "train_peak_mb": 0.0, "disk_mb": 0.0}
 
         def step(f, m, i=i, tech=tech):
             say((i + max(0.0, min(1.0, f))) / len(techniques), f"{LABELS[tech]}: {m}")
@@ -295,19 +323,16 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
         step(0.0, "starting")
         t0 = lm.time_it()
         try:
-            with lm.PeakMemory(model.device) as mem:
-                if tech == "base":
-                    run_base(lab, row)
-                elif tech == "prompt":
-                    run_prompt(lab, row)
-                elif tech == "rag":
-                    run_rag(lab, row)
-                elif tech == "full":
-                    run_full(lab, row, keep)
-                else:
-                    run_lora(lab, row, tech)
-            row["peak_mem_mb"] = mem.peak_mb
-            row["peak_rss_mb"] = mem.peak_rss_mb
+            if tech == "base":
+                run_base(lab, row)
+            elif tech == "prompt":
+                run_prompt(lab, row)
+            elif tech == "rag":
+                run_rag(lab, row)
+            elif tech == "full":
+                run_full(lab, row, keep)
+            else:
+                run_lora(lab, row, tech)
         except Exception as e:  # one failed technique must not lose the others' results
             row.update(status="error", error=f"{type(e).__name__}: {e}")
         row["seconds"] = t0()
@@ -317,13 +342,15 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
         step(1.0, "done" if row["status"] == "ok" else f"failed: {row.get('error')}")
     result = {
         "created": started, "seconds": elapsed(), "model": str(settings.base_model), "device": model.device,
-        "dtype": str(getattr(model.model, "dtype", "")),
+        "dtype": str(getattr(model.model, "dtype", "")), "max_new_tokens": the_task.max_new_tokens,
+        "training_process": "child" if isolate else "in-process",
         "task": {"name": the_task.name, "title": the_task.title, "kind": the_task.kind, "items": len(the_task.items),
                  "primary": the_task.primary, "metrics": list(the_task.metrics),
                  "train_rows": {k: len(v) for k, v in the_task.train.items()},
                  "documents": len(the_task.documents), "info": the_task.info},
-        "budget": {**dataclasses.asdict(budget), "examples": examples,
-                   "lr_note": "per method recipe (see each row's recipe)"},
+        "budget": {**dataclasses.asdict(budget), "examples": examples, "packing": False,
+                   "lr_note": "per method recipe (see each row's recipe)",
+                   "lr": {r["technique"]: (r.get("recipe") or {}).get("lr") for r in rows if r.get("recipe")}},
         "techniques": techniques, "rows": rows,
     }
     files = write_report(result, out)
@@ -341,7 +368,7 @@ def _cmd_lab(args) -> int:
         print(f"[{100 * f:5.1f}%] {message}", file=sys.stderr, flush=True)
 
     result = run_lab(settings, args.task, args.techniques, budget, args.limit, args.out, args.data, args.keep,
-                     progress)
+                     progress, args.max_new_tokens, isolate=not args.in_process)
     print((Path(result["files"]["report.md"])).read_text(encoding="utf-8"))
     print(f"report: {Path(result['files']['report.md']).parent}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in result["rows"]) else 1
@@ -359,5 +386,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=30, help="evaluation items")
     p.add_argument("--out", default=None, help="report folder (default <data_dir>/lab/<task>-<time>)")
     p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the task's)")
+    p.add_argument("--in-process", action="store_true",
+                   help="train in this process (quicker; training peak memory then less comparable)")
     p.add_argument("--keep", action="store_true", help="keep the full fine-tune's weights (hundreds of MB)")
     p.set_defaults(func=_cmd_lab)

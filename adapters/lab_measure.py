@@ -26,12 +26,13 @@ def _trim() -> None:
 
 
 class PeakMemory:
-    """Peak extra memory while the block runs, in MB. On CUDA: `torch.cuda.max_memory_allocated` above what was
-    allocated at the start. On CPU: the resident set size of this process plus its children, sampled every 20 ms,
-    above its value at the start (freed memory is returned to the OS first)."""
+    """Peak extra memory while the block runs, in MB: the resident set size of this process plus its children (a
+    training child process included), sampled every 100 ms (a light sampler: generation threads need the GIL), above its value at the start (freed memory is returned
+    to the OS first). On CUDA: the larger of `torch.cuda.max_memory_allocated` above the start and the device's
+    used memory above the start (which sees a training child's allocations too)."""
 
-    def __init__(self, device: str = "cpu", interval: float = 0.02):
-        self.device, self.interval = device, interval
+    def __init__(self, device: str = "cpu", interval: float = 0.1, children: bool = True):
+        self.device, self.interval, self.children = device, interval, children
         self.peak_mb = 0.0
         self.peak_rss_mb = 0.0
 
@@ -40,14 +41,20 @@ class PeakMemory:
 
         proc = psutil.Process()
         total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
+        for child in proc.children(recursive=True) if self.children else ():
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
         return total
 
+    def _device_used(self) -> int:
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
     def _watch(self):
         while not self._stop.wait(self.interval):
             self._max = max(self._max, self._rss())
+            if self.device == "cuda":
+                self._dev_max = max(self._dev_max, self._device_used())
 
     def __enter__(self):
         _trim()
@@ -55,6 +62,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._cuda_start = torch.cuda.memory_allocated()
+            self._dev_start = self._dev_max = self._device_used()
         self._start = self._max = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name="lab-memory")
@@ -67,7 +75,8 @@ class PeakMemory:
         self._max = max(self._max, self._rss())
         self.peak_rss_mb = self._max / 2**20
         if self.device == "cuda":
-            self.peak_mb = (torch.cuda.max_memory_allocated() - self._cuda_start) / 2**20
+            own = torch.cuda.max_memory_allocated() - self._cuda_start
+            self.peak_mb = max(own, self._dev_max - self._dev_start) / 2**20
         else:
             self.peak_mb = (self._max - self._start) / 2**20
         return False
@@ -176,12 +185,6 @@ def answer_items(answerer, task: LabTask, items: list[dict], *, template: str, r
 
 
 # ---------------------------------------------------------------------------------------------- preference scores
-def _ids(x) -> list[int]:
-    if isinstance(x, dict) or hasattr(x, "input_ids"):
-        x = x["input_ids"]
-    return list(x)
-
-
 @contextlib.contextmanager
 def routed(chat_model, adapter: str | None):
     """Hold the model's lock and route forward passes to `adapter` (None: the bare base)."""
@@ -196,42 +199,45 @@ def routed(chat_model, adapter: str | None):
             yield chat_model.model
 
 
-def completion_logp(chat_model, prompt: list[dict], completion: str, adapter: str | None = None,
-                    max_length: int = 1024, max_completion: int = 384) -> float:
-    """Sum of log-probabilities of `completion` as the assistant's reply to `prompt` (chat template applied).
-    The completion keeps its first `max_completion` tokens; the prompt its last tokens that still fit."""
+PREF_MAX_LENGTH = 1536  # tokens of prompt + answer when scoring (RAG prompts are long; the window is 2048)
+PREF_COMPLETION_TOKENS = 192  # answers are scored on their first tokens: the same cut for every technique
+PREF_BATCH = 2
+
+
+def cut_answer(tok, messages: list[dict], max_tokens: int = PREF_COMPLETION_TOKENS) -> list[dict]:
+    """The assistant answer cut to its first `max_tokens` tokens (scoring cost grows with the length)."""
+    text = messages[-1]["content"]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return messages
+    return messages[:-1] + [{**messages[-1], "content": tok.decode(ids[:max_tokens])}]
+
+
+def pair_logps(chat_model, prompts: list[list[dict]], items: list[dict], adapter: str | None) -> list[tuple]:
+    """(logp chosen, logp rejected) of each preference item given its rendered prompt, through
+    `adapters.evaluate.sequence_logps` on the model routed to `adapter`."""
+    from adapters.evaluate import sequence_logps
+
     tok = chat_model.tok
-    p = _ids(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
-    full = _ids(tok.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=True))
-    c = full[len(p):] if full[:len(p)] == p else _ids(tok(completion, add_special_tokens=False)) + [tok.eos_token_id]
-    c = c[:max_completion]
-    p = p[-max(1, max_length - len(c)):]
-    ids = torch.tensor([p + c], device=chat_model.device)
+    pairs = [(p, cut_answer(tok, it["chosen"])) for p, it in zip(prompts, items)] + \
+            [(p, cut_answer(tok, it["rejected"])) for p, it in zip(prompts, items)]
     with routed(chat_model, adapter) as model:
-        logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float()
-    logps = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(c, device=logits.device)[:, None])
-    return float(logps.sum())
-
-
-def pair_logps(chat_model, messages: list[dict], item: dict, adapter: str | None) -> tuple[float, float]:
-    chosen, rejected = item["chosen"][-1]["content"], item["rejected"][-1]["content"]
-    return (completion_logp(chat_model, messages, chosen, adapter),
-            completion_logp(chat_model, messages, rejected, adapter))
+        lp = sequence_logps(model, chat_model.tok, pairs, chat_model.device, PREF_MAX_LENGTH, PREF_BATCH)
+    n = len(items)
+    return [(c[0], r[0]) for c, r in zip(lp[:n], lp[n:])]
 
 
 def preference_scores(pairs: list[tuple[float, float]], ref: list[tuple[float, float]] | None = None) -> dict:
-    """Preference accuracy from (logp chosen, logp rejected) per item. With `ref` (the base model's pairs), the
-    reward is DPO's implicit one: (logp - logp_ref)(chosen) - (logp - logp_ref)(rejected); without, the raw
-    margin. Ties count half. Also the raw accuracy and the mean reward margin."""
-    if not pairs:
-        return {"pref_acc": 0.0, "pref_acc_raw": 0.0, "mean_margin": 0.0}
+    """pref_acc: share of pairs the reward ranks chosen first (ties half). With `ref` (the base model's pairs) the
+    reward is DPO's implicit one, (logp - logp_ref)(chosen) - (logp - logp_ref)(rejected); without, the raw
+    log-probability margin. pref_acc_raw: logp(chosen) > logp(rejected). Via `adapters.evaluate.pref_summary`."""
+    from adapters.evaluate import pref_summary
+
     raw = [c - r for c, r in pairs]
     margins = raw if ref is None else [(c - rc) - (r - rr) for (c, r), (rc, rr) in zip(pairs, ref)]
-
-    def acc(ms):
-        return sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in ms) / len(ms)
-
-    return {"pref_acc": acc(margins), "pref_acc_raw": acc(raw), "mean_margin": statistics.mean(margins)}
+    s = pref_summary(margins, raw)
+    return {"pref_acc": s["accuracy"] or 0.0, "pref_acc_raw": s["raw_accuracy"] or 0.0,
+            "mean_margin": s["margin_mean"] or 0.0}
 
 
 def time_it():

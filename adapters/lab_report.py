@@ -3,8 +3,8 @@ from the numbers. Everything here is a pure function of the result dict except `
 
 A result is `{"task": {...}, "budget": {...}, "model", "device", "rows": [row, ...]}`; a row is one technique:
 `technique`, `label`, `status` ("ok" | "error"), `metrics` (name -> share 0..1), `quality` (the primary metric),
-`ttft_ms`, `tokens_per_s`, `prompt_tokens`, `trainable_params`, `total_params`, `train_s`, `peak_mem_mb`,
-`disk_mb`, and extras (`sources_used`, `retrieval_hit`, `samples`, `error`, ...).
+`ttft_ms`, `tokens_per_s`, `prompt_tokens`, `trainable_params`, `total_params`, `train_s` (training or indexing),
+`train_peak_mb` (its peak memory), `peak_mem_mb` (extra memory while answering), `disk_mb`, and extras (`sources_used`, `retrieval_hit`, `samples`, `error`, ...).
 """
 from __future__ import annotations
 
@@ -127,17 +127,18 @@ def verdict(result: dict) -> list[str]:
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the Markdown/UI table."""
     metrics = list(result.get("task", {}).get("metrics") or [])
-    header = ["Technique", *metrics, "TTFT ms", "tok/s", "prompt tok", "trainable", "train/index s", "peak MB",
-              "disk"]
+    header = ["Technique", *metrics, "TTFT ms", "tok/s", "prompt tok", "trainable", "train/index s",
+              "train peak MB", "serve peak MB", "disk"]
     out = []
     for r in result.get("rows", []):
         if r.get("status") != "ok":
-            out.append([r.get("label") or r["technique"], *["error"] * len(metrics), *["–"] * 7])
+            out.append([r.get("label") or r["technique"], *["error"] * len(metrics), *["–"] * 8])
             continue
         m = r.get("metrics") or {}
         out.append([r.get("label") or r["technique"], *[pct(m.get(k)) for k in metrics], num(r.get("ttft_ms")),
                     num(r.get("tokens_per_s"), 1), num(r.get("prompt_tokens")), params(r.get("trainable_params")),
-                    num(r.get("train_s"), 1), num(r.get("peak_mem_mb")), size(r.get("disk_mb"))])
+                    num(r.get("train_s"), 1), num(r.get("train_peak_mb")), num(r.get("peak_mem_mb")),
+                    size(r.get("disk_mb"))])
     return header, out
 
 
@@ -150,9 +151,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def budget_text(budget: dict) -> str:
     if not budget.get("examples"):
         return "No technique was trained in this run."
-    return (f"Equal training budget for every trained technique: {budget.get('steps')} optimizer steps, batch size "
+    steps = budget.get("steps")
+    return (f"Equal training budget for every trained technique: {steps} optimizer step{'' if steps == 1 else 's'}, "
+            f"batch size "
             f"{budget.get('batch_size')}, {budget.get('examples')} training examples, max length "
-            f"{budget.get('max_length')} tokens, learning rate {budget.get('lr_note', 'per method recipe')}.")
+            f"{budget.get('max_length')} tokens, no packing; learning rate per method recipe"
+            + (" (" + ", ".join(f"{SHORT.get(k, k)} {v:g}" for k, v in budget["lr"].items() if v) + ")"
+               if budget.get("lr") else "") + ".")
 
 
 def markdown(result: dict) -> str:
@@ -223,11 +228,13 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     plt.close(fig)
 
     costs = [("ttft_ms", "time to first token (ms)", "{:.0f}"), ("tokens_per_s", "tokens / s", "{:.1f}"),
-             ("prompt_tokens", "prompt tokens", "{:.0f}"), ("train_s", "training / indexing (s)", "{:.0f}"),
-             ("peak_mem_mb", "peak memory (MB)", "{:.0f}"), ("disk_mb", "size on disk (MB)", "{:.1f}")]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+             ("prompt_tokens", "prompt tokens", "{:.0f}"), ("trainable_params", "trainable parameters (M)", "{:.2f}"),
+             ("train_s", "training / indexing (s)", "{:.0f}"), ("train_peak_mb", "training peak memory (MB)", "{:.0f}"),
+             ("peak_mem_mb", "serving peak memory (MB)", "{:.0f}"), ("disk_mb", "size on disk (MB)", "{:.1f}")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     for ax, (key, title, fmt) in zip(axes.flat, costs):
-        _bars(ax, names, [r.get(key) for r in rows], title, fmt)
+        scale = 1e-6 if key == "trainable_params" else 1
+        _bars(ax, names, [None if r.get(key) is None else r[key] * scale for r in rows], title, fmt)
     fig.tight_layout()
     paths.append(out_dir / "costs.png")
     fig.savefig(paths[-1], dpi=110)

@@ -156,3 +156,65 @@ def test_report_files_are_complete(tmp_path):
     assert "| RAG | 60% | 30% |" in md and "KTO LoRA | error" in md
     assert "gold paragraph retrieved: 90%" in md and "A \\| b" not in md  # samples are not table cells
     assert "40 optimizer steps" in md and "80 training examples" in md
+
+
+# ---------------------------------------------------------------------------------------------- options and UI helpers
+def test_technique_list_budget_and_equal_examples():
+    from adapters.lab import Budget, parse_techniques, training_examples
+
+    assert parse_techniques("full, rag,BASE") == ["base", "rag", "full"]  # the lab's order
+    with pytest.raises(ValueError, match="unknown technique"):
+        parse_techniques("base,lora")
+    with pytest.raises(ValueError):
+        parse_techniques("")
+    with pytest.raises(ValueError, match="budget"):
+        Budget(steps=0)
+    task = lt.LabTask("x", "t", "generate", "style", ("style",), [],
+                      {"sft": [{}] * 50, "dpo": [{}] * 30, "kto": [{}] * 60}, [], lt.STYLE_PROMPT)
+    assert training_examples(task, ["sft", "kto"], Budget(steps=10, batch_size=4)) == 40
+    assert training_examples(task, ["sft", "dpo", "full"], Budget(steps=10, batch_size=4)) == 30  # smallest set
+    assert training_examples(task, ["kto"], Budget(steps=10, batch_size=4, examples=12)) == 12
+    assert training_examples(task, [], Budget()) == 0
+    task.train["dpo"] = []
+    with pytest.raises(ValueError, match="no training rows for dpo"):
+        training_examples(task, ["sft", "dpo"], Budget())
+
+
+def test_ui_helpers(tmp_path):
+    from adapters import ui_lab
+    from agent.settings import Settings
+
+    assert ui_lab.parse_progress("[ 42.9%] RAG: done") == (pytest.approx(0.429), "RAG: done")
+    assert ui_lab.parse_progress("some library warning") is None
+    cmd = ui_lab.lab_command("style", ["base", "sft"], 5, 7, tmp_path / "o")
+    assert cmd[1:4] == ["-m", "agent.cli", "lab"] and "base,sft" in cmd and "--budget-steps" in cmd
+    with pytest.raises(ValueError):
+        ui_lab.lab_command("style", [], 5, 7, tmp_path)
+    with pytest.raises(ValueError):
+        ui_lab.lab_command("nope", ["base"], 5, 7, tmp_path)
+    settings = Settings(data_dir=tmp_path, base_model="/models/x", threads=3)
+    env = ui_lab.lab_env(settings)
+    assert env["KAIZEN_DATA_DIR"] == str(tmp_path) and env["KAIZEN_BASE_MODEL"] == "/models/x"
+    assert ui_lab.past_reports(settings) == []
+    folder = tmp_path / "lab" / "squad-1"
+    rep.write_report(_result([_row("base", 0.2), _row("rag", 0.7)]), folder)
+    assert ui_lab.past_reports(settings) == [str(folder)]
+    md, rows, header, images = ui_lab.report_view(ui_lab.load_report(folder))
+    assert "RAG: +50 points" in md and rows[1][0] == "RAG" and header[0] == "Technique"
+    assert [c for _, c in images] == ["Quality", "Costs", "Quality vs cost"]
+    with pytest.raises(FileNotFoundError):
+        ui_lab.load_report(tmp_path)
+
+
+def test_lab_tab_builds(tmp_path):
+    import gradio as gr
+
+    from adapters.ui_lab import build_lab_tab
+    from agent.settings import Settings
+
+    with gr.Blocks() as demo:
+        with gr.Tab("Lab"):
+            run = build_lab_tab(Settings(data_dir=tmp_path))
+    assert run.elem_id == "lab-run"
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"lab-task", "lab-techniques", "lab-steps", "lab-limit", "lab-table", "lab-plots"} <= ids
