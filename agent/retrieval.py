@@ -157,7 +157,7 @@ class KnowledgeBase:
     """The user's documents: add / list / remove / search. Thread-safe."""
 
     def __init__(self, collection, uploads_dir: Path, max_upload_mb: float = 20, embedder=None,
-                 chunk_size: int = ingest.CHUNK_SIZE, hybrid: HybridConfig = HybridConfig()):
+                 chunk_size: int = ingest.CHUNK_SIZE, hybrid: HybridConfig = HybridConfig(), device: str = "cpu"):
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
         self.collection = collection
@@ -165,6 +165,7 @@ class KnowledgeBase:
         self.uploads_dir = Path(uploads_dir)
         self.max_upload_mb = max_upload_mb
         self._embedder = embedder
+        self.device = device  # for the embedder: "cpu", "cuda" or "auto" (CUDA when present)
         self._splitter = None
         self.chunk_size = chunk_size
         self.hybrid = hybrid
@@ -192,6 +193,7 @@ class KnowledgeBase:
             client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
         col = client.get_or_create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
                                               embedding_function=None)
+        kwargs.setdefault("device", settings.device)
         return cls(col, settings.uploads_dir, max_upload_mb=settings.max_upload_mb, **kwargs)
 
     @property
@@ -199,8 +201,9 @@ class KnowledgeBase:
         """Loaded on first use: listing and deleting documents need no model."""
         if self._embedder is None:
             from agent.embeddings import Embedder
+            from agent.model import pick_device
 
-            self._embedder = Embedder()
+            self._embedder = Embedder(pick_device(self.device)[0] if self.device != "cpu" else "cpu")
         return self._embedder
 
     @property
