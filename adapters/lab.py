@@ -294,16 +294,18 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
     techniques = parse_techniques(techniques)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)}")
+    if limit < 1:
+        raise ValueError("--limit must be at least 1")
     out = Path(out_dir) if out_dir else Path(settings.data_dir) / "lab" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda f, m: None)
     started, elapsed = time.strftime("%Y-%m-%dT%H:%M:%S"), lm.time_it()
     say(0.0, f"loading task {task}")
-    the_task = load_task(task, limit, data_root, work_dir=work)
+    the_task = load_task(task, limit, data_root)
     if max_new_tokens:
         the_task.max_new_tokens = int(max_new_tokens)
     examples = training_examples(the_task, [t for t in techniques if t in TRAINED], budget)
+    work = out / "work"  # created only once the inputs are known to be good
+    work.mkdir(parents=True, exist_ok=True)
     say(0.0, "loading the base model")
     model = ChatModel.from_settings(settings)
     # Warm-up: the first generation of a process pays one-off costs (thread pools, allocator growth) that would

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.lab import TECHNIQUES
@@ -42,9 +44,11 @@ def lab_command(task: str, techniques: list[str], steps: int, limit: int, out: P
 
 def lab_env(settings: Settings) -> dict:
     """The child sees the app's settings (which may not come from the environment)."""
-    env = dict(os.environ)
-    env.update(KAIZEN_DATA_DIR=str(settings.data_dir), KAIZEN_BASE_MODEL=str(settings.base_model),
-               KAIZEN_DEVICE=settings.device, KAIZEN_THREADS=str(settings.threads))
+    from adapters.train import settings_env
+
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    env.pop("GRADIO_SERVER_PORT", None)
+    env.pop("GRADIO_SERVER_NAME", None)
     return env
 
 
@@ -91,8 +95,16 @@ def past_reports(settings: Settings) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- the tab
-def build_lab_tab(settings: Settings):
-    """Build the Lab view in the current Blocks context. Returns the Run button (for tests / wiring)."""
+@dataclass
+class LabTab:
+    run_button: object
+    on_run: Callable  # generator (task, techniques, steps, limit) -> (status, verdict, table, plots, files, previous)
+    on_stop: Callable
+    on_open: Callable  # (folder) -> (status, verdict, table, plots, files)
+
+
+def build_lab_tab(settings: Settings) -> LabTab:
+    """Build the Lab view in the current Blocks context (no launching); returns its handlers for wiring/tests."""
     import gradio as gr
 
     gr.Markdown("Which technique should you use? Run the same evaluation through the base model, prompt "
@@ -179,4 +191,4 @@ def build_lab_tab(settings: Settings):
               api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
     reopen.click(on_open, previous, [status, verdict, table, gallery, files], api_visibility="private")
-    return run
+    return LabTab(run, on_run, on_stop, on_open)

@@ -214,7 +214,26 @@ def test_lab_tab_builds(tmp_path):
 
     with gr.Blocks() as demo:
         with gr.Tab("Lab"):
-            run = build_lab_tab(Settings(data_dir=tmp_path))
-    assert run.elem_id == "lab-run"
+            tab = build_lab_tab(Settings(data_dir=tmp_path))
+    assert tab.run_button.elem_id == "lab-run"
+    assert tab.on_open("")[0] == "Choose a report."
+    assert tab.on_open(str(tmp_path))[0].startswith("**Error:** no report.json")
+    assert tab.on_stop() == "Nothing is running."
+    first = next(tab.on_run("squad", [], 1, 1))  # bad input: a clear message, nothing started
+    assert first[0] == "**Error:** choose at least one technique"
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"lab-task", "lab-techniques", "lab-steps", "lab-limit", "lab-table", "lab-plots"} <= ids
+
+
+def test_cli_refuses_bad_input_before_loading_anything(tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    monkeypatch.setenv("KAIZEN_DATA_DIR", str(tmp_path))
+    out = tmp_path / "out"
+    for argv, message in [(["--techniques", "base,magic"], "unknown technique"),
+                          (["--limit", "0"], "--limit must be at least 1"),
+                          (["--budget-steps", "0"], "budget"),
+                          (["--data", str(tmp_path / "nowhere")], "not found")]:
+        assert main(["lab", "--out", str(out), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing written for bad input

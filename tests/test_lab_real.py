@@ -83,3 +83,24 @@ def test_preference_task_scores_adapters_against_the_base(tmp_path, base_model_d
         assert set(r["metrics"]) >= {"pref_acc", "pref_acc_raw", "mean_margin"}
         assert 0 <= r["quality"] <= 1 and r["answered"] == 2  # timed on real generations too
     assert dpo["train_steps"] == 1 and dpo["trainable_params"] > 0
+
+
+def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, shared_data, monkeypatch):
+    """The Lab tab's Run handler: `kaizen lab` in a child process, progress streamed, the report shown."""
+    import gradio as gr
+
+    from adapters.ui_lab import build_lab_tab, past_reports
+
+    settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
+    with gr.Blocks():
+        tab = build_lab_tab(settings)
+    updates = list(tab.on_run("squad", ["base"], 1, 1))
+    status, verdict, table, plots, files, previous = updates[-1]
+    assert any(u[0].startswith("Running:") for u in updates[:-1])
+    assert status == "Done.", status
+    assert "Base: " in verdict and "the reference" in verdict
+    assert table["value"][0][0] == "Base model"
+    assert [caption for _, caption in plots] == ["Quality", "Costs", "Quality vs cost"]
+    assert {p.rsplit("/", 1)[-1] for p in files} >= {"report.md", "report.json"}
+    assert previous["value"] == past_reports(settings)[0]
+    assert tab.on_open(previous["value"])[1] == verdict  # reopening shows the same report
