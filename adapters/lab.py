@@ -162,6 +162,13 @@ def serve(lab: Lab, row: dict, answerer: LabAnswerer, **kw) -> None:
     row["peak_mem_mb"] = mem.peak_mb
 
 
+def warm(model):
+    """The first generation of a freshly loaded model pays one-off costs (thread pools, allocator growth) that
+    would otherwise be charged to whichever technique uses it first."""
+    model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4, adapter=None)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------- techniques
 def run_base(lab: Lab, row: dict) -> None:
     serve(lab, row, lab.answerer(), template=lab.task.base_template, rag="off", adapter=None)
@@ -264,7 +271,7 @@ def run_full(lab: Lab, row: dict, keep: bool) -> None:
 
     t = train_method(lab, "full")
     _training_row(lab, row, t)
-    full = ChatModel.from_settings(dataclasses.replace(lab.settings, base_model=str(t["folder"])))
+    full = warm(ChatModel.from_settings(dataclasses.replace(lab.settings, base_model=str(t["folder"]))))
     try:
         changed, tensors = lm.changed_tensors(lab.model.model, full.model)
         row.update(changed_tensors=changed, tensors=tensors, loaded_params=lm.model_params(full.model))
@@ -307,10 +314,7 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
     work = out / "work"  # created only once the inputs are known to be good
     work.mkdir(parents=True, exist_ok=True)
     say(0.0, "loading the base model")
-    model = ChatModel.from_settings(settings)
-    # Warm-up: the first generation of a process pays one-off costs (thread pools, allocator growth) that would
-    # otherwise be charged to whichever technique runs first.
-    model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4, adapter=None)
+    model = warm(ChatModel.from_settings(settings))
     lab = Lab(settings, the_task, model, budget, examples, work, say, isolate)
     base_params = lm.model_params(model.model)
     rows = []
