@@ -80,8 +80,8 @@ def free_port() -> int:
 def running_app(data: Path, base_model_dir: Path, **env_extra):
     """Start `kaizen serve` as a subprocess on a free loopback port; yields a dict with url, data_dir, db."""
     port = free_port()
-    env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir), KAIZEN_PORT=str(port),
-               KAIZEN_HOST="127.0.0.1", KAIZEN_MAX_NEW_TOKENS="40", **env_extra)
+    env = {**os.environ, "KAIZEN_DATA_DIR": str(data), "KAIZEN_BASE_MODEL": str(base_model_dir),
+           "KAIZEN_PORT": str(port), "KAIZEN_HOST": "127.0.0.1", "KAIZEN_MAX_NEW_TOKENS": "40", **env_extra}
     env.pop("GRADIO_SERVER_PORT", None)
     env.pop("GRADIO_SERVER_NAME", None)
     data.mkdir(parents=True, exist_ok=True)

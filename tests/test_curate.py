@@ -8,7 +8,7 @@ import pytest
 from feedback.curate import (CurateConfig, cap_users, edit_flags, exact_dedup, jaccard, near_dedup, redact,
                              shingles, user_cap)
 from feedback.datasets import build_datasets, event_key
-from test_datasets import ev, up  # tests/ is on sys.path (pytest rootdir-relative import)
+from tests.test_datasets import ev, up
 
 
 # ---------------------------------------------------------------------------------------------- PII

@@ -40,7 +40,7 @@ def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base
     pairs = oasst_first_turns(trees)[:TRAIN_PROMPTS]
     seen = {p for p, _ in pairs}
     lottery = [json.loads(line) for line in (shared_data / "oasst_en_100" / "prompt_lottery_en_250_text.jsonl").open()]
-    unseen = [r["text"].strip() for r in lottery if r["text"].strip() not in seen and len(r["text"]) < 300]
+    unseen = [t.strip() for t in lottery if isinstance(t, str) and t.strip() not in seen and len(t) < 300]
     unseen = unseen[:EVAL_PROMPTS]
 
     data = tmp_path / "data"
