@@ -12,7 +12,23 @@ best chunk. Prints JSON: recall@1/5/10, MRR@10, p50/p95 latency per mode (modes 
   --routing                   calibrate agent.routing's threshold: best-hit cosine for SQuAD questions vs real
                               open-ended chat prompts (oasst prompt lottery) on the same store
 
-Example: .venv/bin/python bench/rag_squad.py --limit 1000 --sweep --routing --answers 100 > bench/out/rag.json
+Example: .venv/bin/python bench/rag_squad.py --limit 1000 --sweep --routing --answers 100 --chunk-sizes 128,512
+
+Results (2 shared CPU cores, load ~8; seed 0, 1,000 of the 2,910 questions; 48 min in all, most of it embedding and
+the 200 generations; all 2,910 in the live run alone would take ~35 min on this machine):
+                  recall@1  recall@5  recall@10  MRR@10   p50 / p95 ms
+    bm25           0.807     0.937     0.954     0.862     48 / 730
+    dense          0.681     0.911     0.949     0.777     75 / 901
+    hybrid         0.809     0.963     0.974     0.876     70 / 831   (convex, the default: +2.6 points recall@5)
+    hybrid_rrf     0.758     0.958     0.974     0.847     60 / 749   (RRF k=10)
+  The goal of +5 points recall@5 over the best baseline is NOT met. It cannot be met by fusing these two lists: the
+  oracle "gold paragraph in BM25's top 5 or in dense's top 5" is 0.972, i.e. +3.5 points. SQuAD questions were written
+  looking at the paragraph, so BM25 is very strong; BM25 variants (k1, b, BM25+/ATIRE, stop words) all land within
+  0.003 of it; sentence-window (48-token) dense vectors as a third fused list, tried offline on all 2,910 questions,
+  gave +3.2 points against +2.9 for the two-list fusion, for 4x more vectors: not worth it. Going further needs a
+  reranker (none ships inside a PyPI package) or a stronger embedder.
+  Answers (SmolLM2-135M, 48 new tokens, 100 questions): a gold answer appears in 6% without RAG, 19% with RAG.
+  Routing at the 0.38 threshold: 95.2% of SQuAD questions and 14% of OpenAssistant chat prompts use the documents.
 """
 from __future__ import annotations
 
