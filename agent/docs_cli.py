@@ -34,7 +34,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def resolve_id(docs: list[dict], wanted: str) -> str:
-    """The full id for `wanted` (an id or a unique prefix of one); KeyError otherwise."""
+    """The full id for `wanted` (an id or a unique prefix of one); ValueError otherwise."""
     exact = [d["doc_id"] for d in docs if d["doc_id"] == wanted]
     if exact:
         return exact[0]
@@ -42,8 +42,8 @@ def resolve_id(docs: list[dict], wanted: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise KeyError(f"no document with id {wanted!r} (see `kaizen docs list`)")
-    raise KeyError(f"{wanted!r} matches {len(matches)} documents; give more of the id")
+        raise ValueError(f"no document with id {wanted!r} (see `kaizen docs list`)")
+    raise ValueError(f"{wanted!r} matches {len(matches)} documents; give more of the id")
 
 
 def _cmd_add(args) -> int:
