@@ -9,8 +9,9 @@ A report has three parts, each computed the same way for every policy:
   base itself scores 0.5), `raw_accuracy` = share with logp(chosen) > logp(rejected).
 - `similarity`: greedy answers to the `sft_eval.jsonl` prompts against their gold answers (the users' edits or
   approved answers): ROUGE-L F and token F1.
-- `general`: a fixed set of general prompts: answers non-empty, repetition, degenerate count, and perplexity of
-  reference answers relative to the base (`ppl_ratio`).
+- `general`: a fixed set of general prompts: answers non-empty, still correct (key words present), repetition,
+  degenerate count, and perplexity of reference answers relative to the base (`ppl_ratio`; the first
+  SKIP_OPENING answer tokens are left out, since a learned style legitimately changes how answers open).
 
 Out of process: `python -m adapters.evaluate --data DIR --policy candidate=FOLDER --policy active=base --out FILE`.
 """
@@ -28,23 +29,27 @@ from pathlib import Path
 
 from agent.settings import Settings
 
-GENERAL = [  # (prompt, short reference answer): a regression set no feedback touches
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("Name three primary colors.", "The three primary colors are red, yellow and blue."),
-    ("How many days are there in a week?", "There are seven days in a week."),
-    ("What does a thermometer measure?", "A thermometer measures temperature."),
-    ("Give one tip for sleeping better.", "Go to bed at the same time every night and avoid screens before sleep."),
-    ("What is 2 plus 3?", "2 plus 3 is 5."),
+GENERAL = [  # (prompt, reference answer, words a correct answer contains; "a|b" = either): a regression set
+    ("What is the capital of France?", "The capital of France is Paris. It is also the largest city in the country.",
+     ["paris"]),
+    ("Name three primary colors.", "The three primary colors are red, yellow and blue. Mixing them gives the other "
+     "colors.", ["red", "blue"]),
+    ("How many days are there in a week?", "There are seven days in a week, from Monday to Sunday.", ["seven|7"]),
+    ("What does a thermometer measure?", "A thermometer measures temperature, for example of the air or of a "
+     "person's body.", ["temperature"]),
+    ("What is 2 plus 3?", "2 plus 3 equals 5. Adding two and three gives five.", ["5|five"]),
+    ("Which planet do we live on?", "We live on Earth, the third planet from the Sun.", ["earth"]),
 ]
+SKIP_OPENING = 4  # answer tokens left out of the reference perplexity: a style (an opening phrase) may change them
 
 
 @dataclass
 class EvalConfig:
-    max_pref: int = 64  # preference pairs scored
-    max_generate: int = 8  # held-out prompts answered for similarity
+    max_pref: int = 32  # preference pairs scored
+    max_generate: int = 6  # held-out prompts answered for similarity
     general: int = 6  # general prompts (regression)
-    max_new_tokens: int = 64
-    max_length: int = 512  # tokens of prompt + answer when scoring
+    max_new_tokens: int = 40
+    max_length: int = 384  # tokens of prompt + answer when scoring
     batch_size: int = 8
 
 
@@ -121,12 +126,21 @@ def similarity_summary(answers: list[str], golds: list[str]) -> dict:
             "token_f1": _mean(token_f1(a, g) for a, g in zip(answers, golds))}
 
 
-def general_summary(answers: list[str], nll: float | None, base_nll: float | None) -> dict:
+def mentions(answer: str, keywords: list[str]) -> bool:
+    """Every keyword ("a|b": either word) appears in the answer as a whole word."""
+    have = set(words(answer))
+    return all(any(alt in have for alt in k.lower().split("|")) for k in keywords)
+
+
+def general_summary(answers: list[str], nll: float | None, base_nll: float | None,
+                    keywords: list[list[str]] | None = None) -> dict:
     if not answers:
         return {"n": 0}
     ppl = math.exp(nll) if nll is not None else None
     base_ppl = math.exp(base_nll) if base_nll is not None else None
+    correct = (sum(mentions(a, k) for a, k in zip(answers, keywords)) / len(answers)) if keywords else None
     return {"n": len(answers), "nonempty": sum(bool(a.strip()) for a in answers) / len(answers),
+            "correct": correct,
             "repetition": _mean(repetition(a) for a in answers), "degenerate": sum(map(degenerate, answers)),
             "ppl": ppl, "ppl_base": base_ppl, "ppl_ratio": ppl / base_ppl if ppl and base_ppl else None}
 
@@ -136,11 +150,13 @@ def _get(report: dict | None, part: str, key: str):
     return value if isinstance(value, (int, float)) else None
 
 
-def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: float = 1.5,
-         max_repetition: float = 0.5) -> tuple[bool, list[str]]:
-    """Promote the candidate? It must pass the regression checks, lose no compared metric by more than
-    `margin`, and win at least one (preference accuracy, similarity to edits) by `margin` or more over the
-    active policy (the base when nothing is active). Pure; returns (promote, reasons)."""
+def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: float = 2.0,
+         max_repetition: float = 0.5, max_correct_drop: float = 0.2) -> tuple[bool, list[str]]:
+    """Promote the candidate? It must pass the regression checks (general prompts: no more empty or looping
+    answers than the active policy, facts still right within `max_correct_drop`, reference perplexity within
+    `max_ppl_ratio` of the base's), lose no compared metric by more than `margin`, and win at least one
+    (preference accuracy, similarity to edits) by `margin` or more over the active policy (the base when nothing
+    is active). Pure; returns (promote, reasons)."""
     ok, reasons = True, []
     g = (candidate or {}).get("general") or {}
     if g.get("n"):
@@ -152,6 +168,10 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
         if g.get("degenerate", 0) > (_get(active, "general", "degenerate") or 0):
             ok = False
             reasons.append(f"regression: {g['degenerate']} degenerate (looping) answers on general prompts")
+        was = _get(active, "general", "correct")
+        if g.get("correct") is not None and was is not None and g["correct"] < was - max_correct_drop:
+            ok = False
+            reasons.append(f"regression: general prompts answered correctly {g['correct']:.0%} vs {was:.0%}")
         if (g.get("repetition") or 0) > max_repetition:
             ok = False
             reasons.append(f"regression: repetition {g['repetition']:.2f} > {max_repetition}")
@@ -208,8 +228,9 @@ def encode_pair(tok, prompt: list[dict], completion: list[dict], max_length: int
 
 
 def sequence_logps(model, tok, pairs: list[tuple[list[dict], list[dict]]], device: str, max_length: int = 512,
-                   batch_size: int = 8) -> list[tuple[float, int]]:
-    """(sum of log-probs of the completion tokens, their count) for each (prompt, completion) pair."""
+                   batch_size: int = 8, skip: int = 0) -> list[tuple[float, int]]:
+    """(sum of log-probs of the completion tokens, their count) for each (prompt, completion) pair; `skip`
+    leaves out the first completion tokens (at most all but one)."""
     import torch
 
     enc = [encode_pair(tok, p, c, max_length) for p, c in pairs]
@@ -228,7 +249,8 @@ def sequence_logps(model, tok, pairs: list[tuple[list[dict], list[dict]]], devic
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             tok_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
         for j, (row, start) in enumerate(chunk):
-            span = tok_lp[j, start - 1:len(row) - 1]
+            first = min(start + skip, len(row) - 1)
+            span = tok_lp[j, first - 1:len(row) - 1]
             out.append((float(span.sum()), int(span.numel())))
     return out
 
@@ -327,13 +349,13 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
     pol = _Policies(settings, policies)
     tok, dev = pol.tok, pol.device
     pairs = [(p, c) for p, c, _ in data["pref"]] + [(p, r) for p, _, r in data["pref"]]
-    refs = [([{"role": "user", "content": q}], [{"role": "assistant", "content": a}]) for q, a in data["general"]]
-    prompts = [p for p, _ in data["gold"]] + [[{"role": "user", "content": q}] for q, _ in data["general"]]
+    refs = [([{"role": "user", "content": q}], [{"role": "assistant", "content": a}]) for q, a, _ in data["general"]]
+    prompts = [p for p, _ in data["gold"]] + [[{"role": "user", "content": q}] for q, _, _ in data["general"]]
 
     def score(model):
-        lp = sequence_logps(model, tok, pairs + refs, dev, config.max_length, config.batch_size)
+        lp = sequence_logps(model, tok, pairs, dev, config.max_length, config.batch_size)
+        ref_lp = sequence_logps(model, tok, refs, dev, config.max_length, config.batch_size, skip=SKIP_OPENING)
         n = len(data["pref"])
-        ref_lp = lp[2 * n:]
         nll = -sum(s for s, _ in ref_lp) / max(1, sum(c for _, c in ref_lp)) if ref_lp else None
         return [s for s, _ in lp[:n]], [s for s, _ in lp[n:2 * n]], nll
 
@@ -355,10 +377,10 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]),
             "similarity": similarity_summary(answers[:n_gold], [g for _, g in data["gold"]]),
-            "general": general_summary(answers[n_gold:], nll, base_nll),
+            "general": general_summary(answers[n_gold:], nll, base_nll, [k for _, _, k in data["general"]]),
             "samples": [{"prompt": p[-1]["content"], "answer": a, "gold": g}
                         for (p, g), a in zip(data["gold"][:3], answers[:3])]
-                       + [{"prompt": q, "answer": a} for (q, _), a in zip(data["general"][:2], answers[n_gold:])],
+                       + [{"prompt": q, "answer": a} for (q, _, _), a in zip(data["general"][:3], answers[n_gold:])],
             "seconds": round(time.perf_counter() - t0, 2),
         }
     say({"event": "done", "seconds": round(time.perf_counter() - started, 2)})

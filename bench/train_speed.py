@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from agent.settings import Settings  # noqa: E402  (sets the offline environment first)
 
 SHARED = ROOT.parent / "shared" / "data" / "oasst_en_100" / "en_100_tree.jsonl"
-VARIANTS = ("kaizen", "trl_default", "kaizen_fp32")
+VARIANTS = ("kaizen", "trl_default", "kaizen_fp32", "kaizen_nopack")
 
 
 def oasst_rows(tok, limit: int, max_length: int) -> list[dict]:
@@ -111,6 +111,10 @@ def make_trainer(kind: str, base: str, tok, rows: list[dict], recipe, work: Path
         data = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     else:
         bf16 = use_bf16("cpu", "fp32" if kind == "kaizen_fp32" else precision)
+        if kind == "kaizen_nopack":
+            import dataclasses
+
+            recipe = dataclasses.replace(recipe, packing=False)
         args = trainer_args("sft", recipe, work / kind, "cpu", len(rows), bf16=bf16)
         args.num_train_epochs, args.max_steps = epochs, -1
         data = Dataset.from_list(training_rows("sft", rows))
@@ -129,7 +133,8 @@ def make_trainer(kind: str, base: str, tok, rows: list[dict], recipe, work: Path
                          peft_config=lora_config(recipe), callbacks=[Gate()])
     info = {"gradient_checkpointing": bool(args.gradient_checkpointing), "bf16_autocast": bool(args.bf16),
             "packing": bool(getattr(args, "packing", False)), "batch_size": args.per_device_train_batch_size,
-            "max_length": args.max_length, "completion_only_loss": bool(trainer.completion_only_loss)}
+            "max_length": args.max_length, "grad_accum": args.gradient_accumulation_steps,
+            "completion_only_loss": bool(trainer.completion_only_loss)}
     return trainer, info
 
 
@@ -140,13 +145,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="kaizen,trl_default",
-                   help="comma list of kaizen, trl_default, kaizen_fp32 (the project's set-up without bf16 autocast)")
+                   help="comma list of kaizen, trl_default, and the diagnostics kaizen_fp32 (the project's set-up "
+                        "without bf16 autocast), kaizen_nopack (without packing)")
     p.add_argument("--base", help="base model folder (default: the bundled SmolLM2-135M, converted once)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not {"kaizen", "trl_default"} <= set(variants) or set(variants) - set(VARIANTS):
-        p.error("--variants: kaizen and trl_default, optionally kaizen_fp32")
+        p.error("--variants: kaizen and trl_default, optionally kaizen_fp32, kaizen_nopack")
     if not SHARED.exists():
         print(json.dumps({"error": f"{SHARED} not found (../shared/data)"}))
         return 1

@@ -28,6 +28,17 @@ def test_text_metrics():
     assert not E.degenerate("Paris is the capital of France.")
 
 
+def test_general_answers_are_checked_for_their_facts():
+    assert E.mentions("Kaizen here: The capital of France is Paris.", ["paris"])
+    assert E.mentions("There are 7 days.", ["seven|7"]) and not E.mentions("Red and green.", ["red", "blue"])
+    g = E.general_summary(["Paris.", "I don't know."], None, None, [["paris"], ["earth"]])
+    assert g["correct"] == 0.5 and g["ppl_ratio"] is None
+    ok, reasons = E.gate(report(acc=1.0) | {"general": {"n": 6, "nonempty": 1, "correct": 0.5}},
+                         report() | {"general": {"n": 6, "nonempty": 1, "correct": 1.0}})
+    assert not ok and any("answered correctly 50% vs 100%" in r for r in reasons)
+    assert all(len(item) == 3 and item[2] for item in E.GENERAL)
+
+
 def test_summaries():
     s = E.pref_summary([0.5, -0.1, 0.0, 1.0], raw=[1, -1, 1, 1])
     assert s["n"] == 4 and s["accuracy"] == pytest.approx((1 + 0 + 0.5 + 1) / 4) and s["raw_accuracy"] == 0.75
