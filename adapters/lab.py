@@ -209,6 +209,17 @@ def run_rag(lab: Lab, row: dict) -> None:
                     "`grounded` template, same weights.")
 
 
+def lab_recipe(method: str, budget: Budget):
+    """The method's packaged recipe (its learning rate, LoRA shape, beta...) held to the lab's equal budget: the
+    same steps, batch size and max length for every method, no gradient accumulation, no packing (a packed SFT
+    step would see many more examples than a DPO step)."""
+    from adapters.train import recipe_for
+
+    extra = {"packing": False} if method in ("sft", "full") else {}
+    return recipe_for(method, steps=budget.steps, batch_size=budget.batch_size, max_length=budget.max_length,
+                      grad_accum=1, **extra)
+
+
 def train_method(lab: Lab, method: str) -> dict:
     """Train `method` on the task's first `lab.examples` rows with the lab's budget, in a child process
     (`adapters.train.run_training`: the lab's own memory stays clean and every method is measured alike), or in
@@ -223,11 +234,7 @@ def train_method(lab: Lab, method: str) -> dict:
     rows = lab.task.train[kind][: lab.examples]
     (data_dir / f"{kind}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
-    # Equal budgets: the same steps, batch size, max length and rows for every method; no packing (a packed SFT
-    # step would see many more examples than a DPO step).
-    extra = {"packing": False} if method in ("sft", "full") else {}
-    recipe = trainer.recipe_for(method, steps=lab.budget.steps, batch_size=lab.budget.batch_size,
-                                max_length=lab.budget.max_length, **extra)
+    recipe = lab_recipe(method, lab.budget)
 
     def progress(event: dict):
         if event.get("event") == "step" and event.get("max_steps"):

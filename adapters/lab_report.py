@@ -155,7 +155,7 @@ def budget_text(budget: dict) -> str:
     return (f"Equal training budget for every trained technique: {steps} optimizer step{'' if steps == 1 else 's'}, "
             f"batch size "
             f"{budget.get('batch_size')}, {budget.get('examples')} training examples, max length "
-            f"{budget.get('max_length')} tokens, no packing; learning rate per method recipe"
+            f"{budget.get('max_length')} tokens, no packing, no gradient accumulation; learning rate per method recipe"
             + (" (" + ", ".join(f"{SHORT.get(k, k)} {v:g}" for k, v in budget["lr"].items() if v) + ")"
                if budget.get("lr") else "") + ".")
 

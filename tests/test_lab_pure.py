@@ -237,3 +237,14 @@ def test_cli_refuses_bad_input_before_loading_anything(tmp_path, monkeypatch, ca
         assert main(["lab", "--out", str(out), *argv]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()  # nothing written for bad input
+
+
+def test_every_method_gets_the_same_budget():
+    from adapters.lab import TRAINED, Budget, lab_recipe
+
+    budget = Budget(steps=7, batch_size=3, max_length=128)
+    recipes = {m: lab_recipe(m, budget) for m in TRAINED}
+    for m, r in recipes.items():
+        assert (r.max_steps, r.batch_size, r.grad_accum, r.max_length) == (7, 3, 1, 128), m
+        assert getattr(r, "packing", False) is False, m
+    assert recipes["sft"].lr != recipes["full"].lr  # each method keeps its own tuned learning rate

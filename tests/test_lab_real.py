@@ -43,6 +43,7 @@ def test_every_technique_really_runs_on_squad(tmp_path, base_model_dir, shared_d
         r = rows[t]
         assert r["train_steps"] == 1 and r["train_examples"] == result["budget"]["examples"] == 2, t
         assert r["train_s"] > 0 and r["train_peak_mb"] > 0 and r["disk_mb"] > 0, t
+        assert (r["recipe"]["batch_size"], r["recipe"]["grad_accum"], r["recipe"]["max_steps"]) == (2, 1, 1), t
     for t in ("sft", "dpo", "kto"):
         assert 0 < rows[t]["trainable_params"] < rows[t]["total_params"] / 10, t
     assert full["trainable_params"] == full["total_params"] == full["loaded_params"]
