@@ -310,8 +310,13 @@ def settings_env(settings: Settings) -> dict:
 
     env = {}
     for f in dataclasses.fields(settings):
-        if f.name != "extra":
-            env["KAIZEN_" + f.name.upper()] = str(getattr(settings, f.name))
+        if f.name == "extra":
+            continue
+        value = getattr(settings, f.name)
+        local = f.name == "base_model" and Path(str(value)).exists()
+        if isinstance(f.default, Path) or isinstance(value, Path) or local:
+            value = Path(value).resolve()  # the child sees the same folders whatever its working directory
+        env["KAIZEN_" + f.name.upper()] = str(value)
     return env
 
 
@@ -327,7 +332,7 @@ def run_module(module: str, argv: list[str], settings: Settings, log_path: Path,
     env.pop("GRADIO_SERVER_NAME", None)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=str(ROOT), env=env,
+        proc = subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
                                 stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
                                 start_new_session=True)
         say = progress or (lambda e: None)
@@ -402,12 +407,12 @@ def run_training(method: str, data_dir: str | Path, out_dir: str | Path, setting
     load_rows(method, data_dir)  # bad data: a clear error here, before a process is started
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    argv = ["--method", method, "--data", str(data_dir), "--out", str(out)]
+    argv = ["--method", method, "--data", str(Path(data_dir).resolve()), "--out", str(out.resolve())]
     if recipe is not None:
         if recipe.method != method:
             raise ValueError(f"recipe is for {recipe.method!r}, not {method!r}")
         _write_json(out / "recipe.json", recipe.to_dict())
-        argv += ["--recipe", str(out / "recipe.json")]
+        argv += ["--recipe", str((out / "recipe.json").resolve())]
     run_module("adapters.train", argv, settings, out / "train.log", progress, timeout, stop)
     return json.loads((out / "train.json").read_text(encoding="utf-8"))
 

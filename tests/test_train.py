@@ -196,6 +196,17 @@ def test_run_training_in_a_child_process_streams_progress(tiny_base, data, tmp_p
     assert (tmp_path / "out" / "train.log").exists()
 
 
+def test_child_settings_use_absolute_paths(tmp_path, monkeypatch):
+    from agent.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local-model").mkdir()
+    env = T.settings_env(Settings(data_dir="rel/data", base_model="local-model", threads=3))
+    assert env["KAIZEN_DATA_DIR"] == str(tmp_path / "rel" / "data")
+    assert env["KAIZEN_BASE_MODEL"] == str(tmp_path / "local-model") and env["KAIZEN_THREADS"] == "3"
+    assert T.settings_env(Settings(base_model="smollm2-135m-instruct"))["KAIZEN_BASE_MODEL"] == "smollm2-135m-instruct"
+
+
 def test_run_training_refuses_bad_data_before_starting_a_process(tiny_base, tmp_path):
     write_data(tmp_path / "bad", dpo=[{"prompt": "not messages", "chosen": [], "rejected": []}])
     events = []
