@@ -280,7 +280,7 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
 
 def load_eval_data(data_dir: str | Path, config: EvalConfig) -> dict:
     """Held-out rows: preference pairs (dpo_eval) and prompts with gold answers (sft_eval)."""
-    from adapters.train import read_jsonl
+    from adapters.trainers import read_jsonl
 
     d = Path(data_dir)
 

@@ -185,8 +185,8 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
                 except Exception as e:  # the app keeps serving what it served; the promotion stands
                     log.exception("on_promote(%s) failed", version)
                     swap_error = repr(e)
-            return {"swap_error": swap_error, "status": status, "version": version, "method": chosen, "new_events": new, "rows": counts,
-                    "train": _plain(metrics), "gate": {"promote": promote, "reasons": reasons},
+            return {"status": status, "version": version, "method": chosen, "new_events": new, "rows": counts,
+                    "swap_error": swap_error, "train": _plain(metrics), "gate": {"promote": promote, "reasons": reasons},
                     "eval": {"candidate": _brief(reports["candidate"]), "active": _brief(reports["active"])},
                     "seconds": round(time.perf_counter() - t0, 1), "reason": "; ".join(reasons)}
         except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
