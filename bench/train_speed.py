@@ -8,6 +8,7 @@ from `on_step_begin` to `on_step_end` (forward, backward, optimizer). tokens/s c
 Prints JSON; --out also writes it.
 
     python bench/train_speed.py [--rows 24] [--epochs 2] [--max-length 384] [--threads 2] [--out FILE]
+    python bench/train_speed.py --loop-events 200     # the loop from threshold to promotion, timed by stage
 
 TRL defaults (SFTConfig(output_dir), plus use_cpu on a machine without a GPU, which TRL's bf16 default requires):
 gradient checkpointing on, bf16 autocast, batch 8 padded to the longest row, loss on every token. The project
@@ -138,6 +139,42 @@ def make_trainer(kind: str, base: str, tok, rows: list[dict], recipe, work: Path
     return trainer, info
 
 
+def loop_time(settings: Settings, events: int) -> dict:
+    """Threshold to promotion: replay oasst trees as feedback through the Store until `events` events, then one
+    `run_once` (datasets, training, evaluation, gate) with adapt_min_events = events. Times each stage."""
+    import dataclasses
+
+    from adapters.scheduler import run_once
+    from feedback.replay import read_trees, replay_tree
+    from feedback.store import Store
+
+    settings = dataclasses.replace(settings, adapt_min_events=events)
+    store = Store.from_settings(settings)
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for tree in read_trees(SHARED):
+        if store.event_count() >= events:
+            break
+        replay_tree(store, tree, counts)
+    n = store.event_count()
+    marks: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def progress(e):
+        if e.get("event") in ("datasets", "training", "evaluating", "promoted", "refused"):
+            marks.setdefault(e["event"], time.perf_counter() - t0)
+
+    r = run_once(settings, store=store, progress=progress)
+    total = time.perf_counter() - t0
+    store.close()
+    train_s = marks.get("evaluating", total) - marks.get("training", 0)
+    return {"events": n, "status": r["status"], "version": r.get("version"), "method": r.get("method"),
+            "rows": r.get("rows"), "seconds": round(total, 1), "train_s": round(train_s, 1),
+            "eval_s": round(total - marks.get("evaluating", total), 1), "gate": r.get("gate"),
+            "goal_s": 600, "error": r.get("error")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=24)
@@ -149,6 +186,9 @@ def main(argv=None) -> int:
                         "without bf16 autocast), kaizen_nopack (without packing)")
     p.add_argument("--base", help="base model folder (default: the bundled SmolLM2-135M, converted once)")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--loop-events", type=int, default=0,
+                   help="instead: time the loop from threshold to promotion for this many replayed oasst events "
+                        "(a fresh data dir under /tmp; KAIZEN_* settings otherwise)")
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not {"kaizen", "trl_default"} <= set(variants) or set(variants) - set(VARIANTS):
@@ -167,6 +207,20 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     settings = Settings.from_env(threads=args.threads)
+    if args.loop_events:
+        with tempfile.TemporaryDirectory(prefix="loop-time-") as tmp:
+            import dataclasses
+
+            # the converted base model stays where it is; the feedback store and registry are fresh
+            local = dataclasses.replace(settings, data_dir=Path(tmp),
+                                        base_model=args.base or resolve_base(settings.base_model,
+                                                                             settings.models_dir))
+            report = {"bench": "loop_time", **loop_time(local, args.loop_events)}
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        return 0 if report["status"] in ("promoted", "refused") else 1
     torch.set_num_threads(args.threads)
     base = args.base or resolve_base(settings.base_model, settings.models_dir)
     tok = AutoTokenizer.from_pretrained(base)
