@@ -37,8 +37,8 @@ from typing import Callable
 from agent.settings import Settings  # first: sets the offline environment
 from adapters.config import METHODS, Recipe, check_method, load_recipe, recipe_from_dict
 from adapters.trainers import (DATA_FILE, check_rows, cpu_has_bf16, kto_weights, load_rows,  # noqa: F401
-                               lora_config, read_jsonl, summarize, to_prompt_completion, trainer_args,
-                               training_rows, use_bf16)
+                               lora_config, read_jsonl, rows_for_steps, summarize, to_prompt_completion,
+                               trainer_args, training_rows, use_bf16)
 
 MARK = "@@kaizen "  # prefix of the child's progress lines on stdout (anything else there is library chatter)
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,8 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
     if recipe.method != method:
         raise ValueError(f"recipe is for {recipe.method!r}, not {method!r}")
     rows = load_rows(method, data_dir)
+    if method in ("dpo", "kto"):
+        rows = rows_for_steps(rows, recipe, recipe.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)

@@ -55,6 +55,18 @@ def check_rows(method: str, rows: list[dict], where: str = "") -> None:
                 raise ValueError(f"{at}: expected 'label' true or false")
 
 
+def rows_for_steps(rows: list[dict], recipe: Recipe, seed: int = 0) -> list[dict]:
+    """With `max_steps` shorter than an epoch, the rows those steps will see (a seeded sample, original order):
+    preference trainers then precompute reference log-probs for these only, not for the whole file."""
+    need = recipe.max_steps * recipe.batch_size * recipe.grad_accum
+    if not recipe.max_steps or need >= len(rows):
+        return rows
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(rows)), need))
+    return [rows[i] for i in keep]
+
+
 def to_prompt_completion(row: dict) -> dict:
     """SFT `messages` row -> conversational prompt/completion, so the loss covers the answer only."""
     return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}

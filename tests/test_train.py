@@ -105,6 +105,14 @@ def test_bad_jsonl_names_the_line(tmp_path):
         T.load_rows("dpo", tmp_path)
 
 
+def test_preference_runs_shorter_than_an_epoch_use_only_the_rows_they_reach():
+    rows = dpo_rows(40)
+    few = T.rows_for_steps(rows, load_recipe("dpo", max_steps=3, batch_size=4))
+    assert len(few) == 12 and all(r in rows for r in few) and few == [r for r in rows if r in few]
+    assert T.rows_for_steps(rows, load_recipe("dpo", max_steps=0)) == rows
+    assert T.rows_for_steps(rows, load_recipe("dpo", max_steps=50, batch_size=4)) == rows
+
+
 def test_summarize_reads_the_trainer_log():
     hist = [{"loss": 2.0, "num_tokens": 100.0, "step": 1}, {"loss": 1.5, "num_tokens": 200.0, "step": 2,
                                                            "rewards/margins": 0.3},
