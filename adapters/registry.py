@@ -166,9 +166,10 @@ class Registry:
         path.mkdir(parents=True)
         return path
 
-    def clean_tmp(self, older_than_s: float = 0) -> int:
+    def clean_tmp(self, label: str = "", older_than_s: float = 0) -> int:
+        """Remove leftover temporary folders (of `label` only, when given)."""
         n = 0
-        for p in self.root.glob(".tmp-*"):
+        for p in self.root.glob(f".tmp-{label}*"):
             if p.is_dir() and time.time() - p.stat().st_mtime >= older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
@@ -296,7 +297,7 @@ class Registry:
     # -- writing ----------------------------------------------------------------------------------------
     def register(self, folder: str | Path, meta: dict | None = None) -> str:
         """Validate `folder` and add it as a new version (state "candidate" unless meta says otherwise).
-        A folder inside the registry is moved (a rename); any other is copied. Returns the version name.
+        A folder inside the registry (e.g. under `tmp_folder()`) is moved (a rename); any other is copied. Returns the version name.
         `meta` may hold method, recipe, dataset, metrics, eval, gate; the base model and its hash are this
         registry's unless given (a mismatch is refused)."""
         folder = Path(folder)
@@ -318,7 +319,7 @@ class Registry:
             meta.update(version=version, method=method, kind=info["kind"], files=info["files"], state=state,
                         created=meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             target = self.root / version
-            inside = folder.resolve().parent == self.root.resolve()
+            inside = self.root.resolve() in folder.resolve().parents  # same file system: a rename
             staging = folder if inside else self.tmp_folder("copy")
             if not inside:
                 shutil.rmtree(staging)

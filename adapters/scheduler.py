@@ -116,7 +116,7 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
         if not mine:
             return {"status": "busy", "reason": "another adaptation run is in progress"}
         registry = Registry(settings)
-        registry.clean_tmp(older_than_s=0)  # leftovers of killed runs (we hold the lock: none is live)
+        registry.clean_tmp("run-")  # leftovers of killed runs (we hold the lock: none is live)
         state = read_state(settings)
         own_store = store is None
         store = store or _open_store(settings)
@@ -143,7 +143,7 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
                 _save_state(settings, state)
                 return {"status": "skipped", "new_events": new, "rows": counts,
                         "reason": f"not enough training rows for {chosen or 'any method'} ({counts})"}
-            run_dir = registry.tmp_folder(chosen)
+            run_dir = registry.tmp_folder(f"run-{chosen}")
             data_dir, adapter_dir = run_dir / "data", run_dir / "adapter"
             write_datasets(data_dir, files, manifest)
             say({"event": "training", "method": chosen, "rows": counts})

@@ -61,11 +61,11 @@ def test_register_writes_meta_and_lists_versions(reg, adapter, tmp_path):
 
 
 def test_a_folder_inside_the_registry_is_moved_in(reg, adapter):
-    tmp = reg.tmp_folder("run")
-    shutil.rmtree(tmp)
-    copy(adapter, tmp)
-    v = reg.register(tmp, {"method": "sft"})
-    assert not tmp.exists() and (reg.root / v / "adapter_model.safetensors").exists()
+    tmp = reg.tmp_folder("run-sft")
+    copy(adapter, tmp / "adapter")
+    v = reg.register(tmp / "adapter", {"method": "sft"})
+    assert not (tmp / "adapter").exists() and (reg.root / v / "adapter_model.safetensors").exists()
+    assert reg.clean_tmp("run-") == 1 and not tmp.exists()
 
 
 @pytest.mark.parametrize("name", ["extra.bin", "optimizer.pt", "rng_state.pth", "data.pkl", "last.ckpt",
