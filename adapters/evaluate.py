@@ -39,6 +39,11 @@ GENERAL = [  # (prompt, reference answer, words a correct answer contains; "a|b"
      "person's body.", ["temperature"]),
     ("What is 2 plus 3?", "2 plus 3 equals 5. Adding two and three gives five.", ["5|five"]),
     ("Which planet do we live on?", "We live on Earth, the third planet from the Sun.", ["earth"]),
+    ("What color is the sky on a clear day?", "On a clear day the sky is blue, because air scatters blue light "
+     "the most.", ["blue"]),
+    ("How many legs does a spider have?", "A spider has eight legs, while insects have six.", ["eight|8"]),
+    ("What is the opposite of hot?", "The opposite of hot is cold. Ice, for example, is cold.", ["cold"]),
+    ("What do bees make?", "Bees make honey from the nectar they collect from flowers.", ["honey"]),
 ]
 SKIP_OPENING = 4  # answer tokens left out of the reference perplexity: a style (an opening phrase) may change them
 
@@ -47,7 +52,7 @@ SKIP_OPENING = 4  # answer tokens left out of the reference perplexity: a style 
 class EvalConfig:
     max_pref: int = 32  # preference pairs scored
     max_generate: int = 6  # held-out prompts answered for similarity
-    general: int = 6  # general prompts (regression)
+    general: int = 10  # general prompts (regression)
     max_new_tokens: int = 40
     max_length: int = 384  # tokens of prompt + answer when scoring
     batch_size: int = 8
