@@ -163,8 +163,10 @@ def serve(lab: Lab, row: dict, answerer: LabAnswerer, **kw) -> None:
 
 
 def warm(model):
-    """The first generation of a freshly loaded model pays one-off costs (thread pools, allocator growth) that
-    would otherwise be charged to whichever technique uses it first."""
+    """Ready a freshly loaded model for fair timing: weights in ordinary memory (lm.pin_weights), and one short
+    generation, whose one-off costs (thread pools, allocator growth) would otherwise be charged to whichever
+    technique uses the model first."""
+    lm.pin_weights(model.model)
     model.chat([{"role": "user", "content": "Hello"}], max_new_tokens=4, adapter=None)
     return model
 

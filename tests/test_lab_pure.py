@@ -248,3 +248,19 @@ def test_every_method_gets_the_same_budget():
         assert (r.max_steps, r.batch_size, r.grad_accum, r.max_length) == (7, 3, 1, 128), m
         assert getattr(r, "packing", False) is False, m
     assert recipes["sft"].lr != recipes["full"].lr  # each method keeps its own tuned learning rate
+
+
+def test_pin_weights_copies_and_keeps_ties():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adapters.lab_measure import pin_weights
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    pin_weights(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    for n, p in model.named_parameters():
+        assert p.data_ptr() != before[n][0] and torch.equal(p, before[n][1]), n
