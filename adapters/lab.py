@@ -256,7 +256,8 @@ def _training_row(lab: Lab, row: dict, t: dict) -> None:
                trainable_params=t.get("trainable_params"), recipe=t.get("recipe"), artifact=t["folder"],
                disk_mb=lm.disk_mb(t["folder"]), train_examples=t.get("rows"), train_steps=t.get("steps"),
                train_loss={"first": t.get("first_loss"), "final": t.get("final_loss")},
-               train_tokens_per_s=t.get("tokens_per_s"))
+               train_tokens_per_s=t.get("tokens_per_s"),
+               train_rewards={k.split("/")[1]: t[k] for k in ("rewards/accuracies", "rewards/margins") if k in t})
 
 
 def run_lora(lab: Lab, row: dict, method: str) -> None:

@@ -180,6 +180,13 @@ def markdown(result: dict) -> str:
             extra.append(f"gold paragraph retrieved: {pct(r['retrieval_hit'])}")
         if r.get("total_params"):
             extra.append(f"trainable {params(r.get('trainable_params'))} of {params(r['total_params'])}")
+        loss = r.get("train_loss") or {}
+        if loss.get("first") is not None and loss.get("final") is not None:
+            extra.append(f"training loss {loss['first']:.3f} → {loss['final']:.3f}")
+        rewards = r.get("train_rewards") or {}
+        if rewards:
+            extra.append("last training batch: reward accuracy "
+                         f"{pct(rewards.get('accuracies'))}, margin {num(rewards.get('margins'), 2)}")
         if r.get("error"):
             extra.append(f"error: {r['error']}")
         parts.append(f"- **{r.get('label') or r['technique']}**: {note} {'; '.join(extra)}".rstrip())

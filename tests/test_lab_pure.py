@@ -264,3 +264,10 @@ def test_pin_weights_copies_and_keeps_ties():
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     for n, p in model.named_parameters():
         assert p.data_ptr() != before[n][0] and torch.equal(p, before[n][1]), n
+
+
+def test_notes_show_training_signals(tmp_path):
+    row = _row("dpo", 0.0, train_loss={"first": 0.693, "final": 0.078},
+               train_rewards={"accuracies": 1.0, "margins": 2.566})
+    md = rep.markdown(_result([_row("base", 0.0), row]))
+    assert "training loss 0.693 → 0.078" in md and "reward accuracy 100%, margin 2.57" in md
