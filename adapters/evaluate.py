@@ -295,7 +295,12 @@ def load_eval_data(data_dir: str | Path, config: EvalConfig) -> dict:
 
     pref = [(r["prompt"], r["chosen"], r["rejected"]) for r in rows("dpo_eval")][: config.max_pref]
     gold = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows("sft_eval")][: config.max_generate]
-    return {"pref": pref, "gold": gold, "general": GENERAL[: config.general]}
+    try:  # the general prompts get the system message the training rows were built with (what the app sends)
+        system = json.loads((d / "manifest.json").read_text(encoding="utf-8"))["config"].get("system")
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        system = None
+    return {"pref": pref, "gold": gold, "general": GENERAL[: config.general],
+            "system": [{"role": "system", "content": system}] if system else []}
 
 
 class _Policies:
@@ -354,8 +359,10 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
     pol = _Policies(settings, policies)
     tok, dev = pol.tok, pol.device
     pairs = [(p, c) for p, c, _ in data["pref"]] + [(p, r) for p, _, r in data["pref"]]
-    refs = [([{"role": "user", "content": q}], [{"role": "assistant", "content": a}]) for q, a, _ in data["general"]]
-    prompts = [p for p, _ in data["gold"]] + [[{"role": "user", "content": q}] for q, _, _ in data["general"]]
+    sys_msg = data.get("system", [])
+    refs = [(sys_msg + [{"role": "user", "content": q}], [{"role": "assistant", "content": a}])
+            for q, a, _ in data["general"]]
+    prompts = [p for p, _ in data["gold"]] + [sys_msg + [{"role": "user", "content": q}] for q, _, _ in data["general"]]
 
     def score(model):
         lp = sequence_logps(model, tok, pairs, dev, config.max_length, config.batch_size)

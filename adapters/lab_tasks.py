@@ -237,6 +237,14 @@ def style_events(store, pairs: list[tuple[str, str]], editors: int = 4) -> int:
     return n
 
 
+def plain_system() -> str | None:
+    """The trained techniques answer through the plain template, so their rows carry its system prompt (as the
+    app's loop does with its serving template)."""
+    from agent.templates import serving_system
+
+    return serving_system("plain")
+
+
 def build_style(train_pairs: list[tuple[str, str]], eval_prompts: list[str], limit: int,
                 work_dir: Path | None = None) -> LabTask:
     """Train rows from a real feedback store (edits -> SFT gold, DPO edited-over-original; KTO unpaired from the
@@ -248,7 +256,7 @@ def build_style(train_pairs: list[tuple[str, str]], eval_prompts: list[str], lim
         store = Store(Path(tmp) / "style.db")
         try:
             edits = style_events(store, train_pairs)
-            files, manifest = build_datasets(store.training_events(), eval_fraction=0.0)
+            files, manifest = build_datasets(store.training_events(), eval_fraction=0.0, system=plain_system())
         finally:
             store.close()
     seen = {normalize_answer(p) for p, _ in train_pairs}
@@ -308,7 +316,8 @@ def load_oasst(limit: int, data_root: Path = SHARED_DATA, work_dir: Path | None 
         store = Store(Path(tmp) / "oasst.db")
         try:
             counts = replay_oasst(store, path)
-            files, manifest = build_datasets(store.training_events(), eval_fraction=eval_fraction)
+            files, manifest = build_datasets(store.training_events(), eval_fraction=eval_fraction,
+                                             system=plain_system())
         finally:
             store.close()
     return build_oasst(files, limit, {"replay": counts, "eval_fraction": eval_fraction,

@@ -135,7 +135,10 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
             from feedback.datasets import build_datasets
             from feedback.export import write_datasets
 
-            files, manifest = build_datasets(store.training_events())
+            from agent.templates import serving_system
+
+            system = serving_system(settings.template, settings.templates_dir)  # train on what the app sends
+            files, manifest = build_datasets(store.training_events(), system=system)
             counts = {k: len(v) for k, v in files.items()}
             chosen = method or choose_method(counts)
             if chosen is None or counts.get("sft" if chosen == "full" else chosen, 0) == 0:

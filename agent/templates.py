@@ -97,3 +97,16 @@ def load_templates(user_dir: str | Path | None = None) -> dict[str, Template]:
                 continue
             found[t.name] = t
     return found
+
+
+def serving_system(name: str, user_dir: str | Path | None = None) -> str | None:
+    """The rendered system prompt of template `name` (the app's default template, for training rows that should
+    look like what the app sends); None when there is no such template."""
+    t = load_templates(user_dir).get(name)
+    if t is None:
+        return None
+    try:
+        first = t.render("", **{v: "" for v in t.variables if v != "question"})[0]
+    except (TemplateError, KeyError):
+        return None
+    return first["content"] if first["role"] == "system" else None

@@ -200,6 +200,14 @@ def kto_rows(events: list[dict]) -> list[dict]:
 BUILDERS = {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows}
 
 
+def with_system(row: dict, system: str) -> dict:
+    """The row with `system` as the first message of its prompt (a row that has a system message keeps it)."""
+    key = "messages" if "messages" in row else "prompt"
+    if row[key] and row[key][0]["role"] == "system":
+        return row
+    return {**row, key: [{"role": "system", "content": system}] + row[key]}
+
+
 def row_prompt(row: dict) -> list[dict]:
     """The prompt messages of any row kind (SFT: everything before the final assistant turn)."""
     return row["prompt"] if "prompt" in row else row["messages"][:-1]
@@ -253,10 +261,12 @@ def _config(config: CurateConfig | None, overrides: dict) -> CurateConfig:
 
 
 def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: CurateConfig | None = None,
-                   **overrides) -> tuple[dict[str, list[dict]], dict]:
+                   system: str | None = None, **overrides) -> tuple[dict[str, list[dict]], dict]:
     """Events -> (files, manifest). files: {"sft", "sft_eval", "dpo", "dpo_eval", "kto", "kto_eval"} -> rows.
-    Overrides are CurateConfig fields (e.g. `per_user_cap=20, include_flagged=True`). Pure and deterministic:
-    the same events, in any order, give the same rows and the same manifest (which holds no timestamp)."""
+    Overrides are CurateConfig fields (e.g. `per_user_cap=20, include_flagged=True`). `system`: a system message
+    put first in every row's prompt (the serving template's, so that training sees what the app sends; curation
+    and the split ignore it). Pure and deterministic: the same events, in any order, give the same rows and the
+    same manifest (which holds no timestamp)."""
     cfg = _config(config, overrides)
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
@@ -317,6 +327,8 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         drop("user_capped", gone)
         rows = _sorted(rows)
         train, held = split_rows(rows, eval_fraction)
+        if system:
+            rows, train, held = ([with_system(r, system) for r in x] for x in (rows, train, held))
         st.update(kept=len(rows), train=len(train), eval=len(held), users=len({owner(r) for r in rows}))
         st["origins"] = dict(sorted(Counter("+".join(sorted({s.split(":")[0] for s in r["source"]}))
                                             for r in rows).items()))  # e.g. "choice", "edit", "choice+rating"
@@ -332,7 +344,7 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
     kinds = Counter(e["kind"] for e in events)
     manifest = {
         "format": FORMAT,
-        "config": {**asdict(cfg), "eval_fraction": eval_fraction},
+        "config": {**asdict(cfg), "eval_fraction": eval_fraction, "system": system},
         "events": {
             "total": len(events), "by_kind": {k: kinds.get(k, 0) for k in KINDS},
             "opted_out": len(events) - len(usable), "superseded_ratings": len(superseded_r),

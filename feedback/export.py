@@ -115,7 +115,13 @@ def _cmd_export(args) -> int:
         overrides["per_user_cap"] = args.per_user_cap
     if args.max_user_share is not None:
         overrides["max_user_share"] = args.max_user_share if args.max_user_share > 0 else None
-    files, manifest = build_datasets(events, eval_fraction=args.eval_fraction, **overrides)
+    if args.no_system:
+        system = None
+    else:
+        from agent.templates import serving_system
+
+        system = args.system or serving_system(settings.template, settings.templates_dir)
+    files, manifest = build_datasets(events, eval_fraction=args.eval_fraction, system=system, **overrides)
     kinds = ["sft", "dpo", "kto"] if args.format == "all" else [args.format]
     names = kinds + ([k + "_eval" for k in kinds] if args.include_eval else [])
     paths = write_datasets(args.out, {n: files[n] for n in names}, manifest, target=args.target)
@@ -138,6 +144,10 @@ def register(fsub) -> None:
     p.add_argument("--include-eval", action="store_true", help="also write the held-out *_eval.jsonl files")
     p.add_argument("--include-flagged", action="store_true", help="keep rows built from suspicious edits")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of prompts held out (default 0.1)")
+    sys_group = p.add_mutually_exclusive_group()
+    sys_group.add_argument("--system", help="system message put first in every prompt (default: the system prompt "
+                                            "of the app's template, KAIZEN_TEMPLATE, which the loop trains with)")
+    sys_group.add_argument("--no-system", action="store_true", help="no system message in the rows")
     p.add_argument("--target", choices=list(TARGETS), default="trl", help="file layout (default trl)")
     p.add_argument("--per-user-cap", type=int, default=None, help="at most N rows of one user per file")
     p.add_argument("--max-user-share", type=float, default=None,

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from feedback.datasets import (build_datasets, dpo_rows, jsonl_bytes, kto_rows, latest_ratings, sft_rows,
-                               split_group, split_rows)
+                               split_group, split_rows, with_system)
 
 _ids = itertools.count(1)
 
@@ -247,3 +247,21 @@ def test_bad_events_and_options_rejected_clearly():
         build_datasets([], per_user_limit=3)
     with pytest.raises(ValueError, match="per_user_cap"):
         build_datasets([], per_user_cap=0)
+
+
+def test_system_message_goes_first_and_changes_nothing_else():
+    evs = [up(user=1, msg=1, answer="Kept answer here."),
+           ev("edit", user=2, msg=2, q="Fix this?", answer="Old answer.", edited="New answer, better.")]
+    plain, m0 = build_datasets(evs, eval_fraction=0.0)
+    sys_files, m1 = build_datasets(evs, eval_fraction=0.0, system="You are Kaizen.")
+    first = {"role": "system", "content": "You are Kaizen."}
+    for kind in ("sft", "dpo"):
+        assert len(sys_files[kind]) == len(plain[kind]) > 0
+        for a, b in zip(plain[kind], sys_files[kind]):
+            key = "messages" if kind == "sft" else "prompt"
+            assert b[key] == [first] + a[key] and {k: v for k, v in b.items() if k != key} == \
+                {k: v for k, v in a.items() if k != key}
+    assert m1["config"]["system"] == "You are Kaizen." and m0["config"]["system"] is None
+    assert m1["fingerprint"] != m0["fingerprint"] and m1["stages"] == m0["stages"]
+    already = {"prompt": [{"role": "system", "content": "Own."}, {"role": "user", "content": "q"}]}
+    assert with_system(already, "You are Kaizen.") == already

@@ -15,15 +15,7 @@ from agent.settings import Settings
 from feedback.store import Store
 from tests.conftest import ROOT, running_app
 
-pytestmark = [
-    pytest.mark.slow,
-    # Known open problem (issue 5): the loop runs end to end and the adapter does learn the style (every held-out
-    # sample opens with the house phrase), but the gate's regression set then refuses it ("general prompts answered
-    # correctly 67% vs 100%" in the last run), so nothing is promoted. Not strict: it passes once the gate and the
-    # recipe agree; the assertions below are unchanged.
-    pytest.mark.xfail(reason="the evaluation gate refuses the style adapter on its general-prompt facts check",
-                      strict=False),
-]
+pytestmark = pytest.mark.slow
 TRAIN_PROMPTS = 48
 EVAL_PROMPTS = 12
 
@@ -31,6 +23,7 @@ EVAL_PROMPTS = 12
 def ask_all(client, prompts) -> list[str]:
     answers = []
     for p in prompts:
+        client.reset_session()  # a new chat each time: no earlier answer in the context
         chat, _, status = client.predict(p, "plain", "off", "active", api_name="/chat")
         assert status == "", status
         answers.append(chat[-1]["content"][0]["text"])

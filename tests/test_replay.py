@@ -133,6 +133,10 @@ def test_cli_export_is_read_by_datasets_and_trl(replayed, tmp_path, monkeypatch)
         text_keys = {"sft": {"text"}, "dpo": {"prompt", "chosen", "rejected"}, "kto": {"prompt", "completion"}}[kind]
         assert text_keys <= set(rendered) and all(isinstance(rendered[k], str) for k in text_keys)
     m = json.loads((out / "manifest.json").read_text())
+    # by default every prompt starts with the system message of the app's template (what the loop trains with)
+    row = json.loads((out / "sft.jsonl").read_text().splitlines()[0])
+    assert row["messages"][0] == {"role": "system", "content": "You are Kaizen, a helpful AI assistant."}
+    assert m["config"]["system"] == "You are Kaizen, a helpful AI assistant."
     assert m["target"] == "trl" and set(m["files"]) == {f"{k}{s}.jsonl" for k in expect for s in ("", "_eval")}
 
     # one format, train split only
@@ -140,6 +144,9 @@ def test_cli_export_is_read_by_datasets_and_trl(replayed, tmp_path, monkeypatch)
     assert cli.main(["feedback", "export", "--format", "dpo", "--out", str(out2), "--eval-fraction", "0.3"]) == 0
     assert sorted(p.name for p in out2.iterdir()) == ["dpo.jsonl", "manifest.json"]
     assert (out2 / "dpo.jsonl").read_bytes() == (out / "dpo.jsonl").read_bytes()
+    out3 = tmp_path / "no_system"
+    assert cli.main(["feedback", "export", "--format", "dpo", "--out", str(out3), "--no-system"]) == 0
+    assert json.loads((out3 / "dpo.jsonl").read_text().splitlines()[0])["prompt"][0]["role"] == "user"
 
 
 def _check_llamafactory_sharegpt(info: dict, folder: Path):
@@ -149,6 +156,8 @@ def _check_llamafactory_sharegpt(info: dict, folder: Path):
         cols, tags = entry["columns"], entry["tags"]
         for r in rows:
             msgs = r[cols["messages"]]
+            if msgs and msgs[0][tags["role_tag"]] == tags["system_tag"]:  # a leading system message is the system
+                msgs = msgs[1:]
             accept = ((tags["user_tag"],), (tags["assistant_tag"],))
             assert all(m[tags["role_tag"]] in accept[i % 2] for i, m in enumerate(msgs)), name
             if entry.get("ranking"):
