@@ -9,6 +9,7 @@ from agent.settings import Settings  # first: sets the offline / no-telemetry en
 
 import gradio as gr
 
+from adapters import ab
 from adapters.registry import Registry, RegistryError, sync_model
 from adapters.scheduler import Scheduler
 from adapters.ui import build_adapters_tab
@@ -29,10 +30,13 @@ def _stop_for(request: gr.Request) -> threading.Event:
     return ev
 
 
-def serve_registry(registry, model, interval_s: float = 3.0) -> threading.Thread:
+def serve_registry(registry, model, ab_state: dict | None = None, interval_s: float = 3.0) -> threading.Thread:
     """Keep the model serving what the registry says (active or pinned version, or the base), so a promotion,
     roll-back or pin made anywhere (scheduler, Adapters tab, `kaizen adapters ...` in another process) takes effect
-    without a restart. A version that fails validation is logged and the model keeps serving what it served."""
+    without a restart. A version that fails validation is logged and the model keeps serving what it served.
+    `ab_state["experiment"]` is kept to the running A/B test once its version is attached (None otherwise)."""
+    ab_state = {} if ab_state is None else ab_state
+
     def sync():
         try:
             want = registry.serving()
@@ -41,6 +45,14 @@ def serve_registry(registry, model, interval_s: float = 3.0) -> threading.Thread
                 sync_model(registry, model)
         except (RegistryError, OSError, ValueError) as e:
             log.warning("cannot serve the registry's version: %s", e)
+        try:
+            experiment = ab.sync(registry, model)
+        except (RegistryError, OSError, ValueError) as e:
+            log.warning("A/B test not served: %s", e)
+            experiment = None
+        if experiment != ab_state.get("experiment"):
+            log.info("%s", ab.summary(experiment))
+            ab_state["experiment"] = experiment
 
     def loop():
         while True:
@@ -61,10 +73,11 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         store = Store.from_settings(settings)
     answerer = answerer or Answerer.from_settings(settings)
-    logic = ChatLogic(answerer, store)
     model = answerer.model
     registry = registry or Registry(settings)
-    serve_registry(registry, model)
+    ab_state: dict = {}
+    serve_registry(registry, model, ab_state)
+    logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
     if scheduler is None:
         scheduler = Scheduler(settings, on_promote=lambda version, folder: sync_model(registry, model), store=store)
         if settings.adapt_watch:

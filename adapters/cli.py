@@ -33,11 +33,16 @@ def _cmd_list(args) -> int:
     reg = _registry()
     rows = reg.list()
     if args.json:
+        from adapters import ab
+
         print(json.dumps({"active": reg.active(), "pinned": reg.pinned(), "serving": reg.serving(),
-                          "versions": rows}, indent=2, default=str))
+                          "ab": ab.read(reg), "versions": rows}, indent=2, default=str))
         return 0
     serving = reg.serving()
-    print(f"serving: {serving or 'base'}   active: {reg.active() or 'base'}   pinned: {reg.pinned() or '-'}")
+    from adapters import ab
+
+    print(f"serving: {serving or 'base'}   active: {reg.active() or 'base'}   pinned: {reg.pinned() or '-'}   "
+          f"{ab.summary(ab.read(reg))}")
     if not rows:
         print("no versions yet (kaizen adapt --force trains one)")
         return 0
@@ -84,6 +89,20 @@ def _cmd_pin(args) -> int:
 def _cmd_unpin(args) -> int:
     served = _registry().pin(None)
     print(f"serving: {served or 'base'} (following ACTIVE)")
+    return 0
+
+
+def _cmd_ab(args) -> int:
+    from adapters import ab
+
+    reg = _registry()
+    if args.stop:
+        was = ab.stop(reg)
+        print(f"A/B test of {was['version']} stopped" if was else "no A/B test was running")
+    elif args.version:
+        print(ab.summary(ab.start(reg, args.version, args.share)))
+    else:
+        print(ab.summary(ab.read(reg)))
     return 0
 
 
@@ -176,6 +195,11 @@ def register(sub) -> None:
     q.set_defaults(func=_cmd_pin)
     q = s.add_parser("unpin", help="serve the active version again")
     q.set_defaults(func=_cmd_unpin)
+    q = s.add_parser("ab", help="A/B test: send a share of new conversations to a version")
+    q.add_argument("version", nargs="?", help="the version to test (omit to show the running test)")
+    q.add_argument("--share", type=float, default=0.2, help="share of new conversations (default 0.2)")
+    q.add_argument("--stop", action="store_true", help="end the running test")
+    q.set_defaults(func=_cmd_ab)
     q = s.add_parser("validate", help="check an adapter folder (safetensors only, base model match)")
     q.add_argument("folder")
     q.set_defaults(func=_cmd_validate)

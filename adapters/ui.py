@@ -1,4 +1,4 @@
-"""The Adapters tab: versions, metrics, loss curves, train now / promote / roll back / pin.
+"""The Adapters tab: versions, metrics, loss curves, train now / promote / roll back / pin / A/B test.
 
 Call inside the app's Blocks:
 
@@ -12,7 +12,7 @@ Call inside the app's Blocks:
 - Returns a dict of components: "status" (Markdown), "serving" (Textbox holding the served version or "base": chain
   `parts["serving"].change(...)` to update other components), "table" (Dataframe), "version" (Dropdown),
   "details" (JSON), "loss_plot" and "reward_plot" (LinePlot), "method" (Dropdown), buttons "train", "refresh",
-  "promote", "rollback", "pin", "pin_base", "unpin", and "timer" (gr.Timer refreshing the status every 5 s).
+  "promote", "rollback", "pin", "pin_base", "unpin", "ab_start", "ab_stop" (with the "ab_share" Slider), and "timer" (gr.Timer refreshing the status every 5 s).
 `versions_frame(rows)` and `curves_frame(folder)` (pure-ish: they read files, no Gradio) build the DataFrames.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
+from adapters import ab
 from adapters.registry import RegistryError
 
 COLUMNS = ["served", "version", "state", "method", "rows", "final loss", "pref acc", "similarity", "gate", "created"]
@@ -69,7 +70,7 @@ def curves_frame(folder: str | Path | None, keys: tuple[str, ...] = ("loss",)) -
 
 def status_markdown(registry, scheduler) -> str:
     text = (f"**Serving:** {registry.serving() or 'base model'} · **active:** {registry.active() or 'base'} · "
-            f"**pinned:** {registry.pinned() or '–'}")
+            f"**pinned:** {registry.pinned() or '–'} · {ab.summary(ab.read(registry))}")
     if scheduler is not None:
         st = scheduler.status
         if st["running"]:
@@ -150,6 +151,15 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
         registry.pin(None)
         return f"unpinned: serving the active version ({registry.active() or 'base'})"
 
+    def ab_start(v, share):
+        if not v:
+            raise ValueError("choose a version first")
+        return ab.summary(ab.start(registry, v, share))
+
+    def ab_stop(v):
+        was = ab.stop(registry)
+        return f"A/B test of {was['version']} stopped" if was else "no A/B test was running"
+
     def train(method, v):
         if scheduler is None:
             gr.Warning("no scheduler in this app (start it with KAIZEN_ADAPT_WATCH=1, or run `kaizen adapt`)")
@@ -189,6 +199,10 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
         pin_base_btn = gr.Button("Pin base", scale=1)
         unpin_btn = gr.Button("Unpin", scale=1)
     with gr.Row():
+        ab_share = gr.Slider(0.05, 0.95, value=0.2, step=0.05, label="A/B: share of new conversations", scale=2)
+        ab_btn = gr.Button("Start A/B test of this version", scale=1)
+        ab_stop_btn = gr.Button("Stop A/B test", scale=1)
+    with gr.Row():
         loss_plot = gr.LinePlot(curves_frame(None), x="step", y="value", color="metric", title="Training loss",
                                 height=260)
         reward_plot = gr.LinePlot(curves_frame(None), x="step", y="value", color="metric",
@@ -202,9 +216,13 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
     for btn, fn in ((promote_btn, promote), (rollback_btn, rollback), (pin_btn, pin), (pin_base_btn, pin_base),
                     (unpin_btn, unpin)):
         btn.click(lambda v, fn=fn: act(fn, v), [version], outputs, api_visibility="private")
+    ab_btn.click(lambda v, share: act(lambda x: ab_start(x, share), v), [version, ab_share], outputs,
+                 api_visibility="private")
+    ab_stop_btn.click(lambda v: act(ab_stop, v), [version], outputs, api_visibility="private")
     train_btn.click(train, [method, version], outputs, api_visibility="private")
     timer.tick(tick, [version], outputs, api_visibility="private")
     return {"status": status, "serving": serving, "table": table, "version": version, "details": details,
             "loss_plot": loss_plot, "reward_plot": reward_plot, "method": method, "train": train_btn,
             "refresh": refresh_btn, "promote": promote_btn, "rollback": rollback_btn, "pin": pin_btn,
-            "pin_base": pin_base_btn, "unpin": unpin_btn, "timer": timer}
+            "pin_base": pin_base_btn, "unpin": unpin_btn, "ab_share": ab_share, "ab_start": ab_btn,
+            "ab_stop": ab_stop_btn, "timer": timer}

@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from agent.chat import Answerer
 
@@ -76,6 +77,8 @@ def chat_index_to_shown(state: dict, index) -> int:
 class ChatLogic:
     answerer: Answerer
     store: object  # feedback.store.Store
+    # (conversation id, requested adapter) -> adapter to use; the app's A/B test (adapters.ab.route) plugs in here
+    router: Callable | None = None
 
     # -- users -------------------------------------------------------------------------------------------
     def user_id(self, username: str | None) -> int:
@@ -120,6 +123,8 @@ class ChatLogic:
 
     def _answer(self, state, user_id, history, question, parent_id, template, rag, adapter, stop):
         started = time.perf_counter()
+        if self.router is not None:
+            adapter = self.router(state["conversation"], adapter)
         reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop)
         shown = {"role": "assistant", "content": "", "id": None, "sources": reply.sources}
         state["shown"].append(shown)
