@@ -132,3 +132,32 @@ def test_script_in_an_edit_is_shown_escaped_and_never_runs(page, app_server):
     assert page.locator('#chatbot img[src="x"]').count() == 0
     assert page.dialogs == []
     assert db_rows(app_server, "select edited from edits order by id desc limit 1") == [(payload,)]
+
+
+def test_ab_test_started_and_stopped_from_the_adapters_tab(page, app_server, base_model_dir, tmp_path):
+    """An admin starts an A/B test of a registered version in the Adapters tab; the app attaches it; Stop ends it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapters import ab
+    from adapters.registry import Registry
+    from agent.settings import Settings
+
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "lora")
+    reg = Registry(Settings(data_dir=app_server["data_dir"], base_model=str(base_model_dir)))
+    version = reg.register(tmp_path / "lora", {"method": "sft"})
+    page.get_by_role("tab", name="Adapters").click()
+    page.get_by_role("button", name="Refresh").click()
+    page.wait_for_function(f"document.body.innerText.includes('{version}')")
+    page.get_by_role("button", name="Start A/B test of this version").click()
+    page.wait_for_function(f"document.body.innerText.includes('A/B: {version} gets 20% of new conversations')")
+    assert ab.read(reg) == {**ab.read(reg), "version": version, "share": 0.2}
+    log = app_server["data_dir"] / "server.log"
+    deadline = time.time() + 30
+    while f"A/B: {version} gets 20%" not in log.read_text():  # the running app attached it for serving
+        assert time.time() < deadline, log.read_text()[-2000:]
+        time.sleep(1)
+    page.get_by_role("button", name="Stop A/B test").click()
+    page.wait_for_function("document.body.innerText.includes('no A/B test')")
+    assert ab.read(reg) is None
