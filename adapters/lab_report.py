@@ -210,6 +210,18 @@ def _bars(ax, names, values, title, fmt="{:.0f}", color="#4C72B0"):
                     ha="center", va="bottom", fontsize=7)
 
 
+def label_offsets(points: list[tuple[float, float]], near: float = 0.04, step: float = 10.0) -> list[float]:
+    """Downward label shifts (in points) so that labels of points lying close together (within `near` of the
+    axis spans) are stacked instead of printed over each other."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xspan, yspan = (max(xs) - min(xs)) or 1.0, 100.0
+    out: list[float] = []
+    for i, (x, y) in enumerate(points):
+        close = sum(1 for (px, py) in points[:i] if abs(px - x) / xspan < near * 2 and abs(py - y) / yspan < near)
+        out.append(close * step)
+    return out
+
+
 def plot(result: dict, out_dir: Path) -> list[Path]:
     """quality.png (metric bars), costs.png (cost bars), tradeoff.png (quality against cost scatter)."""
     import matplotlib
@@ -250,10 +262,10 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (key, title) in zip(axes, [("ttft_ms", "time to first token (ms)"),
                                        ("train_s", "training / indexing time (s)")]):
-        for r, n in zip(rows, names):
-            x, y = r.get(key) or 0.0, 100 * (r.get("quality") or 0.0)
+        points = [(r.get(key) or 0.0, 100 * (r.get("quality") or 0.0)) for r in rows]
+        for (x, y), n, dy in zip(points, names, label_offsets(points)):
             ax.scatter([x], [y], s=60)
-            ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4 - dy), fontsize=8)
         ax.set_xlabel(title)
         ax.set_ylabel(f"{result.get('task', {}).get('primary', 'quality')} (%)")
         ax.set_ylim(-5, 105)

@@ -271,3 +271,8 @@ def test_notes_show_training_signals(tmp_path):
                train_rewards={"accuracies": 1.0, "margins": 2.566})
     md = rep.markdown(_result([_row("base", 0.0), row]))
     assert "training loss 0.693 → 0.078" in md and "reward accuracy 100%, margin 2.57" in md
+
+
+def test_labels_of_tied_points_are_stacked():
+    assert rep.label_offsets([(0.0, 47.0), (600.0, 60.0), (610.0, 60.0), (620.0, 60.5), (1800.0, 42.0)]) == \
+        [0.0, 0.0, 10.0, 20.0, 0.0]
