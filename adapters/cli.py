@@ -140,6 +140,8 @@ class _Bar:
 
 
 def _print_result(r: dict) -> None:
+    for a in (r.get("attempts") or [])[:-1]:  # earlier candidates the gate refused
+        print(f"adapt: {a['status']} {a['version']} ({a['method']}); trying the next method")
     line = f"adapt: {r['status']}"
     if r.get("version"):
         line += f" {r['version']} ({r.get('method')})"

@@ -47,13 +47,22 @@ def due(new_events: int, hours_since: float | None, min_events: int, hours: floa
     return False, f"{new_events}/{min_events} new events, {hours_since or 0:.1f}/{hours} h"
 
 
+def auto_methods(rows: dict[str, int], min_rows: int = MIN_ROWS) -> list[str]:
+    """The methods an automatic run tries, in order (the next one only when the gate refused the previous one):
+    every method of AUTO_ORDER with at least `min_rows` training rows, DPO first when the feedback holds more
+    preference pairs than gold answers (mostly picks and up/down votes, few edits)."""
+    methods = [m for m in AUTO_ORDER if rows.get(m, 0) >= min_rows]
+    if "sft" in methods and "dpo" in methods and rows["dpo"] > rows["sft"]:
+        methods.remove("dpo")
+        methods.insert(0, "dpo")
+    return methods
+
+
 def choose_method(rows: dict[str, int], min_rows: int = MIN_ROWS) -> str | None:
-    """The method for automatic runs: SFT when there are enough gold answers (edits, thumbs-up), else DPO
-    (pairs), else KTO (unpaired thumbs); None when no file has `min_rows` training rows."""
-    for method in AUTO_ORDER:
-        if rows.get(method, 0) >= min_rows:
-            return method
-    return None
+    """The first method an automatic run trains: SFT when there are enough gold answers (edits, thumbs-up) unless
+    pairs outnumber them, else DPO (pairs), else KTO (unpaired thumbs); None when no file has `min_rows` rows."""
+    methods = auto_methods(rows, min_rows)
+    return methods[0] if methods else None
 
 
 def now_iso() -> str:
@@ -103,10 +112,13 @@ def _open_store(settings: Settings):
 def run_once(settings: Settings, store=None, force: bool = False, method: str | None = None,
              progress: Callable[[dict], None] | None = None, on_promote: Callable[[str, str], None] | None = None,
              margin: float = 0.05, recipe=None, eval_config=None, stop: threading.Event | None = None,
-             timeout: float | None = None) -> dict:
+             timeout: float | None = None, max_attempts: int = 2) -> dict:
     """One pass of the loop. Returns {"status": "busy" | "skipped" | "failed" | "promoted" | "refused", ...}
     with "reason", and for trained runs "version", "method", "rows", "train" (metrics), "gate" {"promote",
-    "reasons"}, "seconds"; a failure has "error" and leaves the registry as it was."""
+    "reasons"}, "attempts" [{method, version, status, reason}], "seconds" (the fields of the last attempt); a
+    failure has "error" and leaves the active version as it was. Without `method`, up to `max_attempts` methods
+    are tried in `auto_methods` order until one passes the gate (each candidate is registered; refused ones are
+    retired)."""
     from adapters.evaluate import gate, run_evaluation
     from adapters.train import TrainingError, run_training
 
@@ -140,18 +152,15 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
             system = serving_system(settings.template, settings.templates_dir)  # train on what the app sends
             files, manifest = build_datasets(store.training_events(), system=system)
             counts = {k: len(v) for k, v in files.items()}
-            chosen = method or choose_method(counts)
-            if chosen is None or counts.get("sft" if chosen == "full" else chosen, 0) == 0:
+            methods = [method] if method else auto_methods(counts)[:max(1, max_attempts)]
+            if not methods or counts.get("sft" if methods[0] == "full" else methods[0], 0) == 0:
                 state.update(last_run=started, last_status="skipped")
                 _save_state(settings, state)
                 return {"status": "skipped", "new_events": new, "rows": counts,
-                        "reason": f"not enough training rows for {chosen or 'any method'} ({counts})"}
-            run_dir = registry.tmp_folder(f"run-{chosen}")
-            data_dir, adapter_dir = run_dir / "data", run_dir / "adapter"
+                        "reason": f"not enough training rows for {method or 'any method'} ({counts})"}
+            run_dir = registry.tmp_folder(f"run-{methods[0]}")
+            data_dir = run_dir / "data"
             write_datasets(data_dir, files, manifest)
-            say({"event": "training", "method": chosen, "rows": counts})
-            metrics = run_training(chosen, data_dir, adapter_dir, settings, recipe=recipe, progress=say,
-                                   timeout=timeout, stop=stop)
             active = registry.active()
             active_folder = None
             if active is not None:
@@ -161,26 +170,37 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
                 except RegistryError as e:
                     log.warning("active version %s does not validate (%s): comparing against the base", active, e)
                     active = None
-            say({"event": "evaluating", "against": active or "base"})
-            reports = run_evaluation(settings, data_dir, {"candidate": str(adapter_dir), "active": active_folder},
-                                     run_dir / "eval.json", config=eval_config, progress=say, timeout=timeout,
-                                     stop=stop)
-            promote, reasons = gate(reports["candidate"], reports["active"], margin)
-            meta = {"method": chosen, "recipe": metrics.get("recipe"), "metrics": _plain(metrics),
-                    "dataset": manifest, "rows": counts, "new_events": new,
-                    "eval": {"candidate": reports["candidate"], "active": reports["active"],
-                             "active_version": active},
-                    "gate": {"promote": promote, "reasons": reasons, "margin": margin}}
-            version = registry.register(adapter_dir, meta)
-            if promote:
-                registry.promote(version)
-                status = "promoted"
-            else:
-                registry.update_meta(version, state="retired")
-                status = "refused"
+            attempts = []
+            for chosen in methods:  # automatic runs: the next method when the gate refuses the previous one
+                adapter_dir = run_dir / f"adapter-{chosen}"
+                say({"event": "training", "method": chosen, "rows": counts})
+                metrics = run_training(chosen, data_dir, adapter_dir, settings, progress=say, timeout=timeout,
+                                       recipe=recipe if recipe is not None and recipe.method == chosen else None,
+                                       stop=stop)
+                say({"event": "evaluating", "against": active or "base"})
+                reports = run_evaluation(settings, data_dir, {"candidate": str(adapter_dir), "active": active_folder},
+                                         run_dir / f"eval-{chosen}.json", config=eval_config, progress=say,
+                                         timeout=timeout, stop=stop)
+                promote, reasons = gate(reports["candidate"], reports["active"], margin)
+                meta = {"method": chosen, "recipe": metrics.get("recipe"), "metrics": _plain(metrics),
+                        "dataset": manifest, "rows": counts, "new_events": new,
+                        "eval": {"candidate": reports["candidate"], "active": reports["active"],
+                                 "active_version": active},
+                        "gate": {"promote": promote, "reasons": reasons, "margin": margin}}
+                version = registry.register(adapter_dir, meta)
+                if promote:
+                    registry.promote(version)
+                    status = "promoted"
+                else:
+                    registry.update_meta(version, state="retired")
+                    status = "refused"
+                attempts.append({"method": chosen, "version": version, "status": status,
+                                 "reason": "; ".join(reasons)})
+                say({"event": status, "version": version})
+                if promote:
+                    break
             state.update(last_run=started, last_status=status, last_version=version)
             _save_state(settings, state)
-            say({"event": status, "version": version})
             swap_error = None
             if promote and on_promote is not None and registry.serving() == version:
                 try:
@@ -191,7 +211,8 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
             return {"status": status, "version": version, "method": chosen, "new_events": new, "rows": counts,
                     "swap_error": swap_error, "train": _plain(metrics), "gate": {"promote": promote, "reasons": reasons},
                     "eval": {"candidate": _brief(reports["candidate"]), "active": _brief(reports["active"])},
-                    "seconds": round(time.perf_counter() - t0, 1), "reason": "; ".join(reasons)}
+                    "attempts": attempts, "seconds": round(time.perf_counter() - t0, 1),
+                    "reason": "; ".join(reasons)}
         except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
             log.warning("adaptation run failed: %s", e)
             state.update(last_run=started, last_status="failed", last_error=str(e)[:2000])

@@ -158,21 +158,32 @@ def loop_time(settings: Settings, events: int) -> dict:
             break
         replay_tree(store, tree, counts)
     n = store.event_count()
-    marks: dict[str, float] = {}
+    marks: list[tuple[str, float]] = []
     t0 = time.perf_counter()
 
     def progress(e):
         if e.get("event") in ("datasets", "training", "evaluating", "promoted", "refused"):
-            marks.setdefault(e["event"], time.perf_counter() - t0)
+            marks.append((e["event"], time.perf_counter() - t0))
 
     r = run_once(settings, store=store, progress=progress)
     total = time.perf_counter() - t0
     store.close()
-    train_s = marks.get("evaluating", total) - marks.get("training", 0)
+    stages = []  # one entry per attempt: training start, evaluation start, gate decision
+    for name, t in marks:
+        if name == "training":
+            stages.append({"train_start": t})
+        elif stages and name == "evaluating":
+            stages[-1]["eval_start"] = t
+        elif stages and name in ("promoted", "refused"):
+            stages[-1]["decided"] = t
+    attempts = [{**a, "train_s": round(st.get("eval_start", total) - st["train_start"], 1),
+                 "eval_s": round(st.get("decided", total) - st.get("eval_start", total), 1),
+                 "decided_at_s": round(st.get("decided", total), 1)}
+                for a, st in zip(r.get("attempts") or [{}] * len(stages), stages)]
+    first_promotion = next((a["decided_at_s"] for a in attempts if a.get("status") == "promoted"), None)
     return {"events": n, "status": r["status"], "version": r.get("version"), "method": r.get("method"),
-            "rows": r.get("rows"), "seconds": round(total, 1), "train_s": round(train_s, 1),
-            "eval_s": round(total - marks.get("evaluating", total), 1), "gate": r.get("gate"),
-            "goal_s": 600, "error": r.get("error")}
+            "rows": r.get("rows"), "seconds": round(total, 1), "threshold_to_promotion_s": first_promotion,
+            "attempts": attempts, "gate": r.get("gate"), "goal_s": 600, "error": r.get("error")}
 
 
 def main(argv=None) -> int:

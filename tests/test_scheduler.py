@@ -143,3 +143,23 @@ def adapter_version(base):
         shutil.rmtree(root)
         return settings, store, v
     return make
+
+
+def test_automatic_runs_try_the_next_method_in_order():
+    assert S.auto_methods({"sft": 10, "dpo": 10, "kto": 10}) == ["sft", "dpo", "kto"]
+    assert S.auto_methods({"sft": 84, "dpo": 129, "kto": 70}) == ["dpo", "sft", "kto"]  # mostly picks and votes
+    assert S.auto_methods({"sft": 2, "dpo": 10, "kto": 10}) == ["dpo", "kto"]
+    assert S.auto_methods({"sft": 3}) == []
+
+
+def test_a_refused_sft_candidate_is_followed_by_a_dpo_attempt(env):
+    """A margin nothing can reach: the SFT candidate is refused, DPO is tried next and refused too; both are
+    registered (retired), the active version is unchanged, and the result lists both attempts."""
+    settings, store = env
+    fill_store_with_edits(store, 24)
+    r = S.run_once(settings, store=store, **{**FAST, "margin": 5.0})
+    assert r["status"] == "refused" and [a["method"] for a in r["attempts"]] == ["sft", "dpo"], r
+    reg = Registry(settings)
+    assert [a["version"] for a in r["attempts"]] == ["v0001-sft", "v0002-dpo"] == reg.versions()
+    assert all(reg.get(v)["state"] == "retired" for v in reg.versions()) and reg.active() is None
+    assert r["version"] == "v0002-dpo" and r["method"] == "dpo" and not list(reg.root.glob(".tmp-*"))
