@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 
-from adapters.registry import Registry, RegistryError, atomic_write
+from adapters.registry import Registry, RegistryError, atomic_write, attach
 
 FILE = "AB"
 
@@ -66,7 +66,7 @@ def start(registry: Registry, version: str, share: float) -> dict:
             raise RegistryError(f"{version} is a full model: it cannot be served beside the active version")
         if version == registry.serving():
             raise RegistryError(f"{version} is already served to everyone")
-        registry.validate(registry.folder(version))
+        registry.validate(meta["folder"])
         experiment = {"version": version, "share": share, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write(registry.root / FILE, json.dumps(experiment) + "\n")
     return experiment
@@ -84,15 +84,8 @@ def sync(registry: Registry, model) -> dict | None:
     """Attach the experiment's version to a `ChatModel` (once). Returns the experiment when it can be served,
     None otherwise (no experiment, or its version no longer validates: logged by the caller)."""
     experiment = read(registry)
-    if experiment is None:
-        return None
-    version = experiment["version"]
-    if version not in model.adapters:
-        meta = registry.get(version)
-        if meta.get("kind") == "full":
-            raise RegistryError(f"{version} is a full model: not served in an A/B test")
-        registry.validate(meta["folder"])
-        model.add_adapter(version, meta["folder"])
+    if experiment is not None:
+        attach(registry, model, experiment["version"])
     return experiment
 
 

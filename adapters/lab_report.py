@@ -213,8 +213,8 @@ def _bars(ax, names, values, title, fmt="{:.0f}", color="#4C72B0"):
 def label_offsets(points: list[tuple[float, float]], near: float = 0.04, step: float = 10.0) -> list[float]:
     """Downward label shifts (in points) so that labels of points lying close together (within `near` of the
     axis spans) are stacked instead of printed over each other."""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    xspan, yspan = (max(xs) - min(xs)) or 1.0, 100.0
+    xs = [p[0] for p in points]
+    xspan, yspan = (max(xs) - min(xs)) or 1.0, 100.0  # quality is a percentage: its axis spans 100
     out: list[float] = []
     for i, (x, y) in enumerate(points):
         close = sum(1 for (px, py) in points[:i] if abs(px - x) / xspan < near * 2 and abs(py - y) / yspan < near)

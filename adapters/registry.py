@@ -405,11 +405,17 @@ def sync_model(registry: Registry, model) -> str | None:
     if version is None:
         model.use(None)
         return None
+    attach(registry, model, version)
+    model.use(version)
+    return version
+
+
+def attach(registry: Registry, model, version: str) -> None:
+    """Attach `version` to a `ChatModel` once, validated first (a no-op when it is attached already). A full-model
+    version needs a reload, not a swap: RegistryError, and the model is left as it was."""
     meta = registry.get(version)
     if meta.get("kind") == "full":
         raise RegistryError(f"{version} is a full model: restart with KAIZEN_BASE_MODEL={meta['folder']}")
     if version not in model.adapters:
         registry.validate(meta["folder"])
         model.add_adapter(version, meta["folder"])
-    model.use(version)
-    return version
