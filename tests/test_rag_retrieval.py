@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.ingest import IngestError
-from agent.retrieval import FOOTER, HEADER, KnowledgeBase, format_sources
+from agent.retrieval import FOOTER, HEADER, HybridConfig, KnowledgeBase, format_sources
 from agent.routing import decide
 from agent.settings import Settings
 from tests.test_ingest_files import BINARY, make_blank_pdf, make_docx, make_pdf
@@ -144,6 +144,25 @@ def test_a_question_answered_in_one_file_retrieves_that_file_first(loaded):
         assert len({(h.doc_id, h.chunk) for h in hits}) == len(hits)
     for mode in ("dense", "bm25"):
         assert loaded.search(QUESTIONS[0][0], k=2, mode=mode)[0].file == "sourdough.md"
+
+
+def test_every_fusion_ranks_the_answering_file_first_and_the_pool_is_both_lists(loaded):
+    from agent.rerank import FEATURES
+
+    assert loaded.hybrid.method == "learned"  # the default
+    for method in ("learned", "convex", "rrf"):
+        kb = KnowledgeBase(loaded.collection, loaded.uploads_dir, embedder=loaded.embedder,
+                           hybrid=HybridConfig(method=method))
+        for question, file in QUESTIONS:
+            assert kb.search(question, k=3)[0].file == file, (method, question)
+    ids, rows = loaded.candidates(QUESTIONS[1][0])
+    dense = {h.doc_id + ":" + str(h.chunk) for h in loaded.search(QUESTIONS[1][0], k=50, mode="dense")}
+    lexical = {h.doc_id + ":" + str(h.chunk) for h in loaded.search(QUESTIONS[1][0], k=50, mode="bm25")}
+    assert set(ids) == dense | lexical and len(ids) == len(rows)
+    assert all(len(r) == len(FEATURES) for r in rows)
+    with pytest.raises(ValueError, match="learned, convex or rrf"):
+        KnowledgeBase(loaded.collection, loaded.uploads_dir, embedder=loaded.embedder,
+                      hybrid=HybridConfig(method="magic")).search("Etna")
 
 
 def test_off_topic_questions_are_routed_away_from_the_documents(loaded):
