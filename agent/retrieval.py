@@ -220,6 +220,7 @@ class KnowledgeBase:
         col = client.get_or_create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
                                               embedding_function=None)
         kwargs.setdefault("device", settings.device)
+        kwargs.setdefault("hybrid", HybridConfig(method=settings.retriever))
         return cls(col, settings.uploads_dir, max_upload_mb=settings.max_upload_mb, **kwargs)
 
     @property

@@ -52,6 +52,7 @@ class Settings:
     template: str = "plain"
     device: str = "auto"  # auto | cpu | cuda
     chroma_url: str = ""  # empty = local persistent Chroma in data_dir; else a Chroma server URL
+    retriever: str = "learned"  # how hybrid search ranks the BM25 + dense pool: learned | convex | rrf
     auth_file: str = ""  # users file (JSON) for login; empty = anonymous single-user mode
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
@@ -75,6 +76,8 @@ class Settings:
         s = cls(**values)
         if s.max_new_tokens < 1 or s.threads < 1:
             raise ValueError("KAIZEN_MAX_NEW_TOKENS and KAIZEN_THREADS must be >= 1")
+        if s.retriever not in ("learned", "convex", "rrf"):
+            raise ValueError(f"KAIZEN_RETRIEVER={s.retriever!r}: use learned, convex or rrf")
         return s
 
     # Paths inside the data dir -------------------------------------------------

@@ -165,6 +165,12 @@ def test_every_fusion_ranks_the_answering_file_first_and_the_pool_is_both_lists(
                       hybrid=HybridConfig(method="magic")).search("Etna")
 
 
+def test_kaizen_retriever_picks_the_fusion(tmp_path):
+    for method in ("learned", "convex", "rrf"):
+        settings = Settings.from_env(data_dir=tmp_path, chroma_url="", retriever=method)
+        assert KnowledgeBase.from_settings(settings).hybrid.method == method
+
+
 def test_off_topic_questions_are_routed_away_from_the_documents(loaded):
     for question in ("Write a short poem about autumn leaves.", "What is 17 times 23?", "hi, how are you?"):
         hits = loaded.search(question, k=4)

@@ -34,3 +34,9 @@ def test_bad_values_are_clear_errors(monkeypatch):
     monkeypatch.setenv("KAIZEN_THREADS", "0")
     with pytest.raises(ValueError, match="THREADS"):
         Settings.from_env()
+    monkeypatch.setenv("KAIZEN_THREADS", "2")
+    monkeypatch.setenv("KAIZEN_RETRIEVER", "magic")
+    with pytest.raises(ValueError, match="KAIZEN_RETRIEVER='magic': use learned, convex or rrf"):
+        Settings.from_env()
+    monkeypatch.setenv("KAIZEN_RETRIEVER", "convex")
+    assert Settings.from_env().retriever == "convex"
