@@ -135,6 +135,16 @@ class LinearRanker:
         return cls.from_json(Path(path).read_text())
 
 
+def softmax(scores: list[float]) -> list[float]:
+    """Scores -> probabilities over the same candidates (the fit's listwise model: P(this one is relevant))."""
+    if not scores:
+        return []
+    top = max(scores)
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
 @lru_cache(maxsize=1)
 def default_ranker() -> LinearRanker:
     """The shipped weights (read once per process)."""

@@ -34,8 +34,9 @@ __all__ = ["Hit", "HybridConfig", "KnowledgeBase", "IngestError", "convex_fuse",
 
 @dataclass
 class Hit:
-    """One retrieved chunk. `score` is the ranking score of the mode used (RRF, BM25 or cosine) and is only
-    comparable within one query; `similarity` is the raw cosine similarity of the chunk to the query (-1..1),
+    """One retrieved chunk. `score` is the ranking score of the mode used and is only comparable within one query:
+    for the learned hybrid, the reranker's probability that this chunk is the one that answers (a softmax over the
+    pool, so the scores of all hits sum to at most 1); else the RRF, convex, BM25 or cosine score; `similarity` is the raw cosine similarity of the chunk to the query (-1..1),
     comparable across queries: routing uses it."""
 
     doc_id: str
@@ -446,7 +447,8 @@ class KnowledgeBase:
                 ranked = convex_fuse(sims, dict(lexical), cfg.bm25_share)
             else:
                 ids, rows = self._pool(query, dense, lexical, sims, bm25, by_id, depth)
-                ranked = sorted(zip(ids, rerank.default_ranker().scores(rows)), key=lambda kv: -kv[1])
+                probs = rerank.softmax(rerank.default_ranker().scores(rows))
+                ranked = sorted(zip(ids, probs), key=lambda kv: -kv[1])
         else:
             raise ValueError(f"unknown fusion method {cfg.method!r}: use learned, convex or rrf")
         ranked = [(i, s) for i, s in ranked if i in by_id][:k]

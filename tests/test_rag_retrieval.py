@@ -155,6 +155,9 @@ def test_every_fusion_ranks_the_answering_file_first_and_the_pool_is_both_lists(
                            hybrid=HybridConfig(method=method))
         for question, file in QUESTIONS:
             assert kb.search(question, k=3)[0].file == file, (method, question)
+    hits = loaded.search(QUESTIONS[1][0], k=4)  # learned: probabilities over the pool, best first
+    assert 0.5 < hits[0].score <= 1 and sum(h.score for h in hits) <= 1 + 1e-9
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     ids, rows = loaded.candidates(QUESTIONS[1][0])
     dense = {h.doc_id + ":" + str(h.chunk) for h in loaded.search(QUESTIONS[1][0], k=50, mode="dense")}
     lexical = {h.doc_id + ":" + str(h.chunk) for h in loaded.search(QUESTIONS[1][0], k=50, mode="bm25")}

@@ -117,3 +117,11 @@ def test_damaged_shipped_weights_give_a_clear_error(tmp_path, monkeypatch):
             rerank.default_ranker()
     finally:
         rerank.default_ranker.cache_clear()
+
+
+def test_softmax_turns_scores_into_probabilities_in_the_same_order():
+    probs = rerank.softmax([2.0, 0.0, 5.0, -5.0])
+    assert rerank.softmax([1000.0, 0.0])[0] == pytest.approx(1.0)  # no overflow
+    assert sum(probs) == pytest.approx(1.0) and max(probs) == probs[2]
+    assert probs[0] > probs[1] > probs[3] > 0
+    assert rerank.softmax([]) == []
