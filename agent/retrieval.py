@@ -201,6 +201,7 @@ class KnowledgeBase:
         self._bm25 = _Bm25([])
         self._by_id: dict[str, int] = {}
         self._seen = -1  # collection.count() the caches were built from
+        self.write_batch: int | None = None  # chunks per Chroma add; None = the client's maximum
 
     @classmethod
     def from_settings(cls, settings: Settings, collection: str = COLLECTION, **kwargs) -> "KnowledgeBase":
@@ -334,8 +335,10 @@ class KnowledgeBase:
                     node.embedding = vec
                 if progress:
                     progress(min(1.0, (start + 64) / len(texts)), f"embedding {label}")
-            try:
-                self.store.add(nodes)
+            try:  # in batches: Chroma refuses more than its max batch size (5,461 locally) in one add
+                step = self.write_batch or self._max_batch()
+                for start in range(0, len(nodes), step):
+                    self.store.add(nodes[start:start + step])
             except BaseException:
                 for doc_id in fresh:  # no half-indexed document
                     self.store.delete(doc_id)
@@ -343,6 +346,12 @@ class KnowledgeBase:
             finally:
                 self._seen = -1  # caches rebuilt lazily, on the next read
         return results
+
+    def _max_batch(self) -> int:
+        try:
+            return max(1, int(self.collection._client.get_max_batch_size()))
+        except Exception:  # an older or foreign client: a size every Chroma accepts
+            return 1000
 
     def _keep_copy(self, doc_id: str, raw_name: str, data: bytes) -> None:
         """The original bytes under a generated, inert name (never the user's name, never .html/.svg)."""

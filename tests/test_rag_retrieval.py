@@ -208,6 +208,42 @@ def test_reupload_does_not_duplicate(loaded, tmp_path):
     assert loaded.collection.count() == count and loaded.list() == docs
 
 
+def test_large_ingests_are_written_in_batches_and_a_failed_batch_leaves_nothing(backend):
+    """Chroma refuses an add above its max batch size (5,461 locally), which a bulk ingest of a few thousand
+    paragraphs passes: writes go in batches; if one fails, the documents of that ingest are all taken out again."""
+    kb = backend()
+    assert kb._max_batch() >= 1000
+    kb.write_batch = 2
+    texts = [(f"Note {i}: the {w} lives in the {h}.", f"note{i}.txt") for i, (w, h) in
+             enumerate([("otter", "river"), ("puffin", "cliff"), ("marmot", "meadow"), ("newt", "pond"),
+                        ("ibex", "mountain")])]
+    assert all(not r["duplicate"] for r in kb.add_texts(texts[:3]))
+    assert kb.collection.count() == 3 and kb.search("Where does the puffin live?", k=1)[0].file == "note1.txt"
+
+    calls = []
+
+    class FailsOnSecondAdd:  # the real store, whose second write fails
+        def __init__(self, real):
+            self.real = real
+
+        def add(self, nodes):
+            calls.append(len(nodes))
+            if len(calls) == 2:
+                raise RuntimeError("disk full")
+            return self.real.add(nodes)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    real = kb.store
+    kb.store = FailsOnSecondAdd(real)
+    with pytest.raises(RuntimeError, match="disk full"):
+        kb.add_texts(texts[3:] + [("A third new note about the heron by the lake.", "heron.txt")])
+    kb.store = real
+    assert calls == [2, 1]  # three new chunks, two a batch: the first batch was written, then taken out
+    assert kb.collection.count() == 3 and {d["name"] for d in kb.list()} == {"note0.txt", "note1.txt", "note2.txt"}
+
+
 def test_delete_removes_the_document_everywhere(loaded, tmp_path):
     doc = next(d for d in loaded.list() if d["name"] == "volcanoes.txt")
     assert loaded.stored_files(doc["doc_id"])
