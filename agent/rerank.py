@@ -1,4 +1,4 @@
-"""A learned reranker for the hybrid retriever: a linear score over a dozen cheap features of each (query, chunk)
+"""A learned reranker for the hybrid retriever: a linear score over ten cheap features of each (query, chunk)
 candidate — the dense cosine, the BM25 score, their ranks, and lexical evidence that plain BM25 does not see: how much
 of the query's (IDF-weighted) vocabulary one sentence or two adjacent sentences of the chunk hold, and how many of
 the query's word pairs appear side by side in the chunk.

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -36,7 +37,8 @@ __all__ = ["Hit", "HybridConfig", "KnowledgeBase", "IngestError", "convex_fuse",
 class Hit:
     """One retrieved chunk. `score` is the ranking score of the mode used and is only comparable within one query:
     for the learned hybrid, the reranker's probability that this chunk is the one that answers (a softmax over the
-    pool, so the scores of all hits sum to at most 1); else the RRF, convex, BM25 or cosine score; `similarity` is the raw cosine similarity of the chunk to the query (-1..1),
+    pool, so the scores of all hits sum to at most 1); else the RRF, convex, BM25 or cosine score. `similarity` is
+    the raw cosine similarity of the chunk to the query (-1..1),
     comparable across queries: routing uses it."""
 
     doc_id: str
@@ -57,11 +59,11 @@ class Hit:
 class HybridConfig:
     """How BM25 and dense results are fused, over the top `depth` chunks of each.
 
-    "learned" (the default): the union of both lists ranked by agent/rerank.py's linear model over a dozen features
+    "learned" (the default): the union of both lists ranked by agent/rerank.py's linear model over ten features
     (cosine, BM25, both ranks, IDF-weighted query coverage by the chunk / its best sentence / two adjacent sentences,
     query word pairs found side by side, the IDF of query words the chunk lacks). Fitted on SQuAD's test-file
-    questions; on all 2,910 answerable dev questions (other articles) it lifts recall@5 from 0.960 (convex) to
-    0.971 and recall@1 from 0.810 to 0.874 (BM25 alone: 0.934 and 0.796).
+    questions; on all 2,910 answerable dev questions (other articles) it lifts recall@5 from 0.963 (convex) to
+    0.971 and recall@1 from 0.810 to 0.873 (BM25 alone: 0.934 and 0.796).
     "convex": score = bm25_share * bm25 / max_bm25 + (1 - bm25_share) * cosine, on the union of both candidate
     lists (exact cosine for every candidate). "rrf": weighted reciprocal rank, sum_i w_i / (rrf_k + rank_i).
     Defaults chosen by bench/rag_squad.py on half the SQuAD articles and checked on the other half: convex with a
@@ -136,7 +138,8 @@ def _cosine_from_chroma(sim: float) -> float:
 # ---------------------------------------------------------------------------------------------- the store
 class _Bm25:
     """BM25 (bm25s, English stemming and stop words) over a fixed list of chunk texts, plus what the reranker reads
-    of them: each chunk's sentences as analysed terms and the terms' document frequencies."""
+    of them: each chunk's sentences as analysed terms and the terms' document frequencies (worked out on the first
+    learned search, not on every rebuild)."""
 
     def __init__(self, texts: list[str]):
         import bm25s
@@ -145,13 +148,20 @@ class _Bm25:
         self._bm25s = bm25s
         self.stemmer = Stemmer.Stemmer("english")
         self.n = len(texts)
+        self.texts = texts
         self.analyzer = rerank.Analyzer()
-        self.sentences = [self.analyzer.sentences(t) for t in texts]
-        self.df = rerank.document_frequencies(self.sentences)
         self.index = None
         if texts:
             self.index = bm25s.BM25()
             self.index.index(self._tok(texts), show_progress=False)
+
+    @cached_property
+    def sentences(self) -> list[list[list[str]]]:
+        return [self.analyzer.sentences(t) for t in self.texts]
+
+    @cached_property
+    def df(self) -> dict[str, int]:
+        return rerank.document_frequencies(self.sentences)
 
     def _tok(self, texts: list[str]):
         return self._bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False)
@@ -408,12 +418,18 @@ class KnowledgeBase:
         query = (query or "").strip()
         if not query or not by_id:
             return [], []
-        qvec = self.embedder.embed_query(query)
+        dense, lexical, sims = self._both_lists(self.embedder.embed_query(query), query, depth, bm25, cosines=True)
+        return self._pool(query, dense, lexical, sims, bm25, by_id, depth)
+
+    def _both_lists(self, qvec, query: str, depth: int, bm25: "_Bm25", cosines: bool):
+        """Dense and BM25 top `depth` as (id, score) lists, and {id: cosine} — for every candidate of either list
+        when `cosines`, else for the dense ones only."""
         dense = self._dense(qvec, depth)
         lexical = [(self._chunks[i]["id"], s) for i, s in bm25.search(query, depth)]
         sims = dict(dense)
-        sims.update(self._similarities(qvec, [i for i, _ in lexical if i not in sims]))
-        return self._pool(query, dense, lexical, sims, bm25, by_id, depth)
+        if cosines:
+            sims.update(self._similarities(qvec, [i for i, _ in lexical if i not in sims]))
+        return dense, lexical, sims
 
     @staticmethod
     def _pool(query, dense, lexical, sims, bm25, by_id, depth):
@@ -439,27 +455,26 @@ class KnowledgeBase:
             return []
         cfg = self.hybrid
         depth = max(k, cfg.depth) if mode == "hybrid" else k
+        if mode == "hybrid" and cfg.method not in ("learned", "convex", "rrf"):
+            raise ValueError(f"unknown fusion method {cfg.method!r}: use learned, convex or rrf")
         qvec = self.embedder.embed_query(query)
-        dense = self._dense(qvec, depth) if mode != "bm25" else []
-        lexical = [(chunks[i]["id"], s) for i, s in bm25.search(query, depth)] if mode != "dense" else []
-        sims = dict(dense)
+        sims: dict[str, float] = {}
         if mode == "dense":
-            ranked = dense
+            ranked = self._dense(qvec, depth)
+            sims = dict(ranked)
         elif mode == "bm25":
-            ranked = lexical
-        elif cfg.method == "rrf":
-            ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in lexical]],
-                              [cfg.dense_weight, cfg.bm25_weight], cfg.rrf_k)
-        elif cfg.method in ("learned", "convex"):
-            sims.update(self._similarities(qvec, [i for i, _ in lexical if i not in sims]))
-            if cfg.method == "convex":
+            ranked = [(chunks[i]["id"], s) for i, s in bm25.search(query, depth)]
+        else:
+            dense, lexical, sims = self._both_lists(qvec, query, depth, bm25, cosines=cfg.method != "rrf")
+            if cfg.method == "rrf":
+                ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in lexical]],
+                                  [cfg.dense_weight, cfg.bm25_weight], cfg.rrf_k)
+            elif cfg.method == "convex":
                 ranked = convex_fuse(sims, dict(lexical), cfg.bm25_share)
             else:
                 ids, rows = self._pool(query, dense, lexical, sims, bm25, by_id, depth)
                 probs = rerank.softmax(rerank.default_ranker().scores(rows))
                 ranked = sorted(zip(ids, probs), key=lambda kv: -kv[1])
-        else:
-            raise ValueError(f"unknown fusion method {cfg.method!r}: use learned, convex or rrf")
         ranked = [(i, s) for i, s in ranked if i in by_id][:k]
         sims.update(self._similarities(qvec, [i for i, _ in ranked if i not in sims]))
         hits = []

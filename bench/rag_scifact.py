@@ -27,7 +27,6 @@ import io
 import json
 import sys
 import tempfile
-import time
 import tokenize
 import zipfile
 from pathlib import Path
@@ -36,12 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from rag_squad import DATA, build, doc_rank, log, pct, summarize  # noqa: E402
-
-from agent.retrieval import HybridConfig, KnowledgeBase  # noqa: E402
-
-MODES = {"bm25": ("learned", "bm25"), "dense": ("learned", "dense"), "hybrid": ("learned", "hybrid"),
-         "hybrid_convex": ("convex", "hybrid"), "hybrid_rrf": ("rrf", "hybrid")}
+from rag_squad import DATA, build, live_run, log  # noqa: E402
 
 
 def sentences(field: str) -> list[str]:
@@ -85,25 +79,7 @@ def main(argv=None) -> int:
         kb, key_doc, info = build(corpus, Path(tmp), 254)
         report["store"] = info
         log(f"store built: {info}")
-        stores = {m: KnowledgeBase(kb.collection, kb.uploads_dir, embedder=kb.embedder, chunk_size=kb.chunk_size,
-                                   hybrid=HybridConfig(method=method)) for m, (method, _) in MODES.items()}
-        ranks = {m: [] for m in MODES}
-        lat = {m: [] for m in MODES}
-        names = list(MODES)
-        for n, c in enumerate(claims):
-            relevant = {key_doc[d] for d in c["relevant"]}
-            r = n % len(names)
-            for m in names[r:] + names[:r]:
-                t = time.perf_counter()
-                hits = stores[m].search(c["question"], k=30, mode=MODES[m][1])
-                lat[m].append(time.perf_counter() - t)
-                docs = [h.doc_id for h in hits]
-                found = [x for x in (doc_rank(docs, g) for g in relevant) if x]
-                ranks[m].append(min(found) if found else None)
-        for m in names:
-            report[m] = summarize(ranks[m]) | {"p50_ms": pct(lat[m], 0.5), "p95_ms": pct(lat[m], 0.95)}
-        best = max(report["bm25"]["recall@5"], report["dense"]["recall@5"])
-        report["hybrid_minus_best_baseline_recall@5_points"] = round(100 * (report["hybrid"]["recall@5"] - best), 2)
+        report |= live_run(kb, claims, [{key_doc[d] for d in c["relevant"]} for c in claims])
     print(json.dumps(report, indent=2))
     return 0
 

@@ -98,13 +98,15 @@ def build(paragraphs: dict, tmp: Path, chunk_size: int, hybrid: HybridConfig | N
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def doc_rank(doc_ids: list[str], gold: str, limit: int = 10) -> int | None:
-    """1-based rank of `gold` among the distinct documents of a chunk ranking, or None past `limit`."""
+def doc_rank(doc_ids: list[str], gold: str | set[str], limit: int = 10) -> int | None:
+    """1-based rank of `gold` (or of the first of a set of relevant documents) among the distinct documents of a
+    chunk ranking, or None past `limit`."""
+    golds = {gold} if isinstance(gold, str) else gold
     seen: list[str] = []
     for d in doc_ids:
         if d not in seen:
             seen.append(d)
-            if d == gold:
+            if d in golds:
                 return len(seen)
             if len(seen) >= limit:
                 break
@@ -168,8 +170,9 @@ def eval_lists(lists, to_doc, gold: list[str], cfg: HybridConfig | None, which: 
     return summarize(ranks)
 
 
-def live_run(kb: KnowledgeBase, questions: list[dict], key_doc: dict, k_chunks: int = 30) -> dict:
-    """The real `kb.search` for each mode, interleaved per query (rotating order), timed. "hybrid" is the project's
+def live_run(kb: KnowledgeBase, questions: list[dict], gold: list[str | set[str]], k_chunks: int = 30) -> dict:
+    """The real `kb.search` for each mode, interleaved per query (rotating order), timed; `gold[i]` is question i's
+    relevant document id (or set of them). "hybrid" is the project's
     default (the learned reranker over both lists); "hybrid_convex" and "hybrid_rrf" the same store searched with
     the convex score mix and with weighted reciprocal-rank fusion."""
     def variant(method):
@@ -181,14 +184,14 @@ def live_run(kb: KnowledgeBase, questions: list[dict], key_doc: dict, k_chunks: 
     modes = list(runs)
     ranks = {m: [] for m in modes}
     lat = {m: [] for m in modes}
-    for n, q in enumerate(questions):
+    for n, (q, g) in enumerate(zip(questions, gold)):
         r = n % len(modes)
         for m in modes[r:] + modes[:r]:
             store, mode = runs[m]
             t = time.perf_counter()
             hits = store.search(q["question"], k=k_chunks, mode=mode)
             lat[m].append(time.perf_counter() - t)
-            ranks[m].append(doc_rank([h.doc_id for h in hits], key_doc[q["key"]]))
+            ranks[m].append(doc_rank([h.doc_id for h in hits], g))
     out = {}
     for m in modes:
         out[m] = summarize(ranks[m]) | {"p50_ms": pct(lat[m], 0.5), "p95_ms": pct(lat[m], 0.95)}
@@ -316,7 +319,7 @@ def main(argv=None) -> int:
         report["store"] = info
         log(f"store built: {info}")
         report["hybrid_config"] = vars(kb.hybrid)
-        report["live"] = live_run(kb, questions, key_doc)
+        report["live"] = live_run(kb, questions, [key_doc[q["key"]] for q in questions])
         log(f"live run: {json.dumps(report['live'])}")
         if args.sweep or args.chunk_sizes:
             lists, to_doc = raw_lists(kb, questions)

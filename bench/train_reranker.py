@@ -59,7 +59,7 @@ def evaluate(kb, questions, key_doc, ranker: rerank.LinearRanker) -> dict:
         order = [i for _, i in sorted(zip(ranker.scores(rows), ids), key=lambda t: -t[0])]
         ranks.append(doc_rank([doc_of[i] for i in order], gold))
     kb.hybrid = HybridConfig(method="convex")
-    out = live_run(kb, questions, key_doc)
+    out = live_run(kb, questions, [key_doc[q["key"]] for q in questions])
     out.pop("hybrid_minus_best_baseline_recall@5_points")
     out["hybrid_convex"] = out.pop("hybrid")
     out["learned_new_weights"] = summarize(ranks)
