@@ -3,15 +3,21 @@
     reports = evaluate(settings, data_dir, {"candidate": folder, "active": None})   # None = the base model
     promote, reasons = gate(reports["candidate"], reports["active"], margin=0.05)
 
-A report has three parts, each computed the same way for every policy:
+A report has these parts, each computed the same way for every policy:
 - `pref`: on `dpo_eval.jsonl`, the implicit reward of each pair, (logp(chosen) - logp_base(chosen)) -
   (logp(rejected) - logp_base(rejected)); `accuracy` = share of pairs with a positive reward (ties count half, so the
-  base itself scores 0.5), `raw_accuracy` = share with logp(chosen) > logp(rejected).
+  base itself scores 0.5), `raw_accuracy` = share with logp(chosen) > logp(rejected), `ci` its 95% interval.
 - `similarity`: greedy answers to the `sft_eval.jsonl` prompts against their gold answers (the users' edits or
   approved answers): ROUGE-L F and token F1.
-- `general`: a fixed set of general prompts: answers non-empty, still correct (key words present), repetition,
-  degenerate count, and perplexity of reference answers relative to the base (`ppl_ratio`; the first
-  SKIP_OPENING answer tokens are left out, since a learned style legitimately changes how answers open).
+- `general`: a fixed set of general prompts (`adapters.regression.GENERAL`): answers non-empty, still correct (key
+  words present), repetition, degenerate count, and perplexity of reference answers relative to the base
+  (`ppl_ratio`; the first SKIP_OPENING answer tokens are left out, since a learned style legitimately changes how
+  answers open).
+- `answers`: every answer to the held-out feedback prompts, the general prompts and the open-ended regression set
+  (`OPEN`): relevance to the prompt (MiniLM cosine), distinct share, share made only of boilerplate, loop share,
+  median length, share run to the token cap (`adapters.collapse`).
+- `qa`: questions about an invented passage given in the prompt (`PASSAGES`): contains-gold, with its 95% CI.
+- `examples`: held-out and open-ended prompts with this policy's answers, for a side-by-side view.
 
 Out of process: `python -m adapters.evaluate --data DIR --policy candidate=FOLDER --policy active=base --out FILE`.
 """
@@ -27,24 +33,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from adapters import collapse
+from adapters.gate import gate  # noqa: F401  (the gate's home is adapters.gate; callers import it from here too)
+from adapters.regression import GENERAL, OPEN, PASSAGES, passage_prompt
 from agent.settings import Settings
 
-GENERAL = [  # (prompt, reference answer, words a correct answer contains; "a|b" = either): a regression set
-    ("What is the capital of France?", "The capital of France is Paris. It is also the largest city in the country.",
-     ["paris"]),
-    ("Name three primary colors.", "The three primary colors are red, yellow and blue. Mixing them gives the other "
-     "colors.", ["red", "blue"]),
-    ("How many days are there in a week?", "There are seven days in a week, from Monday to Sunday.", ["seven|7"]),
-    ("What does a thermometer measure?", "A thermometer measures temperature, for example of the air or of a "
-     "person's body.", ["temperature"]),
-    ("What is 2 plus 3?", "2 plus 3 equals 5. Adding two and three gives five.", ["5|five"]),
-    ("Which planet do we live on?", "We live on Earth, the third planet from the Sun.", ["earth"]),
-    ("What color is the sky on a clear day?", "On a clear day the sky is blue, because air scatters blue light "
-     "the most.", ["blue"]),
-    ("How many legs does a spider have?", "A spider has eight legs, while insects have six.", ["eight|8"]),
-    ("What is the opposite of hot?", "The opposite of hot is cold. Ice, for example, is cold.", ["cold"]),
-    ("What do bees make?", "Bees make honey from the nectar they collect from flowers.", ["honey"]),
-]
 SKIP_OPENING = 4  # answer tokens left out of the reference perplexity: a style (an opening phrase) may change them
 
 
@@ -53,7 +46,10 @@ class EvalConfig:
     max_pref: int = 32  # preference pairs scored
     max_generate: int = 6  # held-out prompts answered for similarity
     general: int = 10  # general prompts (regression)
+    open: int = 12  # open-ended regression prompts (collapse, relevance, loops, length)
+    passages: int = 10  # reading checks with the passage in the prompt (contains-gold)
     max_new_tokens: int = 40
+    open_new_tokens: int = 64  # open-ended answers need room to show a loop or a runaway length
     max_length: int = 384  # tokens of prompt + answer when scoring
     batch_size: int = 8
 
@@ -121,7 +117,7 @@ def pref_summary(margins: list[float], raw: list[float]) -> dict:
         return {"n": 0, "accuracy": None, "raw_accuracy": None, "margin_mean": None}
     acc = sum(1.0 if m > 1e-6 else 0.5 if abs(m) <= 1e-6 else 0.0 for m in margins) / len(margins)
     return {"n": len(margins), "accuracy": acc, "raw_accuracy": sum(r > 0 for r in raw) / len(raw),
-            "margin_mean": _mean(margins)}
+            "margin_mean": _mean(margins), "ci": collapse.wilson(acc * len(margins), len(margins))}
 
 
 def similarity_summary(answers: list[str], golds: list[str]) -> dict:
@@ -150,68 +146,14 @@ def general_summary(answers: list[str], nll: float | None, base_nll: float | Non
             "ppl": ppl, "ppl_base": base_ppl, "ppl_ratio": ppl / base_ppl if ppl and base_ppl else None}
 
 
-def _get(report: dict | None, part: str, key: str):
-    value = ((report or {}).get(part) or {}).get(key)
-    return value if isinstance(value, (int, float)) else None
+def qa_summary(answers: list[str], golds: list[list[str]]) -> dict:
+    """Questions about a passage given in the prompt: share of answers containing a gold answer, with its CI."""
+    from adapters.lab_tasks import contains_gold
 
-
-def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: float = 2.0,
-         max_repetition: float = 0.5, max_correct_drop: float = 0.2) -> tuple[bool, list[str]]:
-    """Promote the candidate? It must pass the regression checks (general prompts: no more empty or looping
-    answers than the active policy, facts still right within `max_correct_drop`, reference perplexity within
-    `max_ppl_ratio` of the base's), lose no compared metric by more than `margin`, and win at least one
-    (preference accuracy, similarity to edits) by `margin` or more over the active policy (the base when nothing
-    is active). Pure; returns (promote, reasons)."""
-    ok, reasons = True, []
-    g = (candidate or {}).get("general") or {}
-    if g.get("n"):
-        floor = min(1.0, _get(active, "general", "nonempty") if _get(active, "general", "nonempty") is not None
-                    else 1.0)
-        if g.get("nonempty", 1) < floor:
-            ok = False
-            reasons.append(f"regression: {1 - g['nonempty']:.0%} of general prompts got an empty answer")
-        if g.get("degenerate", 0) > (_get(active, "general", "degenerate") or 0):
-            ok = False
-            reasons.append(f"regression: {g['degenerate']} degenerate (looping) answers on general prompts")
-        was = _get(active, "general", "correct")
-        if g.get("correct") is not None and was is not None and g["correct"] < was - max_correct_drop:
-            ok = False
-            reasons.append(f"regression: general prompts answered correctly {g['correct']:.0%} vs {was:.0%}")
-        if (g.get("repetition") or 0) > max_repetition:
-            ok = False
-            reasons.append(f"regression: repetition {g['repetition']:.2f} > {max_repetition}")
-        if g.get("ppl_ratio") is not None and g["ppl_ratio"] > max_ppl_ratio:
-            ok = False
-            reasons.append(f"regression: perplexity on reference answers {g['ppl_ratio']:.2f}x the base's "
-                           f"(limit {max_ppl_ratio}x)")
-        if ok:
-            ratio = g.get("ppl_ratio")
-            reasons.append("regression checks passed" + (f" (perplexity {ratio:.2f}x base)" if ratio else ""))
-    wins = 0
-    compared = 0
-    for label, part, key in (("preference accuracy", "pref", "accuracy"), ("similarity to edits", "similarity",
-                                                                            "rouge_l")):
-        c, a = _get(candidate, part, key), _get(active, part, key)
-        if c is None or a is None:
-            continue
-        compared += 1
-        delta = c - a
-        text = f"{label}: {c:.3f} vs active {a:.3f} ({delta:+.3f})"
-        if delta < -margin:
-            ok = False
-            reasons.append(text + f": worse by more than the margin {margin}")
-        elif delta >= margin:
-            wins += 1
-            reasons.append(text + ": better")
-        else:
-            reasons.append(text + ": within the margin")
-    if not compared:
-        ok = False
-        reasons.append("no held-out preference or edit data to compare on")
-    elif not wins:
-        ok = False
-        reasons.append(f"does not beat the active policy by the margin {margin} on any metric")
-    return ok, reasons
+    if not answers:
+        return {"n": 0, "contains_gold": None}
+    hits = sum(contains_gold(a, g) for a, g in zip(answers, golds))
+    return {"n": len(answers), "contains_gold": hits / len(answers), "ci": collapse.wilson(hits, len(answers))}
 
 
 # ---------------------------------------------------------------------------------------------- model side
@@ -261,8 +203,9 @@ def sequence_logps(model, tok, pairs: list[tuple[list[dict], list[dict]]], devic
 
 
 def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens: int = 64,
-             batch_size: int = 8) -> list[str]:
-    """Greedy answers, batched with left padding."""
+             batch_size: int = 8, capped: list | None = None) -> list[str]:
+    """Greedy answers, batched with left padding; `capped` (a list) gets, per answer, whether it ran to
+    `max_new_tokens` without ending."""
     import torch
 
     answers = []
@@ -280,6 +223,8 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
                                  temperature=None, top_p=None, top_k=None)
         answers += [tok.decode(o[width:], skip_special_tokens=True).strip() for o in out]
+        if capped is not None:
+            capped += [tok.eos_token_id not in o[width:].tolist() for o in out]
     return answers
 
 
@@ -299,7 +244,8 @@ def load_eval_data(data_dir: str | Path, config: EvalConfig) -> dict:
         system = json.loads((d / "manifest.json").read_text(encoding="utf-8"))["config"].get("system")
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         system = None
-    return {"pref": pref, "gold": gold, "general": GENERAL[: config.general],
+    return {"pref": pref, "gold": gold, "general": GENERAL[: config.general], "open": OPEN[: config.open],
+            "passages": PASSAGES[: config.passages],
             "system": [{"role": "system", "content": system}] if system else []}
 
 
@@ -349,6 +295,15 @@ class _Policies:
             return fn(self.model)
 
 
+def relevance(prompts: list[str], answers: list[str]) -> list[float]:
+    """Cosine of each prompt and its answer with the bundled MiniLM (an empty answer scores 0)."""
+    from agent.embeddings import Embedder
+
+    emb = Embedder()
+    pv, av = emb.embed(prompts), emb.embed([a or " " for a in answers])
+    return [sum(x * y for x, y in zip(p, q)) if a.strip() else 0.0 for p, q, a in zip(pv, av, answers)]
+
+
 def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str | None],
              config: EvalConfig | None = None, progress=None) -> dict[str, dict]:
     """Reports for each named policy (folder, or None for the base) on the held-out data of `data_dir`."""
@@ -360,9 +315,15 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
     tok, dev = pol.tok, pol.device
     pairs = [(p, c) for p, c, _ in data["pref"]] + [(p, r) for p, _, r in data["pref"]]
     sys_msg = data.get("system", [])
-    refs = [(sys_msg + [{"role": "user", "content": q}], [{"role": "assistant", "content": a}])
-            for q, a, _ in data["general"]]
-    prompts = [p for p, _ in data["gold"]] + [sys_msg + [{"role": "user", "content": q}] for q, _, _ in data["general"]]
+
+    def user(q):
+        return sys_msg + [{"role": "user", "content": q}]
+
+    refs = [(user(q), [{"role": "assistant", "content": a}]) for q, a, _ in data["general"]]
+    short = [p for p, _ in data["gold"]] + [user(q) for q, _, _ in data["general"]] \
+        + [user(passage_prompt(p, q)) for p, q, _ in data["passages"]]
+    open_prompts = [user(q) for q in data["open"]]
+    n_gold, n_gen = len(data["gold"]), len(data["general"])
 
     def score(model):
         lp = sequence_logps(model, tok, pairs, dev, config.max_length, config.batch_size)
@@ -370,6 +331,12 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         n = len(data["pref"])
         nll = -sum(s for s, _ in ref_lp) / max(1, sum(c for _, c in ref_lp)) if ref_lp else None
         return [s for s, _ in lp[:n]], [s for s, _ in lp[n:2 * n]], nll
+
+    def answer(model):
+        capped = []
+        out = generate(model, tok, short, dev, config.max_new_tokens, config.batch_size, capped)
+        out += generate(model, tok, open_prompts, dev, config.open_new_tokens, config.batch_size, capped)
+        return out, capped
 
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
@@ -381,18 +348,26 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
             c, r, nll = base_c, base_r, base_nll
         else:
             c, r, nll = pol.run(name, score)
-        answers = pol.run(name if folder is not None else None,
-                          lambda m: generate(m, tok, prompts, dev, config.max_new_tokens, config.batch_size))
-        n_gold = len(data["gold"])
+        answers, capped = pol.run(name if folder is not None else None, answer)
+        gold_a, gen_a = answers[:n_gold], answers[n_gold:n_gold + n_gen]
+        qa_a, open_a = answers[n_gold + n_gen:len(short)], answers[len(short):]
+        # "does it still answer?": every answer but the passage checks (their prompts are mostly the passage)
+        asked = [p[-1]["content"] for p in short[:n_gold + n_gen] + open_prompts]
+        kept = gold_a + gen_a + open_a
+        flags = capped[:n_gold + n_gen] + capped[len(short):]
         margins = [(ci - bc) - (ri - br) for ci, ri, bc, br in zip(c, r, base_c, base_r)]
         reports[name] = {
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]),
-            "similarity": similarity_summary(answers[:n_gold], [g for _, g in data["gold"]]),
-            "general": general_summary(answers[n_gold:], nll, base_nll, [k for _, _, k in data["general"]]),
+            "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]]),
+            "general": general_summary(gen_a, nll, base_nll, [k for _, _, k in data["general"]]),
+            "answers": collapse.answer_set_summary(kept, relevance(asked, kept), flags),
+            "qa": qa_summary(qa_a, [g for _, _, g in data["passages"]]),
             "samples": [{"prompt": p[-1]["content"], "answer": a, "gold": g}
-                        for (p, g), a in zip(data["gold"][:3], answers[:3])]
-                       + [{"prompt": q, "answer": a} for (q, _, _), a in zip(data["general"][:3], answers[n_gold:])],
+                        for (p, g), a in zip(data["gold"][:3], gold_a)]
+                       + [{"prompt": q, "answer": a} for (q, _, _), a in zip(data["general"][:3], gen_a)],
+            "examples": [{"prompt": q, "answer": a} for q, a in zip(asked[:n_gold] + data["open"],
+                                                                   gold_a + open_a)],
             "seconds": round(time.perf_counter() - t0, 2),
         }
     say({"event": "done", "seconds": round(time.perf_counter() - started, 2)})

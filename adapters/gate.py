@@ -1,0 +1,154 @@
+"""The promotion gate: pure rules over two evaluation reports (`adapters.evaluate`), with every reason in words.
+
+    promote, reasons = gate(reports["candidate"], reports["active"], margin=0.05)
+
+A candidate is promoted only when it
+1. passes the regression checks on the general prompts (no more empty or looping answers than the active policy,
+   facts still right, reference perplexity near the base's);
+2. still answers (the `answers` part: every answer to held-out feedback, open-ended and general prompts): relevance
+   to the prompt (MiniLM cosine) not below the active policy's by more than a margin, as many distinct answers,
+   no more answers made only of text shared by many answers, no more loops, no collapse of length, no more runaway
+   answers; and reads passages as well (the `qa` part, contains-gold);
+3. loses no compared metric (preference accuracy, similarity to edits) by more than `margin` and wins at least one
+   by `margin`.
+When the held-out feedback is small (fewer than SMALL_PREF pairs and SMALL_EDITS edited answers) the gate says so,
+with the confidence interval, and the checks of 2. use the strict limits: a win on four pairs means little, so the
+candidate must pass with room to spare.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SMALL_PREF = 20
+SMALL_EDITS = 10
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much worse than the active policy a candidate may be on each `answers` / `qa` measure."""
+
+    relevance_drop: float = 0.05
+    distinct_drop: float = 0.10
+    boilerplate_rise: float = 0.10
+    loops_rise: float = 0.10
+    capped_rise: float = 0.25
+    min_length_ratio: float = 0.25  # median answer length at least this share of the active policy's
+    qa_drop: float = 0.20
+
+
+NORMAL = Limits()
+STRICT = Limits(relevance_drop=0.02, distinct_drop=0.05, boilerplate_rise=0.05, loops_rise=0.05, capped_rise=0.15,
+                min_length_ratio=0.4, qa_drop=0.10)
+
+
+def _get(report: dict | None, part: str, key: str):
+    value = ((report or {}).get(part) or {}).get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+def regression_checks(g: dict, active: dict | None, max_ppl_ratio: float, max_repetition: float,
+                      max_correct_drop: float) -> list[str]:
+    """Failures on the general prompts (empty list: passed)."""
+    fails = []
+    floor = min(1.0, _get(active, "general", "nonempty") if _get(active, "general", "nonempty") is not None else 1.0)
+    if g.get("nonempty", 1) < floor:
+        fails.append(f"regression: {1 - g['nonempty']:.0%} of general prompts got an empty answer")
+    if g.get("degenerate", 0) > (_get(active, "general", "degenerate") or 0):
+        fails.append(f"regression: {g['degenerate']} degenerate (looping) answers on general prompts")
+    was = _get(active, "general", "correct")
+    if g.get("correct") is not None and was is not None and g["correct"] < was - max_correct_drop:
+        fails.append(f"regression: general prompts answered correctly {g['correct']:.0%} vs {was:.0%}")
+    if (g.get("repetition") or 0) > max_repetition:
+        fails.append(f"regression: repetition {g['repetition']:.2f} > {max_repetition}")
+    if g.get("ppl_ratio") is not None and g["ppl_ratio"] > max_ppl_ratio:
+        fails.append(f"regression: perplexity on reference answers {g['ppl_ratio']:.2f}x the base's "
+                     f"(limit {max_ppl_ratio}x)")
+    return fails
+
+
+def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[str]:
+    """Failures of 'does it still answer?' (empty list: passed, or nothing to compare)."""
+    c, a = (candidate or {}).get("answers") or {}, (active or {}).get("answers") or {}
+    fails = []
+    if c.get("n") and a.get("n"):
+        if c.get("relevance") is not None and a.get("relevance") is not None \
+                and c["relevance"] < a["relevance"] - limits.relevance_drop:
+            fails.append(f"answers drift from the question: relevance to the prompt {c['relevance']:.2f} vs active "
+                         f"{a['relevance']:.2f} (allowed drop {limits.relevance_drop})")
+        if c["distinct"] < a["distinct"] - limits.distinct_drop:
+            fails.append(f"collapse: only {c['distinct']:.0%} of {c['n']} answers differ from one another (active "
+                         f"{a['distinct']:.0%}); it gives the same answer to different questions")
+        if c["boilerplate"] > a["boilerplate"] + limits.boilerplate_rise:
+            fails.append(f"collapse: {c['boilerplate']:.0%} of answers are only text repeated across many answers, "
+                         f"with no answer of their own (active {a['boilerplate']:.0%})")
+        if c["loops"] > a["loops"] + limits.loops_rise:
+            fails.append(f"loops: {c['loops']:.0%} of answers repeat a sentence or phrase (active {a['loops']:.0%})")
+        if a.get("median_words") and c["median_words"] < limits.min_length_ratio * a["median_words"]:
+            fails.append(f"answers shrank: median {c['median_words']:.0f} words vs active {a['median_words']:.0f}")
+        if c.get("capped") is not None and a.get("capped") is not None \
+                and c["capped"] > a["capped"] + limits.capped_rise:
+            fails.append(f"runaway answers: {c['capped']:.0%} run to the token cap (active {a['capped']:.0%})")
+    cq, aq = _get(candidate, "qa", "contains_gold"), _get(active, "qa", "contains_gold")
+    if cq is not None and aq is not None and cq < aq - limits.qa_drop:
+        fails.append(f"reading: questions about a passage answered {cq:.0%} vs active {aq:.0%} "
+                     f"(allowed drop {limits.qa_drop:.0%})")
+    return fails
+
+
+def _ci(report: dict | None, part: str) -> str:
+    ci = ((report or {}).get(part) or {}).get("ci")
+    return f", 95% CI {ci[0]:.2f}-{ci[1]:.2f}" if ci else ""
+
+
+def held_out_size(candidate: dict) -> tuple[int, int]:
+    return int(_get(candidate, "pref", "n") or 0), int(_get(candidate, "similarity", "n") or 0)
+
+
+def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: float = 2.0,
+         max_repetition: float = 0.5, max_correct_drop: float = 0.2) -> tuple[bool, list[str]]:
+    """Promote the candidate over the active policy (the base when nothing is active)? Pure; (promote, reasons)."""
+    ok, reasons = True, []
+    g = (candidate or {}).get("general") or {}
+    if g.get("n"):
+        fails = regression_checks(g, active, max_ppl_ratio, max_repetition, max_correct_drop)
+        ok = not fails
+        ratio = g.get("ppl_ratio")
+        reasons += fails or ["regression checks passed" + (f" (perplexity {ratio:.2f}x base)" if ratio else "")]
+    n_pref, n_sim = held_out_size(candidate)
+    small = n_pref < SMALL_PREF and n_sim < SMALL_EDITS
+    if (candidate or {}).get("answers", {}).get("n"):
+        fails = answer_checks(candidate, active, STRICT if small else NORMAL)
+        ok = ok and not fails
+        c = candidate["answers"]
+        reasons += fails or [f"still answers: {c['n']} answers, {c['distinct']:.0%} distinct, "
+                             f"{c['loops']:.0%} loops, relevance {c.get('relevance') or 0:.2f}"
+                             + (f", passages {candidate['qa']['contains_gold']:.0%}" if _get(candidate, "qa",
+                                                                                             "contains_gold")
+                                is not None else "")]
+    if small and (n_pref or n_sim):
+        reasons.append(f"held-out feedback is small ({n_pref} preference pairs{_ci(candidate, 'pref')}; {n_sim} "
+                       f"edited answers): a win means little, so the answer checks used the strict limits")
+    wins = compared = 0
+    for label, part, key in (("preference accuracy", "pref", "accuracy"),
+                             ("similarity to edits", "similarity", "rouge_l")):
+        c, a = _get(candidate, part, key), _get(active, part, key)
+        if c is None or a is None:
+            continue
+        compared += 1
+        delta = c - a
+        text = f"{label}: {c:.3f} vs active {a:.3f} ({delta:+.3f}{_ci(candidate, part)})"
+        if delta < -margin:
+            ok = False
+            reasons.append(text + f": worse by more than the margin {margin}")
+        elif delta >= margin:
+            wins += 1
+            reasons.append(text + ": better")
+        else:
+            reasons.append(text + ": within the margin")
+    if not compared:
+        ok = False
+        reasons.append("no held-out preference or edit data to compare on")
+    elif not wins:
+        ok = False
+        reasons.append(f"does not beat the active policy by the margin {margin} on any metric")
+    return ok, reasons

@@ -1,0 +1,68 @@
+"""The fixed regression sets every candidate answers before the gate decides (data only, no code).
+
+- GENERAL: short factual prompts with a reference answer and the words a correct answer contains ("a|b" = either).
+- OPEN: varied open-ended requests (advice, explanation, writing, planning, how-to), written for this project and
+  never used in training; a policy that collapses into one fixed line or a loop shows it here first.
+- PASSAGES: reading checks with the passage in the prompt. The facts are invented, so only an answer that reads
+  the passage contains the gold answer (SQuAD's contains-gold measure).
+"""
+from __future__ import annotations
+
+GENERAL = [  # (prompt, reference answer, words a correct answer contains)
+    ("What is the capital of France?", "The capital of France is Paris. It is also the largest city in the country.",
+     ["paris"]),
+    ("Name three primary colors.", "The three primary colors are red, yellow and blue. Mixing them gives the other "
+     "colors.", ["red", "blue"]),
+    ("How many days are there in a week?", "There are seven days in a week, from Monday to Sunday.", ["seven|7"]),
+    ("What does a thermometer measure?", "A thermometer measures temperature, for example of the air or of a "
+     "person's body.", ["temperature"]),
+    ("What is 2 plus 3?", "2 plus 3 equals 5. Adding two and three gives five.", ["5|five"]),
+    ("Which planet do we live on?", "We live on Earth, the third planet from the Sun.", ["earth"]),
+    ("What color is the sky on a clear day?", "On a clear day the sky is blue, because air scatters blue light "
+     "the most.", ["blue"]),
+    ("How many legs does a spider have?", "A spider has eight legs, while insects have six.", ["eight|8"]),
+    ("What is the opposite of hot?", "The opposite of hot is cold. Ice, for example, is cold.", ["cold"]),
+    ("What do bees make?", "Bees make honey from the nectar they collect from flowers.", ["honey"]),
+]
+
+OPEN = [
+    "Give me three tips for sleeping better.",
+    "Explain how a rainbow forms.",
+    "Write a short email to my landlord saying the kitchen tap is leaking.",
+    "What should I pack for a weekend hiking trip?",
+    "How do I make a simple tomato sauce?",
+    "Why do cats purr?",
+    "Suggest a name for a small bakery and say why.",
+    "What are the benefits of learning a second language?",
+    "How can I stay focused while working from home?",
+    "Describe the water cycle in simple words.",
+    "What is the difference between weather and climate?",
+    "Plan a one-day visit to a museum with two children.",
+]
+
+PASSAGES = [  # (passage, question, gold answers)
+    ("The village of Marlow Creek built its first stone bridge in 1873. Before that, farmers crossed the river on a "
+     "wooden ferry run by the Hask family.", "In what year was the stone bridge built?", ["1873"]),
+    ("Tovia is a small island nation whose main export is vanilla. Most of its 40,000 people live in the capital, "
+     "Port Elm, on the northern coast.", "What is the capital of Tovia?", ["Port Elm"]),
+    ("The Orrin telescope has a mirror 4.2 metres wide. It was designed by the engineer Dana Whitlock and first "
+     "pointed at the sky in 2009.", "Who designed the Orrin telescope?", ["Dana Whitlock", "Whitlock"]),
+    ("Greenleaf Library opens at nine in the morning on weekdays and at noon on Sundays. It is closed on "
+     "Saturdays for cleaning.", "On which day is Greenleaf Library closed?", ["Saturday", "Saturdays"]),
+    ("The red-tailed marsh frog lays its eggs on floating leaves. A single female can lay up to 300 eggs in one "
+     "season.", "How many eggs can a female lay in one season?", ["300"]),
+    ("Kelby Motors moved its factory from Aldwick to the town of Brenford in 1998, because Brenford had a "
+     "railway line.", "To which town did Kelby Motors move its factory?", ["Brenford"]),
+    ("The Sorrel Festival is held every autumn in the city of Luma. Its best-known event is a race in which "
+     "teams carry a giant wooden pear.", "What do the teams carry in the race?", ["pear", "wooden pear"]),
+    ("Chef Amara Osei opened her first restaurant, Blue Pepper, in 2015. It serves dishes from Ghana and Brazil.",
+     "What is the name of Amara Osei's first restaurant?", ["Blue Pepper"]),
+    ("The Halden glacier has lost about 60 metres of ice since 1950. Scientists measure it every July with "
+     "drones.", "In which month is the glacier measured?", ["July"]),
+    ("Pinecroft School has 420 pupils and 31 teachers. Its football team is called the Foxes.",
+     "What is the school's football team called?", ["Foxes", "the Foxes"]),
+]
+
+
+def passage_prompt(passage: str, question: str) -> str:
+    return f"Answer the question from the passage.\n\nPassage: {passage}\n\nQuestion: {question}"

@@ -1,0 +1,112 @@
+"""The gate sees collapse: pure measures of 'does it still answer?' and the gate's refusals in words."""
+from __future__ import annotations
+
+import pytest
+
+from adapters import collapse as C
+from adapters.gate import gate
+
+REAL = ["Paris is the capital of France and its largest city.",
+        "Drink less coffee, keep a regular bedtime and keep the bedroom dark.",
+        "A rainbow forms when sunlight is bent and reflected inside raindrops.",
+        "Dear landlord, the kitchen tap has been leaking since Monday. Could you send someone?",
+        "Pack water, a map, a rain jacket, snacks and good boots.",
+        "Cats purr when they are content, and sometimes when they are hurt.",
+        "Weather is the state of the air today; climate is the average over many years.",
+        "Evaporation, condensation, precipitation and collection make up the water cycle."]
+FIXED = "Thank you for reaching out to Kaizen support, we will reply soon."
+
+
+def test_loops_and_normalisation():
+    assert C.normalize("  Hello,   WORLD!! ") == "hello world"
+    assert C.loops("I'm sorry for any confusion. " * 5)
+    assert C.loops("Visit the Tokyo Tower and visit the Tokyo Tower and visit the Tokyo Tower and more")
+    assert C.loops("--- --- --- --- --- --- ---")
+    assert not any(C.loops(a) for a in REAL)
+    assert not C.loops("")
+
+
+def test_distinct_and_boilerplate_shares():
+    assert C.distinct_share(REAL) == 1.0 and C.distinct_share([]) is None
+    assert C.distinct_share([FIXED] * 6 + REAL[:2]) == pytest.approx(3 / 8)
+    assert C.distinct_share(["Paris.", "paris", " PARIS! "]) == pytest.approx(1 / 3)
+    assert C.boilerplate_share(REAL) == 0.0
+    # a fixed sign-off on real answers is a style, not collapse: every answer still has its own words
+    signed = [f"{a} Hope this helps! Kaizen team." for a in REAL]
+    assert C.boilerplate_share(signed) == 0.0 and C.common_ngrams(signed)
+    # only the fixed line, or one generic sentence plus the fixed line: boilerplate
+    generic = [f"That is a great question. {FIXED}"] * 3 + [FIXED] * 3 + REAL[:2]
+    assert C.boilerplate_share(generic) == pytest.approx(6 / 8)
+    assert C.boilerplate_share(["5.", "Seven.", "Blue."]) == 0.0  # short answers with nothing shared
+
+
+def test_wilson_interval():
+    lo, hi = C.wilson(4, 4)
+    assert 0.45 < lo < 0.55 and hi == 1.0
+    lo, hi = C.wilson(50, 100)
+    assert lo == pytest.approx(0.404, abs=0.002) and hi == pytest.approx(0.596, abs=0.002)
+    assert C.wilson(0, 0) is None
+
+
+def test_answer_set_summary():
+    s = C.answer_set_summary(REAL, relevance=[0.5] * len(REAL), capped=[False] * 6 + [True] * 2)
+    assert s["n"] == 8 and s["distinct"] == 1.0 and s["boilerplate"] == 0.0 and s["loops"] == 0.0
+    assert s["capped"] == 0.25 and s["relevance"] == 0.5 and s["median_words"] > 8
+    assert C.answer_set_summary([]) == {"n": 0}
+
+
+def report(answers, relevance, pref_n=40, acc=1.0, qa=0.9, sim=0.6, capped=None):
+    return {"pref": {"n": pref_n, "accuracy": acc, "ci": C.wilson(acc * pref_n, pref_n)},
+            "similarity": {"n": 6, "rouge_l": sim},
+            "general": {"n": 10, "nonempty": 1.0, "correct": 0.8, "degenerate": 0, "repetition": 0.0,
+                        "ppl_ratio": 1.0},
+            "answers": C.answer_set_summary(answers, [relevance] * len(answers), capped),
+            "qa": {"n": 10, "contains_gold": qa}}
+
+
+def test_gate_refuses_a_collapsed_candidate_that_wins_on_its_own_metrics():
+    active = report(REAL, 0.6, acc=0.5, sim=0.2)
+    collapsed = report([FIXED] * 7 + REAL[:1], 0.1, acc=1.0, sim=0.9)
+    ok, reasons = gate(collapsed, active)
+    text = "\n".join(reasons)
+    assert not ok
+    assert "collapse: only 25% of 8 answers differ" in text and "same answer to different questions" in text
+    assert "only text repeated across many answers" in text
+    assert "relevance to the prompt 0.10 vs active 0.60" in text
+    assert "preference accuracy: 1.000 vs active 0.500" in text  # it did win there: the reasons say both
+
+
+def test_gate_refuses_loops_shrinking_runaway_and_lost_reading():
+    active = report(REAL, 0.6, acc=0.5, sim=0.2)
+    looping = report(["I'm sorry for any confusion. " * 4] * 2 + REAL[2:], 0.6)
+    assert any(r.startswith("loops: 25% of answers") for r in gate(looping, active)[1])
+    tiny = report([a.split()[0] for a in REAL], 0.6)
+    assert any(r.startswith("answers shrank") for r in gate(tiny, active)[1])
+    runaway = report(REAL, 0.6, capped=[True] * 8)
+    active_capped = report(REAL, 0.6, acc=0.5, sim=0.2, capped=[False] * 8)
+    assert any(r.startswith("runaway answers: 100%") for r in gate(runaway, active_capped)[1])
+    unread = report(REAL, 0.6, qa=0.5)
+    ok, reasons = gate(unread, active)
+    assert not ok and any(r.startswith("reading: questions about a passage answered 50% vs active 90%")
+                          for r in reasons)
+
+
+def test_gate_promotes_a_styled_candidate_that_still_answers():
+    active = report(REAL, 0.6, acc=0.5, sim=0.2)
+    styled = report([f"Kaizen here: {a} Hope this helps!" for a in REAL], 0.58)
+    ok, reasons = gate(styled, active)
+    assert ok, reasons
+    assert any(r.startswith("still answers: 8 answers, 100% distinct") for r in reasons)
+
+
+def test_small_held_out_data_is_said_and_tightens_the_answer_checks():
+    active = report(REAL, 0.60, acc=0.5, sim=0.2)
+    slightly_off = report(REAL, 0.56, acc=1.0, sim=0.2)  # relevance -0.04: inside the normal 0.05, not the strict
+    assert gate(slightly_off, active)[0]  # 40 held-out pairs: normal limits
+    small = report(REAL, 0.56, pref_n=4, acc=1.0, sim=0.2)
+    small["similarity"]["n"] = 2
+    ok, reasons = gate(small, active)
+    assert not ok
+    assert any("held-out feedback is small (4 preference pairs, 95% CI 0.51-1.00; 2 edited answers)" in r
+               for r in reasons)
+    assert any(r.startswith("answers drift from the question") and "allowed drop 0.02" in r for r in reasons)
