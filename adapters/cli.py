@@ -2,6 +2,7 @@
 
     kaizen adapters list [--json]          versions, state, method, key metrics; * = served
     kaizen adapters show V                 a version's meta.json
+    kaizen adapters review V               the gate's decision and reasons, held-out answers beside the active's
     kaizen adapters promote V              make V active (validated first)
     kaizen adapters rollback               back to the previously active version (or the base)
     kaizen adapters pin V|base             serve V (or the base) whatever gets promoted; `unpin` to follow ACTIVE
@@ -60,6 +61,13 @@ def _cmd_list(args) -> int:
 
 def _cmd_show(args) -> int:
     print(json.dumps(_registry().get(args.version), indent=2, default=str))
+    return 0
+
+
+def _cmd_review(args) -> int:
+    from adapters.review import review_text
+
+    print(review_text(_registry().get(args.version)))
     return 0
 
 
@@ -187,6 +195,9 @@ def register(sub) -> None:
     q = s.add_parser("show", help="a version's metadata (JSON)")
     q.add_argument("version")
     q.set_defaults(func=_cmd_show)
+    q = s.add_parser("review", help="the gate's decision in words, and answers side by side with the active")
+    q.add_argument("version")
+    q.set_defaults(func=_cmd_review)
     q = s.add_parser("promote", help="make a version active")
     q.add_argument("version")
     q.set_defaults(func=_cmd_promote)

@@ -222,9 +222,9 @@ def oasst_first_turns(trees: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-def style_events(store, pairs: list[tuple[str, str]], editors: int = 4) -> int:
+def style_events(store, pairs: list[tuple[str, str]], editors: int = 4, edit=house_style) -> int:
     """Replay the style scenario through the store's API: users ask, the assistant answers (the original oasst
-    reply), and the user edits the answer into the house style. Returns the number of edits."""
+    reply), and the user edits the answer into the house style (`edit(answer)`). Returns the number of edits."""
     users = [store.ensure_user(f"editor-{i}") for i in range(editors)]
     n = 0
     for i, (prompt, answer) in enumerate(pairs):
@@ -232,7 +232,7 @@ def style_events(store, pairs: list[tuple[str, str]], editors: int = 4) -> int:
         conv = store.new_conversation(uid, title=prompt[:80])
         store.add_message(conv, "user", prompt, user_id=uid)
         mid = store.add_message(conv, "assistant", answer, user_id=uid, model="oasst")
-        store.edit(mid, uid, house_style(answer))
+        store.edit(mid, uid, edit(answer))
         n += 1
     return n
 

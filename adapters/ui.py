@@ -11,7 +11,8 @@ Call inside the app's Blocks:
   `adapters.registry.sync_model(registry, chat_model)`. Its return value is ignored.
 - Returns a dict of components: "status" (Markdown), "serving" (Textbox holding the served version or "base": chain
   `parts["serving"].change(...)` to update other components), "table" (Dataframe), "version" (Dropdown),
-  "details" (JSON), "loss_plot" and "reward_plot" (LinePlot), "method" (Dropdown), buttons "train", "refresh",
+  "details" (JSON), "decision" (Markdown: the gate's decision and reasons in words), "compare" (Dataframe: held-out
+  prompts with the active and this version's answers), "loss_plot" and "reward_plot" (LinePlot), "method" (Dropdown), buttons "train", "refresh",
   "promote", "rollback", "pin", "pin_base", "unpin", "ab_start", "ab_stop" (with the "ab_share" Slider), and "timer" (gr.Timer refreshing the status every 5 s).
 `versions_frame(rows)` and `curves_frame(folder)` (pure-ish: they read files, no Gradio) build the DataFrames.
 """
@@ -26,6 +27,7 @@ import pandas as pd
 
 from adapters import ab
 from adapters.registry import RegistryError
+from adapters.review import decision_lines, side_by_side
 
 COLUMNS = ["served", "version", "state", "method", "rows", "final loss", "pref acc", "similarity", "gate", "created"]
 CURVE_KEYS = {"loss": "loss", "rewards/margins": "reward margin", "rewards/accuracies": "reward accuracy"}
@@ -68,6 +70,11 @@ def curves_frame(folder: str | Path | None, keys: tuple[str, ...] = ("loss",)) -
     return pd.DataFrame(rows, columns=["step", "value", "metric"])
 
 
+def compare_frame(meta: dict | None) -> pd.DataFrame:
+    """Prompt | active | candidate rows of a version's evaluation (empty without one)."""
+    return pd.DataFrame(side_by_side(meta) if meta else [], columns=["prompt", "active", "candidate"])
+
+
 def status_markdown(registry, scheduler) -> str:
     text = (f"**Serving:** {registry.serving() or 'base model'} · **active:** {registry.active() or 'base'} · "
             f"**pinned:** {registry.pinned() or '–'} · {ab.summary(ab.read(registry))}")
@@ -107,16 +114,18 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
 
     def detail(version):
         if not version:
-            return {}, curves_frame(None), curves_frame(None)
+            return {}, curves_frame(None), curves_frame(None), "", compare_frame(None)
         try:
             meta = registry.get(version)
         except RegistryError as e:
-            return {"error": str(e)}, curves_frame(None), curves_frame(None)
+            return {"error": str(e)}, curves_frame(None), curves_frame(None), "", compare_frame(None)
         shown = {k: meta.get(k) for k in ("version", "state", "method", "kind", "created", "base_model", "metrics",
                                          "gate", "recipe", "rows")}
         shown["eval"] = meta.get("eval")
+        lines = decision_lines(meta)
         return (shown, curves_frame(meta["folder"], ("loss",)),
-                curves_frame(meta["folder"], ("rewards/margins", "rewards/accuracies")))
+                curves_frame(meta["folder"], ("rewards/margins", "rewards/accuracies")),
+                f"**{version}: {lines[0]}**\n\n" + "\n".join(lines[1:]), compare_frame(meta))
 
     def act(fn, version=None):
         try:
@@ -180,8 +189,7 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
             if not first and (st["last"] or {}).get("status") == "promoted":
                 changed()
             return refresh(v)
-        return (status_markdown(registry, scheduler), registry.serving() or "base", gr.skip(), gr.skip(),
-                gr.skip(), gr.skip(), gr.skip())
+        return (status_markdown(registry, scheduler), registry.serving() or "base", *[gr.skip()] * 7)
 
     status = gr.Markdown(status_markdown(registry, scheduler))
     with gr.Row():
@@ -207,12 +215,15 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
                                 height=260)
         reward_plot = gr.LinePlot(curves_frame(None), x="step", y="value", color="metric",
                                   title="Rewards (DPO / KTO)", height=260)
+    decision = gr.Markdown()
+    compare = gr.Dataframe(compare_frame(None), label="Held-out prompts: the active policy's answer and this "
+                           "version's, side by side", interactive=False, wrap=True)
     details = gr.JSON(label="Metrics, evaluation report, gate")
     timer = gr.Timer(5)
 
-    outputs = [status, serving, table, version, details, loss_plot, reward_plot]
+    outputs = [status, serving, table, version, details, loss_plot, reward_plot, decision, compare]
     refresh_btn.click(refresh, [version], outputs, api_visibility="private")
-    version.change(detail, [version], [details, loss_plot, reward_plot], api_visibility="private")
+    version.change(detail, [version], [details, loss_plot, reward_plot, decision, compare], api_visibility="private")
     for btn, fn in ((promote_btn, promote), (rollback_btn, rollback), (pin_btn, pin), (pin_base_btn, pin_base),
                     (unpin_btn, unpin)):
         btn.click(lambda v, fn=fn: act(fn, v), [version], outputs, api_visibility="private")
@@ -222,6 +233,7 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
     train_btn.click(train, [method, version], outputs, api_visibility="private")
     timer.tick(tick, [version], outputs, api_visibility="private")
     return {"status": status, "serving": serving, "table": table, "version": version, "details": details,
+            "decision": decision, "compare": compare,
             "loss_plot": loss_plot, "reward_plot": reward_plot, "method": method, "train": train_btn,
             "refresh": refresh_btn, "promote": promote_btn, "rollback": rollback_btn, "pin": pin_btn,
             "pin_base": pin_base_btn, "unpin": unpin_btn, "ab_share": ab_share, "ab_start": ab_btn,

@@ -110,3 +110,19 @@ def test_small_held_out_data_is_said_and_tightens_the_answer_checks():
     assert any("held-out feedback is small (4 preference pairs, 95% CI 0.51-1.00; 2 edited answers)" in r
                for r in reasons)
     assert any(r.startswith("answers drift from the question") and "allowed drop 0.02" in r for r in reasons)
+
+
+def test_review_shows_the_decision_and_answers_side_by_side():
+    from adapters.review import review_text, side_by_side
+
+    meta = {"version": "v0002-sft", "method": "sft", "state": "retired",
+            "gate": {"promote": False, "reasons": ["collapse: only 25% of 8 answers differ from one another"]},
+            "eval": {"active_version": "v0001-sft",
+                     "candidate": {"examples": [{"prompt": "Why do cats purr?", "answer": FIXED},
+                                                {"prompt": "only candidate", "answer": "x"}]},
+                     "active": {"examples": [{"prompt": "Why do cats purr?", "answer": REAL[5]}]}}}
+    assert side_by_side(meta) == [{"prompt": "Why do cats purr?", "active": REAL[5], "candidate": FIXED}]
+    text = review_text(meta)
+    assert text.startswith("v0002-sft (sft, retired): the gate refused it against v0001-sft")
+    assert "- collapse: only 25%" in text and f"candidate: {FIXED}" in text and f"active:    {REAL[5]}" in text
+    assert review_text({"version": "v1", "method": "sft", "state": "candidate"}).endswith("registered by hand)")
