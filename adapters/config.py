@@ -81,6 +81,13 @@ class SFTRecipe(LoraRecipe):
 
     method: ClassVar[str] = "sft"
     packing: bool = True  # best-fit packing into `max_length` rows: no padding tokens are computed
+    replay: float = 0.0  # add the base's own answers to replay prompts, this many per feedback row (0.25: 1 in 4)
+    replay_tokens: int = 96  # length of each replayed answer
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.replay <= 1:
+            raise ValueError(f"sft recipe: replay must be in [0, 1], got {self.replay}")
 
 
 @dataclass

@@ -66,3 +66,31 @@ PASSAGES = [  # (passage, question, gold answers)
 
 def passage_prompt(passage: str, question: str) -> str:
     return f"Answer the question from the passage.\n\nPassage: {passage}\n\nQuestion: {question}"
+
+REPLAY = [  # replay prompts: the base's own answers to these keep an SFT adapter answering (recipe `replay`);
+    # never scored by the gate (OPEN, GENERAL and PASSAGES are), so the gate does not grade what was trained on
+    "How do I boil an egg?",
+    "What is photosynthesis?",
+    "Give me two ideas for a rainy afternoon.",
+    "How does a bicycle stay upright?",
+    "What is a good way to start learning to code?",
+    "Write a thank-you note to a neighbour who watered my plants.",
+    "Why is the sea salty?",
+    "How can I save money on groceries?",
+    "What causes thunder?",
+    "Suggest a healthy breakfast.",
+    "What is the difference between a virus and a bacterium?",
+    "How do I remove a coffee stain from a shirt?",
+    "Explain what inflation is.",
+    "What are some good habits for studying?",
+    "How do airplanes fly?",
+    "Recommend a board game for four friends and say why.",
+    "What should I do if my phone battery drains fast?",
+    "How do vaccines work?",
+    "Write a two-line poem about autumn.",
+    "How do I prepare for a job interview?",
+    "What is the tallest mountain in the world?",
+    "Why do leaves change colour in autumn?",
+    "How can I make my small flat feel bigger?",
+    "What is a black hole?",
+]

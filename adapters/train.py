@@ -37,7 +37,8 @@ from typing import Callable
 from agent.settings import Settings  # first: sets the offline environment
 from adapters.config import METHODS, Recipe, check_method, load_recipe, recipe_from_dict
 from adapters.trainers import (DATA_FILE, check_rows, cpu_has_bf16, kto_weights, load_rows,  # noqa: F401
-                               lora_config, read_jsonl, rows_for_steps, summarize, to_prompt_completion,
+                               lora_config, read_jsonl, replay_rows, rows_for_steps, summarize,
+                               to_prompt_completion,
                                trainer_args, training_rows, use_bf16)
 
 MARK = "@@kaizen "  # prefix of the child's progress lines on stdout (anything else there is library chatter)
@@ -108,6 +109,10 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
 
     model, tok, device = load_base(settings)
     torch.set_num_threads(settings.threads)
+    if method == "sft" and getattr(recipe, "replay", 0):
+        replayed = replay_rows(model, tok, device, rows, recipe.replay, recipe.replay_tokens)
+        rows = rows + replayed
+        (progress or (lambda e: None))({"event": "replay", "rows": len(replayed)})
     model.train()
     model.config.use_cache = False
     say = progress or (lambda e: None)

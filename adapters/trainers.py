@@ -80,6 +80,34 @@ def training_rows(method: str, rows: list[dict]) -> list[dict]:
     return [{k: r[k] for k in keys} for r in rows]
 
 
+def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new_tokens: int = 96) -> list[dict]:
+    """SFT rows of the base's own answers (greedy, cut to their last full sentence) to `share` x len(rows) of the
+    replay prompts (`adapters.regression.REPLAY`), with the system message of the feedback rows: mixed into the
+    training data they keep an adapter answering instead of collapsing onto what the edits have in common."""
+    import re
+
+    from adapters.evaluate import generate
+    from adapters.regression import REPLAY
+
+    k = min(len(REPLAY), round(share * len(rows)))
+    if not k:
+        return []
+    system = [m for m in rows[0]["messages"][:1] if m["role"] == "system"] if rows else []
+    prompts = [system + [{"role": "user", "content": q}] for q in REPLAY[:k]]
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        answers = generate(model, tok, prompts, device, max_new_tokens)
+    finally:
+        tok.padding_side = side
+    out = []
+    for p, a in zip(prompts, answers):
+        whole = re.match(r"(?s)(.*[.!?])", a)
+        a = (whole.group(1) if whole else a).strip()
+        if a:
+            out.append({"messages": p + [{"role": "assistant", "content": a}], "source": ["replay"]})
+    return out
+
+
 def load_rows(method: str, data_dir: str | Path) -> list[dict]:
     path = Path(data_dir) / DATA_FILE[check_method(method)]
     if not path.exists():

@@ -167,6 +167,29 @@ def test_sft_lora_learns_and_exports_a_standard_peft_folder(tiny_base, data, tmp
     assert not torch.allclose(tuned(input_ids=ids).logits, before)
 
 
+def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(tiny_base, tmp_path):
+    from adapters.regression import REPLAY
+    from adapters.trainers import replay_rows
+    from agent.model import load_base
+
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}] + r["messages"]} for r in sft_rows(12)]
+    model, tok, device = load_base(tiny_settings(tmp_path / "d", tiny_base))
+    side = tok.padding_side
+    got = replay_rows(model, tok, device, rows, share=0.5, max_new_tokens=8)
+    assert 0 < len(got) <= 6 and tok.padding_side == side  # generation pads left, then the side is restored
+    for row in got:
+        system, user, answer = row["messages"]
+        assert system == {"role": "system", "content": "Be brief."} and user["content"] in REPLAY[:6]
+        assert answer["role"] == "assistant" and answer["content"].strip() and row["source"] == ["replay"]
+    assert replay_rows(model, tok, device, rows, share=0.0) == []
+    data = write_data(tmp_path / "data", sft=rows)
+    m = T.train("sft", data, tmp_path / "out", tiny_settings(tmp_path / "d", tiny_base),
+                fast("sft", steps=2, lr=1e-2, replay=0.5, replay_tokens=8))
+    assert m["rows"] == 12 + len(got)  # greedy: the same replay rows as above
+    with pytest.raises(ValueError, match="replay must be in"):
+        fast("sft", replay=2.0)
+
+
 @pytest.mark.parametrize("method", ["dpo", "kto"])
 def test_preference_methods_log_rewards(tiny_base, data, tmp_path, method):
     out = tmp_path / method
