@@ -190,13 +190,29 @@ def markdown(result: dict) -> str:
         if r.get("error"):
             extra.append(f"error: {r['error']}")
         parts.append(f"- **{r.get('label') or r['technique']}**: {note} {'; '.join(extra)}".rstrip())
-    samples = [(r, s) for r in result.get("rows", []) for s in (r.get("samples") or [])[:1]]
-    if samples:
-        parts += ["", "## A sample answer per technique", ""]
-        for r, s in samples:
-            text = " ".join(str(s.get("answer", "")).split())[:300]
-            parts.append(f"- **{SHORT.get(r['technique'], r['technique'])}** — _{s.get('question', '')[:120]}_ → {text}")
+    parts += side_by_side(result.get("rows", []))
     return "\n".join(parts) + "\n"
+
+
+def side_by_side(rows: list[dict], questions: int = 3, width: int = 300) -> list[str]:
+    """Markdown lines: the first `questions` questions every answering technique was asked, each with every
+    technique's answer under it, so a reader compares what each would serve."""
+    answered = [r for r in rows if r.get("samples")]
+    if not answered:
+        return []
+    by_question = [{s.get("question"): s for s in r["samples"]} for r in answered]
+    shared = [q for q in (s.get("question") for s in answered[0]["samples"]) if all(q in b for b in by_question)]
+    if not shared:
+        return []
+    out = ["", "## The same questions, answered by each technique", ""]
+    for q in shared[:questions]:
+        out.append(f"**{' '.join(str(q).split())[:200]}**")
+        out.append("")
+        for r, b in zip(answered, by_question):
+            text = " ".join(str(b[q].get("answer", "")).split())[:width]
+            out.append(f"- {SHORT.get(r['technique'], r['technique'])}: {text}")
+        out.append("")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- plots and files

@@ -276,3 +276,18 @@ def test_notes_show_training_signals(tmp_path):
 def test_labels_of_tied_points_are_stacked():
     assert rep.label_offsets([(0.0, 47.0), (600.0, 60.0), (610.0, 60.0), (620.0, 60.5), (1800.0, 42.0)]) == \
         [0.0, 0.0, 10.0, 20.0, 0.0]
+
+
+def test_report_shows_the_same_questions_answered_by_each_technique():
+    q1, q2 = "Who designed the telescope?", "When was the bridge built?"
+    rows = [_row("base", 0.1, samples=[{"question": q1, "answer": "I do not know."},
+                                        {"question": q2, "answer": "Long ago."}]),
+            _row("rag", 0.5, samples=[{"question": q1, "answer": "Dana Whitlock."},
+                                       {"question": q2, "answer": "In 1873."}]),
+            _row("sft", 0.2, samples=[{"question": q2, "answer": "1900."}])]  # answered only q2
+    md = rep.markdown(_result(rows))
+    part = md[md.index("## The same questions, answered by each technique"):]
+    assert q1 not in part  # not every technique was asked it
+    block = part[part.index(f"**{q2}**"):]
+    assert block.index("Long ago.") < block.index("In 1873.") < block.index("1900.")
+    assert rep.side_by_side([_row("base", 0.1)]) == []
