@@ -46,10 +46,11 @@ class EvalConfig:
     max_pref: int = 32  # preference pairs scored
     max_generate: int = 6  # held-out prompts answered for similarity
     general: int = 10  # general prompts (regression)
-    open: int = 12  # open-ended regression prompts (collapse, relevance, loops, length)
-    passages: int = 10  # reading checks with the passage in the prompt (contains-gold)
+    open: int = 8  # open-ended regression prompts (collapse, relevance, loops, length)
+    passages: int = 8  # reading checks with the passage in the prompt (contains-gold)
     max_new_tokens: int = 40
-    open_new_tokens: int = 64  # open-ended answers need room to show a loop or a runaway length
+    open_new_tokens: int = 48  # open-ended answers need room to show a loop or a runaway length
+    passage_new_tokens: int = 24  # the gold answer is a name or a number: it comes first or not at all
     max_length: int = 384  # tokens of prompt + answer when scoring
     batch_size: int = 8
 
@@ -320,10 +321,10 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         return sys_msg + [{"role": "user", "content": q}]
 
     refs = [(user(q), [{"role": "assistant", "content": a}]) for q, a, _ in data["general"]]
-    short = [p for p, _ in data["gold"]] + [user(q) for q, _, _ in data["general"]] \
-        + [user(passage_prompt(p, q)) for p, q, _ in data["passages"]]
+    short = [p for p, _ in data["gold"]] + [user(q) for q, _, _ in data["general"]]
+    passages = [user(passage_prompt(p, q)) for p, q, _ in data["passages"]]
     open_prompts = [user(q) for q in data["open"]]
-    n_gold, n_gen = len(data["gold"]), len(data["general"])
+    n_gold = len(data["gold"])
 
     def score(model):
         lp = sequence_logps(model, tok, pairs, dev, config.max_length, config.batch_size)
@@ -336,7 +337,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         capped = []
         out = generate(model, tok, short, dev, config.max_new_tokens, config.batch_size, capped)
         out += generate(model, tok, open_prompts, dev, config.open_new_tokens, config.batch_size, capped)
-        return out, capped
+        return out, capped, generate(model, tok, passages, dev, config.passage_new_tokens, config.batch_size)
 
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
@@ -348,20 +349,17 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
             c, r, nll = base_c, base_r, base_nll
         else:
             c, r, nll = pol.run(name, score)
-        answers, capped = pol.run(name if folder is not None else None, answer)
-        gold_a, gen_a = answers[:n_gold], answers[n_gold:n_gold + n_gen]
-        qa_a, open_a = answers[n_gold + n_gen:len(short)], answers[len(short):]
+        answers, capped, qa_a = pol.run(name if folder is not None else None, answer)
+        gold_a, gen_a, open_a = answers[:n_gold], answers[n_gold:len(short)], answers[len(short):]
         # "does it still answer?": every answer but the passage checks (their prompts are mostly the passage)
-        asked = [p[-1]["content"] for p in short[:n_gold + n_gen] + open_prompts]
-        kept = gold_a + gen_a + open_a
-        flags = capped[:n_gold + n_gen] + capped[len(short):]
+        asked = [p[-1]["content"] for p in short + open_prompts]
         margins = [(ci - bc) - (ri - br) for ci, ri, bc, br in zip(c, r, base_c, base_r)]
         reports[name] = {
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]),
             "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]]),
             "general": general_summary(gen_a, nll, base_nll, [k for _, _, k in data["general"]]),
-            "answers": collapse.answer_set_summary(kept, relevance(asked, kept), flags),
+            "answers": collapse.answer_set_summary(answers, relevance(asked, answers), capped),
             "qa": qa_summary(qa_a, [g for _, _, g in data["passages"]]),
             "samples": [{"prompt": p[-1]["content"], "answer": a, "gold": g}
                         for (p, g), a in zip(data["gold"][:3], gold_a)]

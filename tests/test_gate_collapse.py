@@ -45,7 +45,7 @@ def test_a_collapsed_candidate_is_refused_and_the_active_version_stays(shared_da
         store.close()
 
     result = run_once(settings, force=True, method="sft", recipe=recipe_for("sft", lr=2e-3, epochs=3),
-                      timeout=1800)
+                      timeout=3600)
     assert result["status"] == "refused", result
     reasons = result["gate"]["reasons"]
     text = "\n".join(reasons)
