@@ -17,6 +17,7 @@ from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.ui_chat import LOCAL_USER, ChatLogic, new_state, to_chatbot
 from agent.ui_docs import build_docs_tab
+from feedback.authz import Authz
 from feedback.ui import build_feedback_tab
 
 log = logging.getLogger("kaizen.app")
@@ -75,6 +76,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     answerer = answerer or Answerer.from_settings(settings)
     model = answerer.model
     registry = registry or Registry(settings)
+    authz = Authz(settings.auth_file)  # the one check for admin-only handlers (feedback/authz.py)
     ab_state: dict = {}
     serve_registry(registry, model, ab_state)
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
@@ -229,17 +231,21 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         with gr.Tab("Feedback"):
             build_feedback_tab(store, lambda request=None: uid(request))
         with gr.Tab("Adapters") as adapters_tab:
-            build_adapters_tab(registry, scheduler, lambda: sync_model(registry, model))
+            adapter_parts = build_adapters_tab(registry, scheduler, lambda: sync_model(registry, model), authz=authz,
+                                               timer_active=False)
         with gr.Tab("Lab") as lab_tab:
-            build_lab_tab(settings)
+            build_lab_tab(settings, authz=authz)
         admin_tabs = [adapters_tab, lab_tab]
 
         def on_load(request: gr.Request):
-            """Training controls are for admins (everyone is, in anonymous single-user mode)."""
-            admin = store.user(uid(request)).get("role") == "admin"
-            return [gr.update(choices=adapter_choices())] + [gr.update(visible=admin) for _ in admin_tabs]
+            """Training controls are shown to admins (everyone is, in anonymous single-user mode); their handlers
+            check the role themselves (feedback/authz.py), so hiding them is only for the eye."""
+            uid(request)
+            admin = authz.is_admin(request)
+            return ([gr.update(choices=adapter_choices())] + [gr.update(visible=admin) for _ in admin_tabs]
+                    + [gr.update(active=admin)])
 
-        demo.load(on_load, None, [adapter, *admin_tabs], api_visibility="private")
+        demo.load(on_load, None, [adapter, *admin_tabs, adapter_parts["timer"]], api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
     return demo
 

@@ -1,0 +1,137 @@
+"""Login mode attacked as an outsider would: the real app in a subprocess (a tiny base model, so it starts fast),
+an admin A and a user B in the users file, and every endpoint in the app's /config called by `fn_index` as B and
+with no login at all. Any endpoint not on NON_ADMIN_OK must refuse B with the admin refusal and change nothing;
+so a new admin handler added without `Authz.admin_only` / `require_admin` fails here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from feedback import auth
+from feedback.authz import REFUSAL
+from tests import raw_client as R
+from tests.conftest import running_app
+
+pytestmark = pytest.mark.slow
+
+# What a logged-in non-admin may call: the chat, feedback on their own answers, their own documents, their own
+# feedback statistics, the page load. Keyed by the api_name Gradio gives each endpoint (the function's name,
+# numbered when repeated). Everything else is for admins.
+NON_ADMIN_OK = {
+    "chat", "on_send", "on_stop", "on_new", "on_new_1", "on_retry",  # chat
+    "on_like", "on_why", "on_edit", "handler", "handler_1", "on_undo",  # feedback on one's own answers
+    "on_upload", "on_delete", "on_refresh", "on_select", "on_refresh_1",  # one's own documents
+    "refresh", "refresh_1",  # the Feedback tab (scoped to the viewer): its button and its tab select
+    "on_load",
+}
+PASSWORDS = {"alice": "alice-password", "bob": "bob-password"}
+
+
+@pytest.fixture(scope="module")
+def login_app(tmp_path_factory, tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapters.registry import Registry
+    from agent.settings import Settings
+    from tests.test_train_support import save_tiny_base
+
+    root = tmp_path_factory.mktemp("authz")
+    base = save_tiny_base(root / "base", tokenizer)
+    data = root / "data"
+    settings = Settings(data_dir=data, base_model=str(base))
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    lora.save_pretrained(root / "lora")
+    version = Registry(settings).register(root / "lora", {"method": "sft"})
+    users = root / "users.json"
+    auth.add_user(users, "alice", PASSWORDS["alice"], "admin", iterations=1000)
+    auth.add_user(users, "bob", PASSWORDS["bob"], "user", iterations=1000)
+    with running_app(data, base, KAIZEN_AUTH_FILE=str(users)) as server:
+        server.update(version=version, settings=settings, users=users)
+        yield server
+
+
+def registry_state(data) -> dict:
+    """What an admin action would change: the registry's pointers, the A/B test, the scheduler's state, the lab."""
+    adapters = data / "adapters"
+    files = {name: (adapters / name).read_text() if (adapters / name).exists() else None
+             for name in ("ACTIVE", "PIN", "AB", "history.json", "scheduler.json")}
+    files["runs"] = sorted(p.name for p in adapters.iterdir() if not p.name.startswith("v")
+                           and p.name not in files and p.name != ".adapt.lock") if adapters.exists() else []
+    files["lab"] = sorted(p.name for p in (data / "lab").iterdir()) if (data / "lab").exists() else []
+    return files
+
+
+def test_every_endpoint_refuses_a_non_admin_unless_allowlisted(login_app):
+    url, data = login_app["url"], login_app["data_dir"]
+    bob = R.client(url, "bob", PASSWORDS["bob"])
+    cfg = R.config(bob)
+    eps = R.endpoints(cfg)
+    names = [e["api_name"] for e in eps]
+    assert len(names) == len(set(names)), f"api names must be unique to key the allowlist: {names}"
+    stale = NON_ADMIN_OK - set(names)
+    assert not stale, f"allowlisted endpoints that no longer exist (update NON_ADMIN_OK): {stale}"
+    info = bob.get("gradio_api/info").json()
+    assert {k.lstrip("/") for k in info["named_endpoints"]} <= set(names)  # the documented API is in the table
+
+    before = registry_state(data)
+    admin_eps = [e for e in eps if e["api_name"] not in NON_ADMIN_OK]
+    assert len(admin_eps) >= 12, [e["label"] for e in admin_eps]  # adapters tab (10), lab (3), ...
+    labels = " ".join(e["label"] for e in admin_eps)
+    for needed in ("Promote", "Roll back", "Pin", "Start A/B test", "Stop A/B test", "Train now", "Run the lab"):
+        assert needed in labels, f"{needed} is not among the admin endpoints: {labels}"
+    not_refused = []
+    for e in admin_eps:
+        data_in = R.default_inputs(cfg, e)
+        if "button:Promote:click" in e["label"] or "button:Pin:click" in e["label"] or "A/B" in e["label"]:
+            data_in = [login_app["version"], *data_in[1:]]  # a real version: only the role check stands in the way
+        result = R.call(bob, e["fn_index"], data_in)
+        text = R.error_text(result)
+        if result["success"] is not False or REFUSAL not in text:
+            not_refused.append(f"{e['api_name']} ({e['label']}): success={result['success']} {text[:200]}")
+    assert not not_refused, "endpoints a non-admin could call (guard them or allowlist them):\n" + \
+        "\n".join(not_refused)
+    assert registry_state(data) == before  # nothing changed: no promotion, pin, A/B test, run or lab report
+
+    # the allowlisted ones answer B (with B's own data) and change nothing of the admin's either
+    for e in eps:
+        if e["api_name"] in NON_ADMIN_OK:
+            result = R.call(bob, e["fn_index"], R.default_inputs(cfg, e))
+            assert REFUSAL not in R.error_text(result), e
+    assert registry_state(data) == before
+
+    # the same call as the admin goes through: the check is on the role, not on the endpoint
+    alice = R.client(url, "alice", PASSWORDS["alice"])
+    promote = next(e for e in admin_eps if "button:Promote:click" in e["label"])
+    result = R.call(alice, promote["fn_index"], [login_app["version"]])
+    assert result["success"] is True, R.error_text(result)
+    assert (data / "adapters" / "ACTIVE").read_text().strip() == login_app["version"]
+
+
+def test_anonymous_clients_reach_no_endpoint(login_app):
+    url = login_app["url"]
+    alice = R.client(url, "alice", PASSWORDS["alice"])
+    cfg = R.config(alice)
+    anon = R.client(url)
+    assert anon.get("config").status_code == 401
+    for e in R.endpoints(cfg):
+        result = R.call(anon, e["fn_index"], R.default_inputs(cfg, e))
+        assert result["status"] == 401 and result["success"] is None, e
+
+
+def test_a_removed_or_demoted_admin_loses_admin_rights_at_once(login_app):
+    """Roles are read from the users file on every call, not from the login."""
+    url, users = login_app["url"], login_app["users"]
+    carol = "carol-password"
+    auth.add_user(users, "carol", carol, "admin", iterations=1000)
+    c = R.client(url, "carol", carol)
+    cfg = R.config(c)
+    rollback = next(e for e in R.endpoints(cfg) if "button:Roll back:click" in e["label"])
+    auth.add_user(users, "carol", carol, "user", replace=True, iterations=1000)
+    before = registry_state(login_app["data_dir"])
+    result = R.call(c, rollback["fn_index"], [None])
+    assert result["success"] is False and REFUSAL in R.error_text(result)
+    assert registry_state(login_app["data_dir"]) == before
+    users.write_text(json.dumps({"users": [u for u in auth.load_users(users) if u["name"] != "carol"]}))
