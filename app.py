@@ -227,7 +227,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         # -- other tabs -------------------------------------------------------------------------------------
         if answerer.kb is not None:
             with gr.Tab("Documents"):
-                build_docs_tab(answerer.kb)
+                build_docs_tab(answerer.kb, authz=authz)
         with gr.Tab("Feedback"):
             build_feedback_tab(store, lambda request=None: uid(request))
         with gr.Tab("Adapters") as adapters_tab:

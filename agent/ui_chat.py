@@ -125,7 +125,8 @@ class ChatLogic:
         started = time.perf_counter()
         if self.router is not None:
             adapter = self.router(state["conversation"], adapter)
-        reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop)
+        reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop,
+                                     owner=self.store.user(user_id)["name"])  # retrieval sees only their documents
         shown = {"role": "assistant", "content": "", "id": None, "sources": reply.sources}
         state["shown"].append(shown)
         try:

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 REFUSAL = "Only an admin can do this"
+LOCAL_USER = "local"  # the single local user of anonymous mode (agent.ui_chat.LOCAL_USER)
 
 
 class NotAdmin(PermissionError):
@@ -59,6 +60,23 @@ class Authz:
             return role_of(self.auth_file, username)
         except AuthError:  # a broken users file grants nothing
             return None
+
+    def user(self, request) -> str | None:
+        """Who is calling: the logged-in user's name in login mode (None when there is none, or when the name is
+        no longer in the users file); LOCAL_USER ("local") in single-user mode."""
+        name = getattr(request, "username", None)
+        if not self.login_mode:
+            return name or LOCAL_USER
+        return name if name and self.role(name) is not None else None
+
+    def require_user(self, request) -> str:
+        """The caller's name (see `user`), or gr.Error: nothing is read or written for nobody."""
+        import gradio as gr
+
+        name = self.user(request)
+        if name is None:
+            raise gr.Error("Log in first: this needs a user.", title="Refused")
+        return name
 
     def is_admin(self, request) -> bool:
         return self.role(getattr(request, "username", None)) == "admin"

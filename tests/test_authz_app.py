@@ -135,3 +135,68 @@ def test_a_removed_or_demoted_admin_loses_admin_rights_at_once(login_app):
     assert result["success"] is False and REFUSAL in R.error_text(result)
     assert registry_state(login_app["data_dir"]) == before
     users.write_text(json.dumps({"users": [u for u in auth.load_users(users) if u["name"] != "carol"]}))
+
+
+def endpoint(cfg, api_name):
+    return next(e for e in R.endpoints(cfg) if e["api_name"] == api_name)
+
+
+def upload(c, cfg, name: str, text: str, to_shared=False) -> dict:
+    r = c.post("gradio_api/upload", files={"files": (name, text.encode(), "text/plain")})
+    r.raise_for_status()
+    path = r.json()[0]
+    result = R.call(c, endpoint(cfg, "on_upload")["fn_index"],
+                    [[{"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}], to_shared])
+    return {"path": path, **result}
+
+
+def doc_rows(c, cfg) -> list[list]:
+    result = R.call(c, endpoint(cfg, "on_refresh")["fn_index"], [])
+    assert result["success"], R.error_text(result)
+    table = result["output"]["data"][0]
+    return (table.get("value") or table)["data"]
+
+
+def test_documents_are_per_user_through_the_running_app(login_app):
+    """A uploads a secret; B does not see it in the list, cannot delete it, and B's grounded answer cites none of
+    it (the sources stored with B's answer), while A's does. The upload leaves Gradio's temp dir once ingested."""
+    import sqlite3
+    from pathlib import Path
+
+    url = login_app["url"]
+    alice = R.client(url, "alice", PASSWORDS["alice"])
+    bob = R.client(url, "bob", PASSWORDS["bob"])
+    cfg = R.config(alice)
+    secret = "The vault combination for the Quillfeather archive is 7-19-33, written under the blue lamp."
+    up = upload(alice, cfg, "vault.txt", secret)
+    assert up["success"], R.error_text(up)
+    assert "added" in up["output"]["data"][0]
+    assert not Path(up["path"]).exists(), "the upload stays in Gradio's temp dir after it was ingested"
+    a_rows = doc_rows(alice, cfg)
+    assert [r[1] for r in a_rows] == ["vault.txt"]
+    doc_id = a_rows[0][0]
+
+    assert doc_rows(bob, cfg) == []
+    # B deletes A's document by its id: refused (Gradio's own check of the dropdown's choices refuses it first;
+    # delete_doc's per-owner check behind it is tested in test_docs_owners.py), A still has it
+    r = R.call(bob, endpoint(cfg, "on_delete")["fn_index"], [doc_id])
+    assert (r["success"] is False and "not in the list of choices" in R.error_text(r)) or \
+        "no longer in the store" in r["output"]["data"][0], R.error_text(r)
+    assert [row[0] for row in doc_rows(alice, cfg)] == [doc_id]
+    # B cannot write the shared library either
+    r = upload(bob, cfg, "notice.txt", "A notice for everyone about the car park.", to_shared=True)
+    assert r["success"] is False and REFUSAL in R.error_text(r)
+    assert doc_rows(bob, cfg) == [] and [row[1] for row in doc_rows(alice, cfg)] == ["vault.txt"]
+
+    chat = endpoint(cfg, "chat")["fn_index"]
+    question = "What is the vault combination for the Quillfeather archive?"
+    for who, c in (("bob", bob), ("alice", alice)):
+        r = R.call(c, chat, [question, None, "plain", "on", "active"])
+        assert r["success"], R.error_text(r)
+    with sqlite3.connect(login_app["db"]) as db:
+        rows = db.execute("select u.name, m.sources from messages m join conversations c on c.id = m.conversation_id "
+                          "join users u on u.id = c.user_id "
+                          "where m.role = 'assistant' order by m.id").fetchall()
+    sources = {name: json.loads(src or "[]") for name, src in rows}
+    assert sources["bob"] == []
+    assert [s["doc_id"] for s in sources["alice"]] == [doc_id]
