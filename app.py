@@ -253,6 +253,9 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 def launch_kwargs(settings: Settings) -> dict:
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
               max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False)
+    from feedback.webguard import guard_app_kwargs
+
+    kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers
     if settings.auth_file:
         from feedback.auth import auth_fn
 

@@ -84,6 +84,13 @@ class ChatLogic:
     def user_id(self, username: str | None) -> int:
         return self.store.ensure_user(username or LOCAL_USER)
 
+    @staticmethod
+    def own(state: dict, user_id: int) -> None:
+        """The session state belongs to the first user who acts in it; PermissionError for anyone else (the web
+        server also binds each session to its user: feedback/webguard.py)."""
+        if state.setdefault("owner", user_id) != user_id:
+            raise PermissionError("this chat belongs to another user")
+
     # -- answering ---------------------------------------------------------------------------------------
     def history(self, state: dict, upto: int | None = None) -> list[dict]:
         shown = state["shown"] if upto is None else state["shown"][:upto]
@@ -95,6 +102,7 @@ class ChatLogic:
         Raises ValueError (too long, empty, unknown template) before anything is stored."""
         from agent.chat import check_question
 
+        self.own(state, user_id)
         question = check_question(question, self.answerer.settings.max_input_chars)
         self.answerer.template(template)  # unknown template: error before storing anything
         if state["conversation"] is None:
@@ -108,6 +116,7 @@ class ChatLogic:
 
     def retry(self, state: dict, user_id: int, index, template: str, rag: str, adapter, stop: threading.Event):
         """Generator: a sibling answer to the user message at `index`; the previous answer is kept for the pick."""
+        self.own(state, user_id)
         i = chat_index_to_shown(state, index)
         msg = state["shown"][i]
         if msg["role"] != "user":
@@ -152,6 +161,7 @@ class ChatLogic:
         return m["id"]
 
     def rate(self, state, user_id, index, liked, reasons=(), comment="") -> str:
+        self.own(state, user_id)
         mid = self.answer_id(state, index)
         value = 1 if liked is True else -1
         self.store.rate(mid, user_id, value, list(reasons), comment or "")
@@ -160,6 +170,7 @@ class ChatLogic:
 
     def edit(self, state, user_id, index, edited: str) -> str:
         """A correction of an answer. The original comes from the store; the display shows the edited text."""
+        self.own(state, user_id)
         i = chat_index_to_shown(state, index)
         m = state["shown"][i]
         if m["role"] != "assistant" or m["id"] is None:
@@ -176,6 +187,7 @@ class ChatLogic:
 
     def pick(self, state, user_id, which: str) -> str:
         """The user prefers the first or the second answer of a retry → a choice event; the pick stays shown."""
+        self.own(state, user_id)
         p = state.get("pending")
         if not p:
             raise ValueError("there is no pair of answers to choose from")

@@ -200,3 +200,65 @@ def test_documents_are_per_user_through_the_running_app(login_app):
     sources = {name: json.loads(src or "[]") for name, src in rows}
     assert sources["bob"] == []
     assert [s["doc_id"] for s in sources["alice"]] == [doc_id]
+
+
+def test_a_session_is_bound_to_its_user(login_app):
+    """With A's session hash B gets neither A's chat, nor A's stream, nor a cancel of A's answer."""
+    url = login_app["url"]
+    alice = R.client(url, "alice", PASSWORDS["alice"])
+    bob = R.client(url, "bob", PASSWORDS["bob"])
+    cfg = R.config(alice)
+    chat = endpoint(cfg, "chat")["fn_index"]
+    session = "alicesess01"
+    first = R.call(alice, chat, ["Tell me about Quillfeather owls.", None, "plain", "off", "active"],
+                   session_hash=session)
+    assert first["success"], R.error_text(first)
+    stolen = R.call(bob, chat, ["And now?", None, "plain", "off", "active"], session_hash=session)
+    assert stolen["status"] == 403 and "Quillfeather" not in stolen["body"]
+    r = bob.get("gradio_api/queue/data", params={"session_hash": session})
+    assert r.status_code == 403
+    r = bob.post("gradio_api/cancel", json={"session_hash": session, "fn_index": chat, "event_id": "x"})
+    assert r.status_code == 403
+    r = R.client(url).post("gradio_api/cancel", json={"session_hash": session, "fn_index": chat, "event_id": "x"})
+    assert r.status_code == 401
+    again = R.call(alice, chat, ["Where do they nest?", None, "plain", "off", "active"], session_hash=session)
+    assert again["success"], R.error_text(again)
+    shown = again["output"]["data"][1]  # outputs: state (kept on the server), chatbot, ...
+    assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]  # A's chat, untouched
+
+
+def test_a_user_removed_from_the_users_file_is_logged_out_at_once(login_app):
+    url, users = login_app["url"], login_app["users"]
+    auth.add_user(users, "dave", "dave-password", "user", iterations=1000)
+    dave = R.client(url, "dave", "dave-password")
+    assert dave.get("config").status_code == 200
+    users.write_text(json.dumps({"users": [u for u in auth.load_users(users) if u["name"] != "dave"]}))
+    assert dave.get("config").status_code == 401
+    auth.add_user(users, "dave", "dave-password", "user", iterations=1000)
+    assert dave.get("config").status_code == 401  # the old login is gone: log in again
+
+
+def test_security_headers_and_body_cap(login_app):
+    url = login_app["url"]
+    for c, path in ((R.client(url), ""), (R.client(url, "bob", PASSWORDS["bob"]), "config")):
+        r = c.get(path)
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert "img-src 'self' data: blob:" in r.headers["content-security-policy"]
+    bob = R.client(url, "bob", PASSWORDS["bob"])
+    r = bob.post("gradio_api/queue/join", content=b'{"data": ["' + b"x" * (2 << 20) + b'"]}',
+                 headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_login_is_rate_limited_per_user_and_address(login_app):
+    """Last in this module: it leaves the loopback address limited."""
+    url = login_app["url"]
+    c = R.client(url)
+    codes = [c.post("login", data={"username": "bob", "password": f"wrong-{i}"}).status_code for i in range(5)]
+    assert codes == [400] * 5
+    r = c.post("login", data={"username": "bob", "password": "wrong-again"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    # limited before the password is even checked: the right one is refused too, for bob and from this address
+    assert c.post("login", data={"username": "bob", "password": PASSWORDS["bob"]}).status_code == 429
+    assert c.post("login", data={"username": "alice", "password": PASSWORDS["alice"]}).status_code == 429
