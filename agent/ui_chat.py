@@ -7,14 +7,13 @@ browser sends is never trusted: every handler re-renders the chat from the state
 """
 from __future__ import annotations
 
-import html
-import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from agent.chat import Answerer
+from agent.escape import escape_chat, unescape_chat
 
 LOCAL_USER = "local"
 
@@ -24,22 +23,15 @@ def new_state() -> dict:
     return {"conversation": None, "shown": [], "pending": None}
 
 
-_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
-_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">"}
-
-
 def escape_display(text: str) -> str:
-    """HTML in messages is shown as text, not rendered: escape it outside Markdown code (code is literal anyway).
+    """Chat text as the Chatbot may render it (agent/escape.py): no raw HTML, image or link; code as written.
     The Chatbot's sanitize_html stays on as a second line of defence."""
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+    return escape_chat(text)
 
 
 def unescape_display(text: str) -> str:
     """Inverse of escape_display, for the text of an edit made on the displayed (escaped) message."""
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else re.sub(r"&(amp|lt|gt);", lambda m: _ENTITIES[m.group(0)], p)
-                   for i, p in enumerate(parts))
+    return unescape_chat(text)
 
 
 def to_chatbot(state: dict) -> list[dict]:
@@ -48,7 +40,7 @@ def to_chatbot(state: dict) -> list[dict]:
     for m in state["shown"]:
         out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
-            lines = [f"[{i}] {html.escape(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
+            lines = [f"[{i}] {escape_display(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
                      for i, s in enumerate(m["sources"], 1)]
             out.append({"role": "assistant", "content": "\n".join(lines),
                         "metadata": {"title": "Sources", "status": "done"}})

@@ -142,8 +142,12 @@ def test_sources_notes_shift_indices():
 
 
 def test_html_is_displayed_as_text_but_code_is_left_alone():
-    raw = 'hi <img src=x onerror=alert(1)> & `<b>` ```\n<i>x</i>\n```'
+    raw = 'hi <img src=x onerror=alert(1)> & `<b>`\n```\n<i>x</i>\n```'
     shown = escape_display(raw)
     assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown
     assert "`<b>`" in shown and "<i>x</i>" in shown
     assert unescape_display(shown) == raw
+    # a ``` run in the middle of a line spanning lines is not certain to be code: escaped (see agent/escape.py)
+    odd = 'a ```\n<i>x</i>\n```'
+    assert "<i>" not in escape_display(odd) and unescape_display(escape_display(odd)) == odd
+    assert escape_display("\\`<img src=http://evil.test/x.png>`") == "\\`&lt;img src=http&#58;//evil.test/x.png&gt;`"
