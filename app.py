@@ -70,8 +70,10 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
               registry=None, scheduler=None) -> gr.Blocks:
     settings = settings or Settings.from_env()
     if store is None:
+        from feedback.integrity import check_database
         from feedback.store import Store
 
+        check_database(settings.db_path)  # a corrupt kaizen.db is refused before anything writes to it
         store = Store.from_settings(settings)
     answerer = answerer or Answerer.from_settings(settings)
     model = answerer.model
@@ -266,7 +268,13 @@ def launch_kwargs(settings: Settings) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()
-    demo = build_app(settings)
+    from feedback.integrity import CorruptStoreError
+
+    try:
+        demo = build_app(settings)
+    except CorruptStoreError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
     demo.launch(**launch_kwargs(settings))
 
 
