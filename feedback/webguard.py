@@ -10,6 +10,8 @@ pure logic behind it.
   limited login gets 429 and `Retry-After` before any password is hashed. (The PBKDF2 check itself runs in a thread:
   `feedback.auth.auth_fn` is async.)
 - **Bodies are capped**: a JSON or form body over `max_body_kb` gets 413 before it is read whole.
+- **Lone surrogates** (`"\\ud800"` in a JSON body, which no UTF-8 can carry: one broke a session's stream for
+  good) are replaced by U+FFFD before any handler sees the text.
 - **Headers** on every response: a Content-Security-Policy (no remote scripts, images or frames; no framing),
   `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -85,6 +88,32 @@ class SessionOwners:
 
     def owner(self, session: str) -> str | None:
         return self._owner.get(session)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def clean_text(obj):
+    """`obj` (JSON data) with every lone surrogate in its strings (keys included) replaced by U+FFFD."""
+    if isinstance(obj, str):
+        return _SURROGATE.sub("\ufffd", obj.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+    if isinstance(obj, list):
+        return [clean_text(v) for v in obj]
+    if isinstance(obj, dict):
+        return {clean_text(k): clean_text(v) for k, v in obj.items()}
+    return obj
+
+
+def clean_json_body(body: bytes) -> bytes:
+    """The body with lone surrogates replaced (unchanged when it has no surrogate escape or is not JSON)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps(clean_text(data)).encode()
 
 
 def login_keys(username: str | None, address: str | None) -> list[str]:
@@ -178,7 +207,10 @@ class Guard:
             got = await self._read_body(receive)
             if got is None:
                 return await self._send_json(send, 413, {"error": f"request body over {self.max_body // 1024} KB"})
-            body = got
+            body = clean_json_body(got) if ctype == b"application/json" else got
+            if body is not got:
+                scope = {**scope, "headers": [(k, str(len(body)).encode() if k.lower() == b"content-length" else v)
+                                              for k, v in scope.get("headers") or []]}
             replayed = False
 
             async def receive_again():

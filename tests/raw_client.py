@@ -60,8 +60,9 @@ def call(c: httpx.Client, fn_index: int, data: list, session_hash: str | None = 
     join, "success": bool | None, "output": dict | None, "messages": [msg dicts seen]} ("success" None when the
     join itself was refused)."""
     session_hash = session_hash or uuid.uuid4().hex[:11]
-    r = c.post("gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session_hash,
-                                              "event_data": event_data, "trigger_id": trigger_id})
+    body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": event_data,
+                       "trigger_id": trigger_id})  # ASCII JSON: a lone surrogate travels as an escape, as a browser's
+    r = c.post("gradio_api/queue/join", content=body.encode(), headers={"content-type": "application/json"})
     if r.status_code != 200:
         return {"status": r.status_code, "success": None, "output": None, "messages": [], "body": r.text}
     event_id = r.json()["event_id"]

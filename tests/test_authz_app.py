@@ -251,6 +251,22 @@ def test_security_headers_and_body_cap(login_app):
     assert r.status_code == 413
 
 
+def test_a_lone_surrogate_is_replaced_at_the_boundary(login_app):
+    """A lone surrogate in a message no longer breaks the session: it is stored as U+FFFD and the chat goes on."""
+    import sqlite3
+
+    alice = R.client(login_app["url"], "alice", PASSWORDS["alice"])
+    cfg = R.config(alice)
+    chat = endpoint(cfg, "chat")["fn_index"]
+    session = "surrogate01"
+    r = R.call(alice, chat, ["broken \ud800 text", None, "plain", "off", "active"], session_hash=session)
+    assert r["success"], R.error_text(r)
+    r = R.call(alice, chat, ["and the next message", None, "plain", "off", "active"], session_hash=session)
+    assert r["success"], R.error_text(r)
+    with sqlite3.connect(login_app["db"]) as db:
+        assert db.execute("select count(*) from messages where content = ?", ("broken \ufffd text",)).fetchone()[0] == 1
+
+
 def test_login_is_rate_limited_per_user_and_address(login_app):
     """Last in this module: it leaves the loopback address limited."""
     url = login_app["url"]

@@ -64,3 +64,18 @@ def test_a_session_belongs_to_its_first_user():
     for k in ("k1", "k2", "k3"):
         s.claim(k, "carol")
     assert s.owner("abc") is None  # the oldest forgotten: bounded memory
+
+
+def test_lone_surrogates_are_replaced_and_pairs_kept():
+    import json
+
+    from feedback.webguard import clean_json_body, clean_text
+
+    assert clean_text({"k\ud800": ["a\udfffb", 1, None, "ok 😀"]}) == {"k\ufffd": ["a\ufffdb", 1, None, "ok 😀"]}
+    body = json.dumps({"data": ["hi \ud83d", "fine \U0001F600"]}).encode()
+    cleaned = json.loads(clean_json_body(body))
+    assert cleaned["data"] == ["hi \ufffd", "fine 😀"]
+    cleaned_text = json.dumps(cleaned, ensure_ascii=False)
+    cleaned_text.encode("utf-8")  # encodable now
+    assert clean_json_body(b'{"a": "plain"}') == b'{"a": "plain"}'
+    assert clean_json_body(b"not json \\ud800") == b"not json \\ud800"
