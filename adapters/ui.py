@@ -192,16 +192,21 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
         return (status_markdown(registry, scheduler), registry.serving() or "base", gr.skip(), gr.skip(),
                 gr.skip(), gr.skip(), gr.skip())
 
-    status = gr.Markdown(status_markdown(registry, scheduler))
+    # In login mode the page config (/config, read by every logged-in user) holds none of the registry: the values
+    # are filled on page load, for admins only.
+    hide = authz.login_mode
+    status = gr.Markdown("" if hide else status_markdown(registry, scheduler))
     with gr.Row():
-        serving = gr.Textbox(registry.serving() or "base", label="Serving", interactive=False, scale=1)
+        serving = gr.Textbox("" if hide else (registry.serving() or "base"), label="Serving", interactive=False,
+                             scale=1)
         method = gr.Dropdown(["auto", "sft", "dpo", "kto", "full"], value="auto", label="Method", scale=1)
         train_btn = gr.Button("Train now", variant="primary", scale=1)
         refresh_btn = gr.Button("Refresh", variant="secondary", scale=1)
-    table = gr.Dataframe(versions_frame(registry.list()), label="Versions (newest first)", interactive=False,
-                         wrap=True)
+    table = gr.Dataframe(versions_frame([] if hide else registry.list()), label="Versions (newest first)",
+                         interactive=False, wrap=True)
     with gr.Row():
-        version = gr.Dropdown(choices(), value=(choices() or [None])[0], label="Version", scale=2)
+        first = [] if hide else choices()
+        version = gr.Dropdown(first, value=(first or [None])[0], label="Version", scale=2)
         promote_btn = gr.Button("Promote", scale=1)
         rollback_btn = gr.Button("Roll back", variant="stop", scale=1)
         pin_btn = gr.Button("Pin", scale=1)
@@ -233,6 +238,11 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
                       api_visibility="private")
     train_btn.click(admin(train, "train"), [method, version], outputs, api_visibility="private")
     timer.tick(admin(tick, "read the adapters status"), [version], outputs, api_visibility="private")
+    if hide:
+        from gradio.context import Context
+
+        Context.root_block.load(authz.for_admins_quietly(refresh, len(outputs), "fill the adapters tab"), [version],
+                                outputs, api_visibility="private")
     return {"status": status, "serving": serving, "table": table, "version": version, "details": details,
             "loss_plot": loss_plot, "reward_plot": reward_plot, "method": method, "train": train_btn,
             "refresh": refresh_btn, "promote": promote_btn, "rollback": rollback_btn, "pin": pin_btn,

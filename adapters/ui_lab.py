@@ -133,7 +133,9 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
     gallery = gr.Gallery(label="Plots", columns=3, height="auto", elem_id="lab-plots")
     files = gr.File(label="Report files (Markdown, JSON, PNG)", file_count="multiple", elem_id="lab-files")
     with gr.Row():
-        previous = gr.Dropdown(past_reports(settings), label="Earlier reports", elem_id="lab-previous", scale=4)
+        # login mode: no report paths in the page config every logged-in user reads; filled on load for admins
+        previous = gr.Dropdown([] if authz.login_mode else past_reports(settings), label="Earlier reports",
+                               elem_id="lab-previous", scale=4)
         reopen = gr.Button("Open", size="sm", scale=1)
     procs: dict[str, subprocess.Popen] = {}
 
@@ -199,6 +201,12 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
     on_run = authz.admin_only(on_run, "run the lab")
     on_stop = authz.admin_only(on_stop, "stop the lab")
     on_open = authz.admin_only(on_open, "open a lab report")
+    if authz.login_mode:
+        from gradio.context import Context
+
+        Context.root_block.load(authz.for_admins_quietly(lambda: gr.update(choices=past_reports(settings)), 1,
+                                                         "fill the lab reports"), None, previous,
+                                api_visibility="private")
     run.click(on_run, [task, techniques, steps, limit], [status, verdict, table, gallery, files, previous],
               api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")

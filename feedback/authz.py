@@ -97,6 +97,31 @@ class Authz:
         except NotAdmin as e:
             raise gr.Error(str(e), title="Refused") from None
 
+    def for_admins_quietly(self, fn, outputs: int, action: str = ""):
+        """Like admin_only, but anyone else gets `outputs` gr.skip() updates instead of an error: for page-load fills
+        of admin-only views (a non-admin's page loads them too, and must neither see an error nor get the data).
+        The endpoint is named quiet_admin_<action>."""
+        import gradio as gr
+
+        def skip_all():
+            return tuple(gr.skip() for _ in range(outputs)) if outputs != 1 else gr.skip()
+
+        guarded = self.admin_only(fn, action)
+        sig = guarded.__signature__
+        name = next(iter(p for p in sig.parameters.values() if p.annotation is gr.Request)).name
+
+        def wrapper(*args, **kwargs):
+            request = sig.bind_partial(*args, **kwargs).arguments.get(name)
+            if not self.is_admin(request):
+                return skip_all()
+            return guarded(*args, **kwargs)
+
+        functools.update_wrapper(wrapper, guarded)
+        del wrapper.__wrapped__
+        wrapper.__signature__ = sig
+        wrapper.__name__ = wrapper.__qualname__ = "quiet_" + guarded.__name__
+        return wrapper
+
     def admin_only(self, fn, action: str = ""):
         """`fn` behind require_admin; see the module docstring."""
         import gradio as gr
