@@ -17,6 +17,7 @@ from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.ui_chat import LOCAL_USER, ChatLogic, new_state, to_chatbot
 from agent.ui_docs import build_docs_tab
+from feedback.authz import Authz
 from feedback.ui import build_feedback_tab
 
 log = logging.getLogger("kaizen.app")
@@ -69,12 +70,15 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
               registry=None, scheduler=None) -> gr.Blocks:
     settings = settings or Settings.from_env()
     if store is None:
+        from feedback.integrity import check_database
         from feedback.store import Store
 
+        check_database(settings.db_path)  # a corrupt kaizen.db is refused before anything writes to it
         store = Store.from_settings(settings)
     answerer = answerer or Answerer.from_settings(settings)
     model = answerer.model
     registry = registry or Registry(settings)
+    authz = Authz(settings.auth_file)  # the one check for admin-only handlers (feedback/authz.py)
     ab_state: dict = {}
     serve_registry(registry, model, ab_state)
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
@@ -225,21 +229,25 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         # -- other tabs -------------------------------------------------------------------------------------
         if answerer.kb is not None:
             with gr.Tab("Documents"):
-                build_docs_tab(answerer.kb)
+                build_docs_tab(answerer.kb, authz=authz)
         with gr.Tab("Feedback"):
             build_feedback_tab(store, lambda request=None: uid(request))
         with gr.Tab("Adapters") as adapters_tab:
-            build_adapters_tab(registry, scheduler, lambda: sync_model(registry, model))
+            adapter_parts = build_adapters_tab(registry, scheduler, lambda: sync_model(registry, model), authz=authz,
+                                               timer_active=False)
         with gr.Tab("Lab") as lab_tab:
-            build_lab_tab(settings)
+            build_lab_tab(settings, authz=authz)
         admin_tabs = [adapters_tab, lab_tab]
 
         def on_load(request: gr.Request):
-            """Training controls are for admins (everyone is, in anonymous single-user mode)."""
-            admin = store.user(uid(request)).get("role") == "admin"
-            return [gr.update(choices=adapter_choices())] + [gr.update(visible=admin) for _ in admin_tabs]
+            """Training controls are shown to admins (everyone is, in anonymous single-user mode); their handlers
+            check the role themselves (feedback/authz.py), so hiding them is only for the eye."""
+            uid(request)
+            admin = authz.is_admin(request)
+            return ([gr.update(choices=adapter_choices())] + [gr.update(visible=admin) for _ in admin_tabs]
+                    + [gr.update(active=admin)])
 
-        demo.load(on_load, None, [adapter, *admin_tabs], api_visibility="private")
+        demo.load(on_load, None, [adapter, *admin_tabs, adapter_parts["timer"]], api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
     return demo
 
@@ -247,6 +255,9 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 def launch_kwargs(settings: Settings) -> dict:
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
               max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False)
+    from feedback.webguard import guard_app_kwargs
+
+    kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers
     if settings.auth_file:
         from feedback.auth import auth_fn
 
@@ -257,7 +268,13 @@ def launch_kwargs(settings: Settings) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()
-    demo = build_app(settings)
+    from feedback.integrity import CorruptStoreError
+
+    try:
+        demo = build_app(settings)
+    except CorruptStoreError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
     demo.launch(**launch_kwargs(settings))
 
 

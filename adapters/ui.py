@@ -5,7 +5,10 @@ Call inside the app's Blocks:
     with gr.Tab("Adapters"):
         parts = build_adapters_tab(registry, scheduler, on_change)
 
-- `registry`: `adapters.registry.Registry`; `scheduler`: `adapters.scheduler.Scheduler` or None (then "Train now"
+- `registry`: `adapters.registry.Registry`; `authz`: `feedback.authz.Authz` (default: from the registry's settings):
+  every handler of the tab (they read or change adapters and start training) runs only for an admin, checked on
+  the server whatever the UI shows; the status timer starts inactive unless `timer_active`, the app turns it on
+  for admins; `scheduler`: `adapters.scheduler.Scheduler` or None (then "Train now"
   says so); `on_change()`: called with no arguments after any change of what should be served (promote,
   roll back, pin, unpin, a promotion by a run started here); the app hot-swaps there, e.g. with
   `adapters.registry.sync_model(registry, chat_model)`. Its return value is ignored.
@@ -92,8 +95,14 @@ def status_markdown(registry, scheduler) -> str:
     return text
 
 
-def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object] | None = None) -> dict:
+def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object] | None = None, authz=None,
+                       timer_active: bool = True) -> dict:
     """Build the tab in the current Blocks context; see the module docstring."""
+    if authz is None:
+        from feedback.authz import Authz
+
+        authz = Authz(registry.settings.auth_file)
+    admin = authz.admin_only
 
     def changed():
         if on_change is not None:
@@ -191,16 +200,21 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
             return refresh(v)
         return (status_markdown(registry, scheduler), registry.serving() or "base", *[gr.skip()] * 7)
 
-    status = gr.Markdown(status_markdown(registry, scheduler))
+    # In login mode the page config (/config, read by every logged-in user) holds none of the registry: the values
+    # are filled on page load, for admins only.
+    hide = authz.login_mode
+    status = gr.Markdown("" if hide else status_markdown(registry, scheduler))
     with gr.Row():
-        serving = gr.Textbox(registry.serving() or "base", label="Serving", interactive=False, scale=1)
+        serving = gr.Textbox("" if hide else (registry.serving() or "base"), label="Serving", interactive=False,
+                             scale=1)
         method = gr.Dropdown(["auto", "sft", "dpo", "kto", "full"], value="auto", label="Method", scale=1)
         train_btn = gr.Button("Train now", variant="primary", scale=1)
         refresh_btn = gr.Button("Refresh", variant="secondary", scale=1)
-    table = gr.Dataframe(versions_frame(registry.list()), label="Versions (newest first)", interactive=False,
-                         wrap=True)
+    table = gr.Dataframe(versions_frame([] if hide else registry.list()), label="Versions (newest first)",
+                         interactive=False, wrap=True)
     with gr.Row():
-        version = gr.Dropdown(choices(), value=(choices() or [None])[0], label="Version", scale=2)
+        first = [] if hide else choices()
+        version = gr.Dropdown(first, value=(first or [None])[0], label="Version", scale=2)
         promote_btn = gr.Button("Promote", scale=1)
         rollback_btn = gr.Button("Roll back", variant="stop", scale=1)
         pin_btn = gr.Button("Pin", scale=1)
@@ -219,19 +233,27 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
     compare = gr.Dataframe(compare_frame(None), label="Held-out prompts: the active policy's answer and this "
                            "version's, side by side", interactive=False, wrap=True)
     details = gr.JSON(label="Metrics, evaluation report, gate")
-    timer = gr.Timer(5)
+    timer = gr.Timer(5, active=timer_active)
 
     outputs = [status, serving, table, version, details, loss_plot, reward_plot, decision, compare]
-    refresh_btn.click(refresh, [version], outputs, api_visibility="private")
-    version.change(detail, [version], [details, loss_plot, reward_plot, decision, compare], api_visibility="private")
+    refresh_btn.click(admin(refresh, "refresh the adapters"), [version], outputs, api_visibility="private")
+    version.change(admin(detail, "read a version"), [version], [details, loss_plot, reward_plot, decision, compare],
+                   api_visibility="private")
     for btn, fn in ((promote_btn, promote), (rollback_btn, rollback), (pin_btn, pin), (pin_base_btn, pin_base),
                     (unpin_btn, unpin)):
-        btn.click(lambda v, fn=fn: act(fn, v), [version], outputs, api_visibility="private")
-    ab_btn.click(lambda v, share: act(lambda x: ab_start(x, share), v), [version, ab_share], outputs,
-                 api_visibility="private")
-    ab_stop_btn.click(lambda v: act(ab_stop, v), [version], outputs, api_visibility="private")
-    train_btn.click(train, [method, version], outputs, api_visibility="private")
-    timer.tick(tick, [version], outputs, api_visibility="private")
+        btn.click(admin(lambda v, fn=fn: act(fn, v), fn.__name__.replace("_", " ")), [version], outputs,
+                  api_visibility="private")
+    ab_btn.click(admin(lambda v, share: act(lambda x: ab_start(x, share), v), "start an A/B test"),
+                 [version, ab_share], outputs, api_visibility="private")
+    ab_stop_btn.click(admin(lambda v: act(ab_stop, v), "stop the A/B test"), [version], outputs,
+                      api_visibility="private")
+    train_btn.click(admin(train, "train"), [method, version], outputs, api_visibility="private")
+    timer.tick(admin(tick, "read the adapters status"), [version], outputs, api_visibility="private")
+    if hide:
+        from gradio.context import Context
+
+        Context.root_block.load(authz.for_admins_quietly(refresh, len(outputs), "fill the adapters tab"), [version],
+                                outputs, api_visibility="private")
     return {"status": status, "serving": serving, "table": table, "version": version, "details": details,
             "decision": decision, "compare": compare,
             "loss_plot": loss_plot, "reward_plot": reward_plot, "method": method, "train": train_btn,

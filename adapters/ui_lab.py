@@ -103,9 +103,15 @@ class LabTab:
     on_open: Callable  # (folder) -> (status, verdict, table, plots, files)
 
 
-def build_lab_tab(settings: Settings) -> LabTab:
-    """Build the Lab view in the current Blocks context (no launching); returns its handlers for wiring/tests."""
+def build_lab_tab(settings: Settings, authz=None) -> LabTab:
+    """Build the Lab view in the current Blocks context (no launching); returns its handlers for wiring/tests.
+    Every handler runs only for an admin (`authz`, a feedback.authz.Authz; default from `settings`), checked on
+    the server; an earlier report is opened only from under <data_dir>/lab."""
     import gradio as gr
+
+    from feedback.authz import Authz
+
+    authz = authz or Authz(settings.auth_file)
 
     gr.Markdown("Which technique should you use? Run the same evaluation through the base model, prompt "
                 "engineering, RAG, SFT / DPO / KTO LoRA and a full fine-tune, with equal training budgets. "
@@ -127,7 +133,9 @@ def build_lab_tab(settings: Settings) -> LabTab:
     gallery = gr.Gallery(label="Plots", columns=3, height="auto", elem_id="lab-plots")
     files = gr.File(label="Report files (Markdown, JSON, PNG)", file_count="multiple", elem_id="lab-files")
     with gr.Row():
-        previous = gr.Dropdown(past_reports(settings), label="Earlier reports", elem_id="lab-previous", scale=4)
+        # login mode: no report paths in the page config every logged-in user reads; filled on load for admins
+        previous = gr.Dropdown([] if authz.login_mode else past_reports(settings), label="Earlier reports",
+                               elem_id="lab-previous", scale=4)
         reopen = gr.Button("Open", size="sm", scale=1)
     procs: dict[str, subprocess.Popen] = {}
 
@@ -182,11 +190,23 @@ def build_lab_tab(settings: Settings) -> LabTab:
     def on_open(folder):
         if not folder:
             return "Choose a report.", gr.update(), gr.update(), gr.update(), gr.update()
+        root = lab_root(settings).resolve()
+        if root not in Path(folder).resolve().parents:
+            return "**Error:** not a report of this app's lab", gr.update(), gr.update(), gr.update(), gr.update()
         try:
             return ("", *show(load_report(folder)))
         except (FileNotFoundError, ValueError) as e:
             return f"**Error:** {e}", gr.update(), gr.update(), gr.update(), gr.update()
 
+    on_run = authz.admin_only(on_run, "run the lab")
+    on_stop = authz.admin_only(on_stop, "stop the lab")
+    on_open = authz.admin_only(on_open, "open a lab report")
+    if authz.login_mode:
+        from gradio.context import Context
+
+        Context.root_block.load(authz.for_admins_quietly(lambda: gr.update(choices=past_reports(settings)), 1,
+                                                         "fill the lab reports"), None, previous,
+                                api_visibility="private")
     run.click(on_run, [task, techniques, steps, limit], [status, verdict, table, gallery, files, previous],
               api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")

@@ -56,15 +56,19 @@ class Answerer:
             raise TemplateError(f"unknown template {name!r}; available: {', '.join(sorted(found))}")
         return found[name]
 
-    def retrieve(self, question: str, mode: str) -> tuple[list, bool]:
-        """(hits, use_them). The routing decision: no store or nothing relevant → answer directly."""
+    def retrieve(self, question: str, mode: str, owner: str | None = None) -> tuple[list, bool]:
+        """(hits, use_them) among the documents `owner` reads (theirs and the shared library; None: the single
+        local user's). The routing decision: no store or nothing relevant → answer directly."""
         if mode not in RAG_MODES:
             raise ValueError(f"rag mode must be one of {RAG_MODES}")
-        if self.kb is None or mode == "off" or self.kb.is_empty():
+        from agent.retrieval import DEFAULT_OWNER
+
+        owner = owner or DEFAULT_OWNER
+        if self.kb is None or mode == "off" or self.kb.is_empty(owner):
             return [], False
         from agent.routing import decide, relevant
 
-        hits = self.kb.search(question, k=4)
+        hits = self.kb.search(question, k=4, owner=owner)
         use = decide(question, hits, mode)
         return (relevant(hits) if mode == "auto" else hits) if use else hits, use
 
@@ -78,11 +82,12 @@ class Answerer:
         adapter: str | None = "default",
         stop: threading.Event | None = None,
         max_new_tokens: int | None = None,
+        owner: str | None = None,
     ) -> Reply:
         question = check_question(question, self.settings.max_input_chars)
         max_new = max_new_tokens or self.settings.max_new_tokens
         tmpl = self.template(template)
-        hits, use_rag = self.retrieve(question, rag)
+        hits, use_rag = self.retrieve(question, rag, owner)
         variables = {}
         if use_rag:
             from agent.retrieval import format_sources

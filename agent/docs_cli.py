@@ -4,6 +4,9 @@
     kaizen docs list [--json]      the documents
     kaizen docs rm ID...           delete documents (a unique id prefix is enough)
     kaizen docs search QUERY       what retrieval returns for a query (debugging aid)
+
+Each takes --owner NAME (whose documents: default "local", the single local user) and add / rm take --shared
+(the shared library every user reads; the command line is the operator's, so it may write there).
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def _cmd_add(args) -> int:
     results = []
     for f in files:
         try:
-            r = kb.add(f)
+            r = kb.add(f, owner=args.owner, shared=args.shared)
         except (IngestError, OSError) as e:
             failed += 1
             print(f"refused {f}: {e}", file=sys.stderr)
@@ -71,7 +74,7 @@ def _cmd_add(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    docs = open_kb().list()
+    docs = open_kb().list(args.owner)
     if args.json:
         print(json.dumps(docs, indent=2, ensure_ascii=False))
     elif not docs:
@@ -86,11 +89,11 @@ def _cmd_list(args) -> int:
 
 def _cmd_rm(args) -> int:
     kb = open_kb()
-    docs = kb.list()
+    docs = [d for d in kb.list(args.owner) if bool(d.get("shared")) == args.shared]
     ids = [resolve_id(docs, wanted) for wanted in args.ids]  # all checked before anything is deleted
     for doc_id in ids:
         name = next(d["name"] for d in docs if d["doc_id"] == doc_id)
-        if kb.remove(doc_id):
+        if kb.remove(doc_id, args.owner, shared=args.shared):
             print(f"removed {doc_id}  {name}")
     return 0
 
@@ -99,7 +102,7 @@ def _cmd_search(args) -> int:
     from agent.routing import decide
 
     kb = open_kb()
-    hits = kb.search(args.query, k=args.k, mode=args.mode)
+    hits = kb.search(args.query, k=args.k, mode=args.mode, owner=args.owner)
     if args.json:
         print(json.dumps([vars(h) for h in hits], indent=2, ensure_ascii=False))
         return 0
@@ -131,3 +134,9 @@ def register(sub) -> None:
     s.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default="hybrid")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_search)
+    from agent.retrieval import DEFAULT_OWNER
+
+    for sp in (a, ls, rm, s):
+        sp.add_argument("--owner", default=DEFAULT_OWNER, help=f"whose documents (default {DEFAULT_OWNER!r})")
+    for sp in (a, rm):
+        sp.add_argument("--shared", action="store_true", help="the shared library that every user reads")

@@ -54,6 +54,7 @@ class Settings:
     chroma_url: str = ""  # empty = local persistent Chroma in data_dir; else a Chroma server URL
     retriever: str = "learned"  # how hybrid search ranks the BM25 + dense pool: learned | convex | rrf
     auth_file: str = ""  # users file (JSON) for login; empty = anonymous single-user mode
+    max_body_kb: int = 1024  # largest JSON / form request body (uploads are capped by max_upload_mb)
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app

@@ -7,14 +7,13 @@ browser sends is never trusted: every handler re-renders the chat from the state
 """
 from __future__ import annotations
 
-import html
-import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from agent.chat import Answerer
+from agent.escape import escape_chat, unescape_chat
 
 LOCAL_USER = "local"
 
@@ -24,22 +23,15 @@ def new_state() -> dict:
     return {"conversation": None, "shown": [], "pending": None}
 
 
-_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
-_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">"}
-
-
 def escape_display(text: str) -> str:
-    """HTML in messages is shown as text, not rendered: escape it outside Markdown code (code is literal anyway).
+    """Chat text as the Chatbot may render it (agent/escape.py): no raw HTML, image or link; code as written.
     The Chatbot's sanitize_html stays on as a second line of defence."""
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+    return escape_chat(text)
 
 
 def unescape_display(text: str) -> str:
     """Inverse of escape_display, for the text of an edit made on the displayed (escaped) message."""
-    parts = _CODE.split(text)
-    return "".join(p if i % 2 else re.sub(r"&(amp|lt|gt);", lambda m: _ENTITIES[m.group(0)], p)
-                   for i, p in enumerate(parts))
+    return unescape_chat(text)
 
 
 def to_chatbot(state: dict) -> list[dict]:
@@ -48,7 +40,7 @@ def to_chatbot(state: dict) -> list[dict]:
     for m in state["shown"]:
         out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
-            lines = [f"[{i}] {html.escape(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
+            lines = [f"[{i}] {escape_display(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
                      for i, s in enumerate(m["sources"], 1)]
             out.append({"role": "assistant", "content": "\n".join(lines),
                         "metadata": {"title": "Sources", "status": "done"}})
@@ -84,6 +76,13 @@ class ChatLogic:
     def user_id(self, username: str | None) -> int:
         return self.store.ensure_user(username or LOCAL_USER)
 
+    @staticmethod
+    def own(state: dict, user_id: int) -> None:
+        """The session state belongs to the first user who acts in it; PermissionError for anyone else (the web
+        server also binds each session to its user: feedback/webguard.py)."""
+        if state.setdefault("owner", user_id) != user_id:
+            raise PermissionError("this chat belongs to another user")
+
     # -- answering ---------------------------------------------------------------------------------------
     def history(self, state: dict, upto: int | None = None) -> list[dict]:
         shown = state["shown"] if upto is None else state["shown"][:upto]
@@ -95,6 +94,7 @@ class ChatLogic:
         Raises ValueError (too long, empty, unknown template) before anything is stored."""
         from agent.chat import check_question
 
+        self.own(state, user_id)
         question = check_question(question, self.answerer.settings.max_input_chars)
         self.answerer.template(template)  # unknown template: error before storing anything
         if state["conversation"] is None:
@@ -108,6 +108,7 @@ class ChatLogic:
 
     def retry(self, state: dict, user_id: int, index, template: str, rag: str, adapter, stop: threading.Event):
         """Generator: a sibling answer to the user message at `index`; the previous answer is kept for the pick."""
+        self.own(state, user_id)
         i = chat_index_to_shown(state, index)
         msg = state["shown"][i]
         if msg["role"] != "user":
@@ -125,7 +126,8 @@ class ChatLogic:
         started = time.perf_counter()
         if self.router is not None:
             adapter = self.router(state["conversation"], adapter)
-        reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop)
+        reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop,
+                                     owner=self.store.user(user_id)["name"])  # retrieval sees only their documents
         shown = {"role": "assistant", "content": "", "id": None, "sources": reply.sources}
         state["shown"].append(shown)
         try:
@@ -151,6 +153,7 @@ class ChatLogic:
         return m["id"]
 
     def rate(self, state, user_id, index, liked, reasons=(), comment="") -> str:
+        self.own(state, user_id)
         mid = self.answer_id(state, index)
         value = 1 if liked is True else -1
         self.store.rate(mid, user_id, value, list(reasons), comment or "")
@@ -159,6 +162,7 @@ class ChatLogic:
 
     def edit(self, state, user_id, index, edited: str) -> str:
         """A correction of an answer. The original comes from the store; the display shows the edited text."""
+        self.own(state, user_id)
         i = chat_index_to_shown(state, index)
         m = state["shown"][i]
         if m["role"] != "assistant" or m["id"] is None:
@@ -175,6 +179,7 @@ class ChatLogic:
 
     def pick(self, state, user_id, which: str) -> str:
         """The user prefers the first or the second answer of a retry → a choice event; the pick stays shown."""
+        self.own(state, user_id)
         p = state.get("pending")
         if not p:
             raise ValueError("there is no pair of answers to choose from")

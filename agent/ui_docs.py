@@ -1,30 +1,40 @@
 """The Documents tab: upload (with progress), list, delete. Built inside the caller's `with gr.Tab(...)`.
 
 The handlers are plain functions of the KnowledgeBase (`upload_files`, `table_rows`, `delete_doc`) so they are tested
-without a browser. Uploaded files are read from Gradio's temp copy; their names are only used, sanitized, for display.
+without a browser. Uploaded files are read from Gradio's temp copy, which is deleted once ingested; their names are
+only used, sanitized, for display.
+
+Each user sees, searches and deletes only their own documents, plus the shared library (read by everyone). Only an
+admin adds to the shared library ("Add to the shared library" is shown to admins) or deletes from it; the check is
+on the server (feedback/authz.py), whatever the page shows.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gradio as gr
 
 from agent.ingest import SUPPORTED, IngestError
+from agent.retrieval import DEFAULT_OWNER
 
-COLUMNS = ["id", "name", "chunks", "added"]
+COLUMNS = ["id", "name", "chunks", "added", "library"]
 FILE_TYPES = sorted(SUPPORTED)
 
 
-def table_rows(kb) -> list[list]:
-    return [[d["doc_id"], d["name"], d["chunks"], d["added"]] for d in kb.list()]
+def table_rows(kb, owner: str = DEFAULT_OWNER) -> list[list]:
+    return [[d["doc_id"], d["name"], d["chunks"], d["added"], "shared" if d.get("shared") else "yours"]
+            for d in kb.list(owner)]
 
 
-def choices(kb) -> list[tuple[str, str]]:
-    return [(f"{d['name']} ({d['doc_id'][:8]})", d["doc_id"]) for d in kb.list()]
+def choices(kb, owner: str = DEFAULT_OWNER) -> list[tuple[str, str]]:
+    return [(f"{d['name']} ({d['doc_id'][:8]}{', shared' if d.get('shared') else ''})", d["doc_id"])
+            for d in kb.list(owner)]
 
 
-def upload_files(kb, paths: list[str], progress=None) -> str:
-    """Ingest each file; one status line per file (refusals included). Never raises for bad files."""
+def upload_files(kb, paths: list[str], progress=None, owner: str = DEFAULT_OWNER, shared: bool = False) -> str:
+    """Ingest each file as `owner`'s (or into the shared library: the caller checks the role); one status line per
+    file (refusals included). Never raises for bad files."""
     lines = []
     paths = [p for p in (paths or []) if p]
     for n, path in enumerate(paths):
@@ -36,67 +46,109 @@ def upload_files(kb, paths: list[str], progress=None) -> str:
 
         step(0.0, f"reading {name}")
         try:
-            r = kb.add(path, original_name=name, progress=step)
+            r = kb.add(path, original_name=name, progress=step, owner=owner, shared=shared)
         except (IngestError, OSError) as e:
             lines.append(f"- refused: {e}")
             continue
+        where = " to the shared library" if shared else ""
         if r["duplicate"]:
             lines.append(f"- `{r['name']}`: already in the store (same content), not added again")
         else:
-            lines.append(f"- `{r['name']}`: added, {r['chunks']} chunks")
+            lines.append(f"- `{r['name']}`: added{where}, {r['chunks']} chunks")
     if progress is not None and paths:
         progress(1.0, desc="done")
     return "\n".join(lines) or "No file selected."
 
 
-def delete_doc(kb, doc_id: str | None) -> str:
+def delete_doc(kb, doc_id: str | None, owner: str = DEFAULT_OWNER, admin: bool = False) -> str:
+    """Delete one of `owner`'s documents, or (admins only) one of the shared library's. Another user's document is
+    'not in the store' for them: no code path reaches it."""
     if not doc_id:
         return "Pick a document to delete."
-    name = next((d["name"] for d in kb.list() if d["doc_id"] == doc_id), None)
-    if name is None or not kb.remove(doc_id):
+    doc = next((d for d in kb.list(owner) if d["doc_id"] == doc_id), None)
+    if doc is None:
         return "That document is no longer in the store."
-    return f"Deleted `{name}`."
+    if doc.get("shared") and not admin:
+        return "Only an admin can delete a document of the shared library."
+    if not kb.remove(doc_id, owner, shared=bool(doc.get("shared"))):
+        return "That document is no longer in the store."
+    return f"Deleted `{doc['name']}`."
 
 
-def build_docs_tab(kb) -> dict:
+def discard_upload(path: str | None) -> None:
+    """Delete Gradio's temp copy of an upload (and its folder, when empty) once it is ingested: the original stays
+    only in the store's inert copy. Paths outside Gradio's upload folder are never touched."""
+    if not path:
+        return
+    root = Path(gr.utils.get_upload_folder()).resolve()
+    p = Path(path).resolve()
+    if root not in p.parents or not p.is_file():
+        return
+    p.unlink(missing_ok=True)
+    try:
+        if p.parent != root:
+            os.rmdir(p.parent)
+    except OSError:  # not empty: another file of the same upload
+        pass
+
+
+def build_docs_tab(kb, authz=None) -> dict:
     """Build the Documents view in the current Blocks context. Returns its components:
-    {"upload": gr.File, "status": gr.Markdown, "table": gr.Dataframe, "pick": gr.Dropdown (doc id to delete),
-     "delete": gr.Button, "refresh": gr.Button}. The list refreshes when the enclosing Tab is selected."""
+    {"upload": gr.File, "shared": gr.Checkbox (admins: into the shared library), "status": gr.Markdown,
+     "table": gr.Dataframe, "pick": gr.Dropdown (doc id to delete), "delete": gr.Button, "refresh": gr.Button}.
+    The list refreshes when the enclosing Tab is selected. `authz`: feedback.authz.Authz (default: single-user)."""
     from gradio.context import get_render_context
 
+    from feedback.authz import Authz
+
+    authz = authz or Authz(None)
     parent = get_render_context()
     gr.Markdown("Upload documents to ground answers in them (" + ", ".join(FILE_TYPES) + "). "
-                "Answers that use them list their sources.")
+                "Answers that use them list their sources. Your documents are yours alone; the shared library is "
+                "read by everyone.")
     upload = gr.File(label="Upload documents", file_count="multiple", file_types=FILE_TYPES, type="filepath",
                      elem_id="docs-upload")
+    shared = gr.Checkbox(False, label="Add to the shared library (everyone reads it)", visible=False,
+                         elem_id="docs-shared")
     status = gr.Markdown(elem_id="docs-status")
-    table = gr.Dataframe(value=table_rows(kb), headers=COLUMNS, datatype=["str", "str", "number", "str"],
+    table = gr.Dataframe(value=[], headers=COLUMNS, datatype=["str", "str", "number", "str", "str"],
                          interactive=False, label="Documents", elem_id="docs-table")
     with gr.Row():
-        pick = gr.Dropdown(choices=choices(kb), value=None, label="Document", elem_id="docs-pick", scale=3)
+        pick = gr.Dropdown(choices=[], value=None, label="Document", elem_id="docs-pick", scale=3)
         delete = gr.Button("Delete", variant="stop", elem_id="docs-delete", scale=1)
         refresh = gr.Button("Refresh", elem_id="docs-refresh", scale=1)
 
-    def on_upload(files, progress=gr.Progress()):
+    def on_upload(files, to_shared, request: gr.Request, progress=gr.Progress()):
+        owner = authz.require_user(request)
         paths = [f if isinstance(f, str) else getattr(f, "name", None) for f in (files or [])]
-        msg = upload_files(kb, paths, progress)
-        return msg, table_rows(kb), gr.update(choices=choices(kb), value=None), None
+        try:
+            if to_shared:
+                authz.require_admin(request, "add to the shared library")
+            msg = upload_files(kb, paths, progress, owner=owner, shared=bool(to_shared))
+        finally:
+            for p in paths:
+                discard_upload(p)
+        return msg, table_rows(kb, owner), gr.update(choices=choices(kb, owner), value=None), None
 
-    def on_delete(doc_id):
-        msg = delete_doc(kb, doc_id)
-        return msg, table_rows(kb), gr.update(choices=choices(kb), value=None)
+    def on_delete(doc_id, request: gr.Request):
+        owner = authz.require_user(request)
+        msg = delete_doc(kb, doc_id, owner, admin=authz.is_admin(request))
+        return msg, table_rows(kb, owner), gr.update(choices=choices(kb, owner), value=None)
 
-    def on_refresh():
-        return table_rows(kb), gr.update(choices=choices(kb))
+    def on_refresh(request: gr.Request):
+        owner = authz.require_user(request)
+        return table_rows(kb, owner), gr.update(choices=choices(kb, owner)), gr.update(
+            visible=authz.is_admin(request))
 
     def on_select(evt: gr.SelectData):
         row = evt.row_value if evt is not None else None
         return gr.update(value=row[0]) if row else gr.update()
 
-    upload.upload(on_upload, upload, [status, table, pick, upload], api_visibility="private")
+    upload.upload(on_upload, [upload, shared], [status, table, pick, upload], api_visibility="private")
     delete.click(on_delete, pick, [status, table, pick], api_visibility="private")
-    refresh.click(on_refresh, None, [table, pick], api_visibility="private")
+    refresh.click(on_refresh, None, [table, pick, shared], api_visibility="private")
     table.select(on_select, None, pick, api_visibility="private")
     if isinstance(parent, gr.Tab):
-        parent.select(on_refresh, None, [table, pick], api_visibility="private")
-    return {"upload": upload, "status": status, "table": table, "pick": pick, "delete": delete, "refresh": refresh}
+        parent.select(on_refresh, None, [table, pick, shared], api_visibility="private")
+    return {"upload": upload, "shared": shared, "status": status, "table": table, "pick": pick, "delete": delete,
+            "refresh": refresh}

@@ -6,13 +6,14 @@ takes; it re-reads the file on each login, so `kaizen users add` works without a
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ITERATIONS = 600_000  # OWASP 2023 recommendation for PBKDF2-HMAC-SHA256
@@ -117,14 +118,19 @@ def verify(users_file: str | Path, name: str, password: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-def auth_fn(users_file: str | Path) -> Callable[[str, str], bool]:
-    """A Gradio `auth=` callable: (username, password) -> bool, reading `users_file` on every login."""
+def auth_fn(users_file: str | Path) -> Callable[[str, str], Awaitable[bool]]:
+    """A Gradio `auth=` callable: async (username, password) -> bool, reading `users_file` on every login. The
+    PBKDF2 check (~0.5 s of CPU) runs in a worker thread, so logins never stall the event loop (Gradio awaits a
+    coroutine function)."""
     path = Path(users_file)
 
-    def check(username: str, password: str) -> bool:
+    def check_now(username: str, password: str) -> bool:
         try:
             return verify(path, username, password)
         except AuthError:
             return False
+
+    async def check(username: str, password: str) -> bool:
+        return await asyncio.to_thread(check_now, username, password)
 
     return check

@@ -161,3 +161,44 @@ def test_ab_test_started_and_stopped_from_the_adapters_tab(page, app_server, bas
     page.get_by_role("button", name="Stop A/B test").click()
     page.wait_for_function("document.body.innerText.includes('no A/B test')")
     assert ab.read(reg) is None
+
+
+HOSTILE_CHAT = ("Check these: \\`<img src=http://evil.test/bypass.png>` and ![pixel](http://evil.test/pixel.png) "
+                "and \\`<form action=http://evil.test/f><input type=password name=pw></form>` "
+                "\\`<div id=overlay style=\"position:fixed;inset:0;background:red;z-index:9999\">owned</div>` "
+                "<img src=x onerror=\"window.__pwned=1\"> <script>window.__pwned=1</script> "
+                "[click](http://evil.test/link) http://evil.test/auto www.evil.test me@evil.test `code <b>ok</b>`")
+
+
+def test_hostile_markdown_in_chat_fetches_nothing_remote_and_runs_no_script(browser, app_server):
+    """Every request the page makes is intercepted: none may leave the app's own origin. The message bubble holds no
+    image, form, input, link, frame or overlay, and no script ran."""
+    from urllib.parse import urlparse
+
+    own = urlparse(app_server["url"]).netloc
+    foreign = []
+    pg = browser.new_page()
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+
+    def intercept(route):
+        if urlparse(route.request.url).netloc not in (own, ""):
+            foreign.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+
+    pg.route("**/*", intercept)
+    try:
+        pg.goto(app_server["url"])
+        pg.wait_for_selector("#message textarea")
+        send(pg, HOSTILE_CHAT)
+        pg.wait_for_timeout(1000)
+        bubble = pg.locator('[data-testid="user"]').last
+        assert "owned" in bubble.inner_text() and "evil.test/bypass.png" in bubble.inner_text()  # shown as text
+        for selector in ("img", "form", "input", "a", "iframe", "script", "[style*=fixed]", "#overlay"):
+            assert bubble.locator(selector).count() == 0, selector
+        assert bubble.locator("code").count() >= 1  # real code still renders as code
+        assert pg.evaluate("window.__pwned") is None and pg.dialogs == []
+        assert foreign == [], foreign
+    finally:
+        pg.close()

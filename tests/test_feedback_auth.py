@@ -56,8 +56,15 @@ def test_refusals_leave_file_unchanged(tmp_path):
 
 
 def test_auth_fn_for_gradio_reads_the_file_each_time(tmp_path):
+    import asyncio
+    import inspect
+
     users = tmp_path / "users.json"
-    check = auth.auth_fn(users)
+    login = auth.auth_fn(users)
+    assert inspect.iscoroutinefunction(login)  # Gradio awaits it; the hash runs in a thread, off the event loop
+
+    def check(name, password):
+        return asyncio.run(login(name, password))
     assert check("alice", "correct horse") is False  # no file yet
     auth.add_user(users, "alice", "correct horse", iterations=FAST)
     assert check("alice", "correct horse") is True

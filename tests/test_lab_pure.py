@@ -217,7 +217,8 @@ def test_lab_tab_builds(tmp_path):
             tab = build_lab_tab(Settings(data_dir=tmp_path))
     assert tab.run_button.elem_id == "lab-run"
     assert tab.on_open("")[0] == "Choose a report."
-    assert tab.on_open(str(tmp_path))[0].startswith("**Error:** no report.json")
+    assert tab.on_open(str(tmp_path / "lab" / "x"))[0].startswith("**Error:** no report.json")
+    assert tab.on_open(str(tmp_path))[0] == "**Error:** not a report of this app's lab"  # no path outside lab/
     assert tab.on_stop() == "Nothing is running."
     first = next(tab.on_run("squad", [], 1, 1))  # bad input: a clear message, nothing started
     assert first[0] == "**Error:** choose at least one technique"

@@ -81,6 +81,20 @@ def test_another_users_state_cannot_write_feedback(logic):
     assert logic.store.message(st["shown"][1]["id"], alice)["content"] != "hijacked"
 
 
+def test_the_session_state_belongs_to_its_first_user(logic):
+    alice, bob = logic.user_id("alice"), logic.user_id("bob")
+    st = ask(logic, new_state(), alice, "hello")
+    assert st["owner"] == alice
+    shown = [dict(m) for m in st["shown"]]
+    for attempt in (lambda: next(logic.respond(st, bob, "mine now", "plain", "off", "default", threading.Event())),
+                    lambda: next(logic.retry(st, bob, 0, "plain", "off", "default", threading.Event())),
+                    lambda: logic.rate(st, bob, 1, True), lambda: logic.edit(st, bob, 1, "hijacked"),
+                    lambda: logic.pick(st, bob, "first")):
+        with pytest.raises(PermissionError, match="another user"):
+            attempt()
+    assert st["shown"] == shown and st["owner"] == alice  # nothing changed
+
+
 def test_oversized_edit_refused(logic):
     uid = logic.user_id(None)
     st = ask(logic, new_state(), uid, "hello")
@@ -128,8 +142,12 @@ def test_sources_notes_shift_indices():
 
 
 def test_html_is_displayed_as_text_but_code_is_left_alone():
-    raw = 'hi <img src=x onerror=alert(1)> & `<b>` ```\n<i>x</i>\n```'
+    raw = 'hi <img src=x onerror=alert(1)> & `<b>`\n```\n<i>x</i>\n```'
     shown = escape_display(raw)
     assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown
     assert "`<b>`" in shown and "<i>x</i>" in shown
     assert unescape_display(shown) == raw
+    # a ``` run in the middle of a line spanning lines is not certain to be code: escaped (see agent/escape.py)
+    odd = 'a ```\n<i>x</i>\n```'
+    assert "<i>" not in escape_display(odd) and unescape_display(escape_display(odd)) == odd
+    assert escape_display("\\`<img src=http://evil.test/x.png>`") == "\\`&lt;img src=http&#58;//evil.test/x.png&gt;`"
