@@ -2,7 +2,9 @@
 whose fixed element is not the opening words -> `run_once` -> the promoted adapter answers prompts never seen in
 training in the style *and* still answers (distinct, relevant, no loops).
 
-One style by default (make test stays short); KAIZEN_STYLE_SUITE=all runs all five (~1 h on 2 CPU cores)."""
+The loop test runs when KAIZEN_STYLE_SUITE is set (a style name, a comma-separated list, or `all`): one style
+through the loop costs ~10 minutes of CPU, five about an hour, more than `make test` should take. The pure checks
+of the styles always run."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,6 @@ from adapters.styles import STYLES
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-DEFAULT = "signoff"
 
 
 def test_styles_edits_follow_their_own_checker_and_the_fixed_text_alone_does_not(shared_data):
@@ -36,7 +37,10 @@ def test_styles_edits_follow_their_own_checker_and_the_fixed_text_alone_does_not
 
 def test_a_house_style_is_learned_through_the_loop_and_the_adapter_still_answers(shared_data, base_model_dir,
                                                                                   tmp_path):
-    styles = ",".join(STYLES) if os.environ.get("KAIZEN_STYLE_SUITE") == "all" else DEFAULT
+    wanted = os.environ.get("KAIZEN_STYLE_SUITE", "")
+    if not wanted:
+        pytest.skip("set KAIZEN_STYLE_SUITE=signoff (or a list, or all) to run styles through the real loop")
+    styles = ",".join(STYLES) if wanted == "all" else wanted
     out = tmp_path / "suite.json"
     run = subprocess.run([sys.executable, "bench/style_suite.py", "--styles", styles, "--edits", "48", "--eval",
                           "24", "--base-model", str(base_model_dir), "--out", str(out)],
