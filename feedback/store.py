@@ -29,6 +29,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from feedback import migrations
+from feedback.curate import normalize_text
 from feedback.locking import Checkpointer, lock_for
 
 REASONS = ("wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other")
@@ -344,7 +345,7 @@ class Store:
         for r in rows:
             r["sources"] = json.loads(r["sources"]) if r["sources"] else None
             r["edited"] = edited.get(r["id"])
-            r["rating"] = rated.get(r["id"])
+            r["rating"] = rated.get(r["id"]) or None  # 0: the thumb was taken back
         return rows
 
     def message(self, message_id: int, user_id: int) -> dict:
@@ -369,6 +370,14 @@ class Store:
         """Thumbs up (+1) / down (-1) on an answer in the user's own conversation; a later rating supersedes."""
         if isinstance(value, bool) or value not in (1, -1):
             raise FeedbackError(f"rating value must be +1 or -1, got {value!r}")
+        return self._rating(message_id, user_id, value, reasons, comment)
+
+    def retract(self, message_id: int, user_id: int) -> int:
+        """The user takes their thumb back: an append-only rating of 0 that supersedes their earlier ones, so the
+        answer counts as unrated (datasets and stats read the latest rating per message and user)."""
+        return self._rating(message_id, user_id, 0, (), "")
+
+    def _rating(self, message_id, user_id, value: int, reasons: Sequence[str], comment: str) -> int:
         if isinstance(reasons, str) or not isinstance(reasons, (list, tuple)):
             raise FeedbackError("reasons must be a list of reason tags")
         unknown = [r for r in reasons if r not in REASONS]
@@ -404,7 +413,8 @@ class Store:
             return cur.lastrowid
 
     def choose(self, prompt_message_id: int, user_id: int, candidate_ids: Sequence[int], picked_id: int) -> int:
-        """Regenerate-and-pick: `candidate_ids` (>= 2 assistant answers to the same user message) and the pick."""
+        """Regenerate-and-pick: `candidate_ids` (>= 2 assistant answers to the same user message) and the pick.
+        Candidates whose texts are equal after normalization (case, width, whitespace) are refused."""
         if not isinstance(candidate_ids, (list, tuple)):
             raise FeedbackError("candidate_ids must be a list of message ids")
         ids = [_id(c, "candidate id") for c in candidate_ids]
@@ -414,10 +424,14 @@ class Store:
             raise FeedbackError(f"picked message {picked_id} is not one of the candidates")
         with self._write() as conn:
             self._owned_message(conn, prompt_message_id, user_id, "user")
+            seen: dict[str, int] = {}
             for c in ids:
                 cand = self._owned_message(conn, c, user_id, "assistant")
                 if cand["parent_id"] != prompt_message_id:
                     raise FeedbackError(f"message {c} is not an answer to message {prompt_message_id}")
+                same = seen.setdefault(normalize_text(cand["content"]), c)
+                if same != c:  # a pair of one text twice teaches nothing (and says the text beats itself)
+                    raise FeedbackError(f"answers {same} and {c} are the same text; a choice needs different answers")
             return conn.execute("INSERT INTO choices (prompt_message_id, user_id, candidates, picked_id, created) "
                                 "VALUES (?, ?, ?, ?, ?)",
                                 (prompt_message_id, user_id, json.dumps(ids), picked_id, now_iso())).lastrowid

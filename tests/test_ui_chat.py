@@ -8,7 +8,8 @@ import pytest
 from agent.chat import Answerer
 from agent.model import ChatModel
 from agent.settings import Settings
-from agent.ui_chat import ChatLogic, chat_index_to_shown, escape_display, new_state, to_chatbot, unescape_display
+from agent.ui_chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display, new_state,
+                           pick_texts, to_chatbot, unescape_display)
 from feedback.store import Store
 
 
@@ -133,3 +134,88 @@ def test_html_is_displayed_as_text_but_code_is_left_alone():
     assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown
     assert "`<b>`" in shown and "<i>x</i>" in shown
     assert unescape_display(shown) == raw
+
+
+def retry(logic, st, uid, index=0):
+    for st in logic.retry(st, uid, index, "plain", "off", "default", threading.Event()):
+        pass
+    return st
+
+
+def test_unclicking_a_thumb_is_a_retraction_not_a_second_rating(logic, tmp_path):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    assert "👎" in logic.rate(st, uid, 1, False)
+    assert "taken back" in logic.rate(st, uid, 1, "")  # what Gradio's LikeData.liked is on an un-click
+    assert "👍" in logic.rate(st, uid, 1, True)
+    with pytest.raises(ValueError, match="unknown feedback"):
+        logic.rate(st, uid, 1, "Funny")
+    with sqlite3.connect(tmp_path / "kaizen.db") as db:
+        assert [r[0] for r in db.execute("select value from ratings order by id")] == [-1, 0, 1]
+    from feedback.datasets import build_datasets
+
+    files, _ = build_datasets(logic.store.training_events(), eval_fraction=0.0, min_answer_chars=1)
+    assert [r["label"] for r in files["kto"]] == [True]
+
+
+def test_a_retry_that_repeats_the_answer_offers_no_pick(tiny_llama, tokenizer, tmp_path):
+    """Sampling this cold is greedy in effect: every attempt repeats the first answer, so nothing is offered."""
+    settings = Settings(data_dir=tmp_path, max_new_tokens=6, retry_temperature=1e-6, retry_attempts=3)
+    logic = ChatLogic(Answerer(ChatModel(tiny_llama, tokenizer), settings), Store(settings.db_path))
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    first = dict(st["shown"][1])
+    st = retry(logic, st, uid)
+    assert st["pending"] is None and "same answer 3 times" in st["notice"]
+    assert st["shown"][1]["id"] == first["id"]  # the first answer stays on screen, feedback goes to it
+    assert len(logic.store.conversation(st["conversation"], uid)) == 1 + 1 + 3  # every attempt is on record
+    with pytest.raises(ValueError, match="no pair"):
+        logic.pick(st, uid, "second")
+
+
+def test_a_retry_samples_a_new_answer_with_a_new_seed_each_time(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    st = retry(logic, st, uid)
+    assert st["pending"] and st["pending"]["first"]["content"] != st["pending"]["second"]["content"]
+    first, second = pick_texts(st)
+    assert first and second and first != second  # both shown side by side for the pick
+    logic.pick(st, uid, "second")
+    st = retry(logic, st, uid)
+    assert st["retries"] == 2
+
+
+def test_a_pick_between_two_copies_is_refused_and_stores_nothing(logic, tmp_path):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    st = retry(logic, st, uid)
+    st["pending"]["second"]["content"] = st["pending"]["first"]["content"].upper() + "  "  # forged / repeated
+    with pytest.raises(ValueError, match="same text"):
+        logic.pick(st, uid, "second")
+    assert st["pending"] is None
+    with sqlite3.connect(tmp_path / "kaizen.db") as db:
+        assert db.execute("select count(*) from choices").fetchone()[0] == 0
+
+
+def test_a_cut_off_answer_says_so_and_continue_extends_it(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")  # 6 tokens of a random model: it never ends by itself
+    cut = dict(st["shown"][1])
+    assert cut["cut_off"] == 6 and can_continue(st) and "cut off at 6 tokens" in cut_off_notice(st)
+    for st in logic.continue_answer(st, uid, "plain", "off", "default", threading.Event()):
+        pass
+    longer = st["shown"][1]
+    assert longer["content"].startswith(cut["content"]) and len(longer["content"]) > len(cut["content"])
+    assert longer["id"] != cut["id"]
+    stored = logic.store.message(longer["id"], uid)
+    assert stored["content"] == longer["content"] and stored["parent_id"] == st["shown"][0]["id"]
+    assert len(st["shown"]) == 2
+
+
+def test_continue_refuses_a_complete_answer(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    st["shown"][1].pop("cut_off")
+    with pytest.raises(ValueError, match="nothing to continue"):
+        for _ in logic.continue_answer(st, uid, "plain", "off", "default", threading.Event()):
+            pass
