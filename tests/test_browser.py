@@ -161,3 +161,62 @@ def test_ab_test_started_and_stopped_from_the_adapters_tab(page, app_server, bas
     page.get_by_role("button", name="Stop A/B test").click()
     page.wait_for_function("document.body.innerText.includes('no A/B test')")
     assert ab.read(reg) is None
+
+
+def status_has(page, text, timeout=30_000):
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({json.dumps(text)})",
+                           timeout=timeout)
+
+
+def test_thumb_down_taken_back_then_up_is_one_net_plus_one(page, app_server, tmp_path):
+    """👎 opens the reason panel; un-clicking it closes the panel and stores a retraction; 👍 then is the one
+    rating the dataset holds for that answer."""
+    from feedback.datasets import build_datasets, kto_rows
+    from feedback.store import Store
+
+    send(page, "Name a colour.")
+    (answer_id,), = db_rows(app_server, "select id from messages where role='assistant' order by id desc limit 1")
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Dislike"]').last.click()
+    page.wait_for_selector("#why-panel", state="visible")
+    status_has(page, "👎")
+    page.locator('[aria-label="Disliked"]').last.click()  # un-click
+    status_has(page, "taken back")
+    page.wait_for_selector("#why-panel", state="hidden")
+    page.locator('[aria-label="Like"]').last.click()
+    status_has(page, "👍")
+    assert [v for v, in db_rows(app_server, "select value from ratings where message_id=? order by id",
+                                answer_id)] == [-1, 0, 1]
+    page.screenshot(path=str(tmp_path / "thumbs.png"))
+    store = Store(app_server["db"])
+    try:
+        events = store.training_events()
+    finally:
+        store.close()
+    ours = {f"rating:{i}" for i, in db_rows(app_server, "select id from ratings where message_id=?", answer_id)}
+    kto = [r for r in kto_rows(events) if ours & set(r["source"])]
+    assert [(r["label"], r["source"]) for r in kto] == [(True, [max(ours, key=lambda s: int(s.split(":")[1]))])]
+    _, manifest = build_datasets(events, eval_fraction=0.0)
+    assert manifest["events"]["retracted_ratings"] == 0  # the retraction itself was superseded by the 👍
+
+
+def test_retry_shows_two_different_answers_and_the_pick_stores_them(page, app_server, tmp_path):
+    send(page, "Suggest a name for a cat.")
+    (first_id, first), = db_rows(app_server, "select id, content from messages where role='assistant' "
+                                             "order by id desc limit 1")
+    assert page.locator("#pick-row").is_hidden()  # one answer on screen: nothing to pick
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Retry"]').last.click()
+    page.wait_for_selector("#pick-row", state="visible", timeout=180_000)
+    one, two = page.inner_text("#pick-first-text"), page.inner_text("#pick-second-text")
+    page.screenshot(path=str(tmp_path / "pick.png"))
+    assert one.strip() and two.strip() and " ".join(one.split()).lower() != " ".join(two.split()).lower()
+    assert " ".join(first.split())[:30] in " ".join(one.split())
+    page.click("#pick-first")
+    status_has(page, "preferred")
+    assert page.locator("#pick-row").is_hidden()
+    (candidates, picked), = db_rows(app_server, "select candidates, picked_id from choices order by id desc limit 1")
+    ids = json.loads(candidates)
+    assert picked == first_id and first_id in ids and len(ids) == 2
+    texts = [t for t, in db_rows(app_server, f"select content from messages where id in ({ids[0]}, {ids[1]})")]
+    assert " ".join(texts[0].split()).lower() != " ".join(texts[1].split()).lower()
