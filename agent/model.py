@@ -162,11 +162,38 @@ class _Stop:
         return self.event.is_set()
 
 
+def banned_next(tokens: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in `tokens` (the answer so far). Pure."""
+    if n < 1 or len(tokens) < n - 1:
+        return set()
+    if n == 1:
+        return set(tokens)
+    head = tuple(tokens[len(tokens) - n + 1:])
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == head}
+
+
+class AnswerNoRepeatNGram:
+    """LogitsProcessor: the answer never repeats one of its own n-grams of `n` tokens. Unlike transformers'
+    `no_repeat_ngram_size` it ignores the prompt (the first `prompt_len` tokens), so a grounded answer may still
+    quote its sources word for word."""
+
+    def __init__(self, n: int, prompt_len: int):
+        self.n, self.prompt_len = n, prompt_len
+
+    def __call__(self, input_ids, scores):
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            banned = banned_next(ids, self.n)
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
 @dataclass(frozen=True)
 class Decoding:
     """How an answer is decoded. temperature 0 = greedy. repetition_penalty > 1 and no_repeat_ngram_size > 0
-    keep a small model from looping (measured in bench/answer_quality.py). seed: the sampling seed (None: the
-    torch default generator as it stands)."""
+    keep a small model from looping (chosen by bench/answer_quality.py); both look at the answer only, never at
+    the prompt, so a grounded answer can repeat its sources' words. seed: the sampling seed (None: torch's
+    generator as it stands)."""
 
     temperature: float = 0.0
     top_p: float = 0.95
@@ -174,16 +201,23 @@ class Decoding:
     no_repeat_ngram_size: int = 0
     seed: int | None = None
 
-    def generate_kwargs(self) -> dict:
+    def generate_kwargs(self, prompt_len: int) -> dict:
+        """Keyword arguments for `model.generate` with a prompt of `prompt_len` tokens."""
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
         kw: dict = {}
         if self.temperature > 0:
             kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        processors = []
         if self.repetition_penalty and self.repetition_penalty != 1.0:
-            kw["repetition_penalty"] = self.repetition_penalty
+            processors.append(RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty),
+                                                               prompt_ignore_length=int(prompt_len)))
         if self.no_repeat_ngram_size > 0:
-            kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+            processors.append(AnswerNoRepeatNGram(int(self.no_repeat_ngram_size), int(prompt_len)))
+        if processors:
+            kw["logits_processor"] = LogitsProcessorList(processors)
         return kw
 
 
@@ -311,7 +345,7 @@ class ChatModel:
             pad_token_id=self.tok.pad_token_id,
             eos_token_id=self.tok.eos_token_id,
         )
-        kwargs.update(decoding.generate_kwargs())
+        kwargs.update(decoding.generate_kwargs(ids.shape[1]))
 
         def run():
             try:
