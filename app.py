@@ -15,7 +15,8 @@ from adapters.scheduler import Scheduler
 from adapters.ui import build_adapters_tab
 from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
-from agent.ui_chat import LOCAL_USER, ChatLogic, can_continue, cut_off_notice, new_state, pick_texts, to_chatbot
+from agent.ui_chat import (LOCAL_USER, ChatLogic, can_continue, cut_off_notice, is_sources_note, new_state,
+                           pick_texts, to_chatbot)
 from agent.ui_docs import build_docs_tab
 from feedback.ui import build_feedback_tab
 
@@ -212,14 +213,24 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             gr.Info(msg)
             return gr.update(visible=False), [], "", msg
 
-        def on_edit(st, data: gr.EditData, request: gr.Request):
+        def on_edit(st, tmpl, rag_mode, adapter_choice, data: gr.EditData, request: gr.Request):
+            if is_sources_note(st, data.index):  # shown in the answer's bubble, never edited: nothing to do
+                yield [gr.update() for _ in range(2 + len(view_outputs))]
+                return
             try:
+                if logic.is_question(st, data.index):  # an edited question is asked again (a new branch)
+                    stop_ev = _stop_for(request)
+                    for st in logic.reask(st, uid(request), data.index, data.value, tmpl, rag_mode,
+                                          adapter_arg(adapter_choice), stop_ev):
+                        yield [st, to_chatbot(st)] + view(st)
+                    return
                 msg = logic.edit(st, uid(request), data.index, data.value)
                 gr.Info(msg)
-            except (ValueError, LookupError, PermissionError) as e:
+            except (ValueError, LookupError, PermissionError, KeyError) as e:
                 gr.Warning(str(e))
-                msg = f"⚠️ {e}"
-            return st, to_chatbot(st), msg
+                yield [st, to_chatbot(st)] + view(st, str(e))
+                return
+            yield [st, to_chatbot(st)] + view(st)[:-1] + [msg]
 
         def on_pick(which):
             def handler(st, request: gr.Request):
@@ -244,7 +255,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         chatbot.like(on_like, [state], [why_panel, why_index, status], api_visibility="private")
         why_save.click(on_why, [state, why_index, reasons, comment], [why_panel, reasons, comment, status],
                        api_visibility="private")
-        chatbot.edit(on_edit, [state], [state, chatbot, status], api_visibility="private")
+        chatbot.edit(on_edit, [state, template, rag, adapter], [state, chatbot] + view_outputs,
+                     api_visibility="private")
         pick_first.click(on_pick("first"), [state], [state, chatbot] + view_outputs, api_visibility="private")
         pick_second.click(on_pick("second"), [state], [state, chatbot] + view_outputs, api_visibility="private")
         chatbot.undo(on_undo, [state], [state, chatbot, box] + view_outputs, api_visibility="private")

@@ -76,17 +76,44 @@ def unescape_display(text: str) -> str:
                    for i, p in enumerate(parts))
 
 
+def sources_text(sources: list[dict]) -> str:
+    return "\n".join(f"[{i}] {html.escape(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
+                     for i, s in enumerate(sources, 1))
+
+
 def to_chatbot(state: dict) -> list[dict]:
-    """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers."""
+    """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers.
+
+    The note is a component message (a Markdown block), not text: Gradio's edit mode turns only text messages of
+    the answer's bubble into text areas, so the note is shown but never editable (its edit event is ignored:
+    `is_sources_note`)."""
+    import gradio as gr
+
     out = []
     for m in state["shown"]:
         out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
-            lines = [f"[{i}] {html.escape(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
-                     for i, s in enumerate(m["sources"], 1)]
-            out.append({"role": "assistant", "content": "\n".join(lines),
+            out.append({"role": "assistant", "content": gr.Markdown(sources_text(m["sources"]), line_breaks=True),
                         "metadata": {"title": "Sources", "status": "done"}})
     return out
+
+
+def is_sources_note(state: dict, index) -> bool:
+    """The Chatbot index points at the Sources note under an answer (not at a message of the chat)."""
+    if isinstance(index, (list, tuple)):
+        index = index[0] if index else None
+    if not isinstance(index, int) or isinstance(index, bool):
+        return False
+    pos = 0
+    for m in state["shown"]:
+        pos += 1
+        if m.get("sources"):
+            if pos == index:
+                return True
+            pos += 1
+        if pos > index:
+            return False
+    return False
 
 
 def chat_index_to_shown(state: dict, index) -> int:
@@ -239,12 +266,39 @@ class ChatLogic:
             return f"Saved: your rating of answer #{mid} is taken back."
         raise ValueError(f"unknown feedback {liked!r}")
 
+    def is_question(self, state, index) -> bool:
+        return state["shown"][chat_index_to_shown(state, index)]["role"] == "user"
+
+    def reask(self, state: dict, user_id: int, index, question: str, template: str, rag: str, adapter,
+              stop: threading.Event):
+        """Generator: the user edited their question at `index`: a new branch. The edited question is stored as a
+        new user message with the same parent as the old one (the old question and what followed stay on record),
+        it replaces the old one and everything after it on screen, and a new answer is generated for it."""
+        from agent.chat import check_question
+
+        i = chat_index_to_shown(state, index)
+        old = state["shown"][i]
+        if old["role"] != "user":
+            raise ValueError("only a question can be asked again")
+        question = check_question(unescape_display(question or ""), self.answerer.settings.max_input_chars)
+        if same_text(question, old["content"]):
+            raise ValueError("the question did not change; use 🔄 to get another answer")
+        self.answerer.template(template)  # unknown template: error before storing anything
+        history = self.history(state, upto=i)
+        parent = state["shown"][i - 1]["id"] if i else None
+        uid = self.store.add_message(state["conversation"], "user", question, user_id=user_id, parent_id=parent,
+                                     root=parent is None)
+        del state["shown"][i:]
+        state["shown"].append({"role": "user", "content": question, "id": uid})
+        state["pending"], state["notice"] = None, ""
+        yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop)
+
     def edit(self, state, user_id, index, edited: str) -> str:
         """A correction of an answer. The original comes from the store; the display shows the edited text."""
         i = chat_index_to_shown(state, index)
         m = state["shown"][i]
         if m["role"] != "assistant" or m["id"] is None:
-            raise ValueError("only answers can be corrected; to change a question, undo and ask again")
+            raise ValueError("only answers can be corrected; an edited question is asked again (`reask`)")
         edited = unescape_display(edited or "").strip()
         if not edited:
             raise ValueError("the corrected answer is empty")

@@ -289,13 +289,15 @@ class Store:
     def add_message(self, conversation_id: int, role: str, content: str, *, user_id: int,
                     parent_id: int | None = None, template: str | None = None, model: str | None = None,
                     adapter: str | None = None, sources: list[dict] | None = None, latency_ms: float | None = None,
-                    prompt_tokens: int | None = None, completion_tokens: int | None = None) -> int:
+                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                    root: bool = False) -> int:
         """Store one message of `user_id`'s conversation; returns its id.
 
         `parent_id`: for an assistant message the user message it answers (a retry is a sibling: same parent);
         for a user message the answer it follows. When None: assistant -> the latest user message; user -> the
         latest message, or the picked candidate if that turn had a regenerate-and-pick choice. Pass it explicitly
-        when the UI knows better.
+        when the UI knows better. `root=True`: a user message that starts the conversation over (no parent: an
+        edited first question), whatever came before.
         """
         if role not in MESSAGE_ROLES:
             raise FeedbackError(f"role must be one of {MESSAGE_ROLES}, got {role!r}")
@@ -315,6 +317,9 @@ class Store:
             if role == "system":
                 if parent_id is not None:
                     raise FeedbackError("a system message has no parent")
+            elif root:
+                if role != "user" or parent_id is not None:
+                    raise FeedbackError("only a user message without a parent can start a new root")
             elif parent_id is None:
                 parent_id = self._default_parent(conn, conversation_id, role, user_id)
             else:

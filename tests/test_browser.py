@@ -220,3 +220,75 @@ def test_retry_shows_two_different_answers_and_the_pick_stores_them(page, app_se
     assert picked == first_id and first_id in ids and len(ids) == 2
     texts = [t for t, in db_rows(app_server, f"select content from messages where id in ({ids[0]}, {ids[1]})")]
     assert " ".join(texts[0].split()).lower() != " ".join(texts[1].split()).lower()
+
+
+def stored_answer(app_server, after_id, timeout=240):
+    """(id, sources) of the first answer stored after message `after_id` (an answer is stored when it ends)."""
+    deadline = time.time() + timeout
+    while True:
+        rows = db_rows(app_server, "select id, sources from messages where role='assistant' and id > ? "
+                                   "order by id limit 1", after_id)
+        if rows:
+            return rows[0]
+        assert time.time() < deadline, "no answer was stored"
+        time.sleep(0.5)
+
+
+def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page, app_server, tmp_path):
+    doc = tmp_path / "kettle.txt"
+    doc.write_text("The Brightwave kettle has a warranty of three years. The warranty covers the heating element "
+                   "and the lid hinge. It does not cover damage from dropping the kettle.\n")
+    page.get_by_role("tab", name="Documents").click()
+    page.set_input_files("#docs-upload input[type=file]", str(doc))
+    page.wait_for_function("document.querySelector('#docs-status').innerText.includes('added')", timeout=120_000)
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#rag label:has-text('on')").click()
+    (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
+    send(page, "How long is the warranty of the Brightwave kettle?")
+    answer_id, sources = stored_answer(app_server, before)
+    assert "kettle.txt" in sources
+    page.wait_for_selector('#chatbot :text("Sources")')
+    page.wait_for_timeout(1000)
+
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Edit"]').last.click()
+    assert page.locator(".edit-textarea").count() == 1  # the answer only: the Sources note has no text area
+    page.screenshot(path=str(tmp_path / "edit-grounded.png"))
+    page.fill(".edit-textarea", "Three years.")
+    page.locator('[aria-label="Submit"]').click()
+    status_has(page, "correction")
+    page.wait_for_timeout(1500)  # the note's own edit event (ignored) has arrived by now
+    assert "sources note" not in page.inner_text("#status") and "⚠️" not in page.inner_text("#status")
+    assert db_rows(app_server, "select message_id, edited from edits order by id desc limit 1") == [
+        (answer_id, "Three years.")]
+    page.wait_for_selector('#chatbot :text("Sources")')  # still shown under the answer
+    page.locator('#chatbot :text("Sources")').last.click()  # opens: the note lists the file
+    page.wait_for_function("document.querySelector('#chatbot').innerText.includes('kettle.txt')")
+
+    (old_q, old_parent), = db_rows(app_server, "select id, parent_id from messages where role='user' "
+                                               "order by id desc limit 1")
+    question = page.locator('[data-testid="user"]').last
+    question.hover()
+    # the Edit button of the question's own bubble: the nearest enclosing element that holds one
+    question.locator('xpath=ancestor::*[.//button[@aria-label="Edit"]][1]').locator('[aria-label="Edit"]').first.click()
+    assert page.locator(".edit-textarea").count() == 1
+    assert "Brightwave kettle?" in page.locator(".edit-textarea").input_value()
+    page.fill(".edit-textarea", "What does the Brightwave kettle warranty cover?")
+    page.locator('[aria-label="Submit"]').click()
+    deadline = time.time() + 180
+    while True:
+        rows = db_rows(app_server, "select m.id, m.parent_id, m.content from messages m where m.role='assistant' "
+                                   "and m.parent_id = (select max(id) from messages where role='user')")
+        if rows and rows[0][0] > answer_id:
+            break
+        assert time.time() < deadline, "no answer to the edited question"
+        page.wait_for_timeout(500)
+    (new_q, new_parent, content), = db_rows(app_server, "select id, parent_id, content from messages "
+                                                        "where role='user' order by id desc limit 1")
+    assert content == "What does the Brightwave kettle warranty cover?" and new_q > old_q
+    assert new_parent == old_parent  # a new branch beside the old question
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"user\"]').length >= 1")
+    page.wait_for_timeout(3000)
+    assert "What does the Brightwave kettle warranty cover?" in page.locator('[data-testid="user"]').last.inner_text()
+    assert "⚠️" not in page.inner_text("#status")
+    page.screenshot(path=str(tmp_path / "reasked.png"))

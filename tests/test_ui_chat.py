@@ -8,8 +8,8 @@ import pytest
 from agent.chat import Answerer
 from agent.model import ChatModel
 from agent.settings import Settings
-from agent.ui_chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display, new_state,
-                           pick_texts, to_chatbot, unescape_display)
+from agent.ui_chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display,
+                           is_sources_note, new_state, pick_texts, to_chatbot, unescape_display)
 from feedback.store import Store
 
 
@@ -122,10 +122,14 @@ def test_sources_notes_shift_indices():
                     {"role": "user", "content": "q2", "id": 3}], "conversation": 1, "pending": None}
     shown = to_chatbot(st)
     assert [m["role"] for m in shown] == ["user", "assistant", "assistant", "user"]
-    assert shown[2]["metadata"]["title"] == "Sources" and "&lt;b&gt;" in shown[2]["content"]
+    note = shown[2]
+    assert note["metadata"]["title"] == "Sources" and "&lt;b&gt;" in note["content"].value
+    assert not isinstance(note["content"], str)  # a component message: Gradio's edit mode gives it no text area
     assert chat_index_to_shown(st, 3) == 2
     with pytest.raises(ValueError, match="sources"):
         chat_index_to_shown(st, 2)
+    assert [is_sources_note(st, i) for i in range(5)] == [False, False, True, False, False]
+    assert not is_sources_note(st, "2") and not is_sources_note(st, True)
 
 
 def test_html_is_displayed_as_text_but_code_is_left_alone():
@@ -219,3 +223,39 @@ def test_continue_refuses_a_complete_answer(logic):
     with pytest.raises(ValueError, match="nothing to continue"):
         for _ in logic.continue_answer(st, uid, "plain", "off", "default", threading.Event()):
             pass
+
+
+def reask(logic, st, uid, index, text):
+    for st in logic.reask(st, uid, index, text, "plain", "off", "default", threading.Event()):
+        pass
+    return st
+
+
+def test_editing_a_question_asks_it_again_on_a_new_branch(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "first question")
+    st = ask(logic, st, uid, "second question")
+    old_ids = [m["id"] for m in st["shown"]]
+    st = reask(logic, st, uid, 2, "second question, better")
+    assert [m["content"] for m in st["shown"][:3]] == ["first question", st["shown"][1]["content"],
+                                                      "second question, better"]
+    assert len(st["shown"]) == 4 and st["shown"][3]["role"] == "assistant" and st["shown"][3]["content"]
+    new_q, new_a = st["shown"][2]["id"], st["shown"][3]["id"]
+    assert new_q not in old_ids and new_a not in old_ids
+    rows = {r["id"]: r for r in logic.store.conversation(st["conversation"], uid)}
+    assert len(rows) == 6  # the old branch stays on record
+    assert rows[new_q]["parent_id"] == old_ids[1] == rows[old_ids[2]]["parent_id"]  # a sibling of the old question
+    assert rows[new_a]["parent_id"] == new_q
+
+
+def test_editing_the_first_question_starts_a_new_root(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "first question")
+    st = ask(logic, st, uid, "second question")
+    st = reask(logic, st, uid, 0, "a different start")
+    assert [m["role"] for m in st["shown"]] == ["user", "assistant"]
+    assert logic.store.message(st["shown"][0]["id"], uid)["parent_id"] is None
+    with pytest.raises(ValueError, match="did not change"):
+        reask(logic, st, uid, 0, "  A different START ")
+    with pytest.raises(ValueError, match="only a question"):
+        reask(logic, st, uid, 1, "not a question")
