@@ -292,3 +292,21 @@ def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page
     assert "What does the Brightwave kettle warranty cover?" in page.locator('[data-testid="user"]').last.inner_text()
     assert "⚠️" not in page.inner_text("#status")
     page.screenshot(path=str(tmp_path / "reasked.png"))
+
+
+def test_feedback_tab_lists_reasons_and_names_the_base_model(page, app_server, tmp_path):
+    send(page, "Name a vegetable.")
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Dislike"]').last.click()
+    page.wait_for_selector("#why-panel", state="visible")
+    page.locator("#reasons label:has-text('too long')").click()
+    page.fill("#comment textarea", "say it in one word")
+    page.click("#why-save")
+    status_has(page, "Saved")
+    page.get_by_role("tab", name="Feedback").click()
+    page.wait_for_function("document.body.innerText.includes('say it in one word')", timeout=60_000)
+    body = page.inner_text("body")
+    assert "Latest reasons and comments" in body and "too long" in body
+    assert "(none)" not in body
+    page.wait_for_timeout(1500)  # plots drawn
+    page.screenshot(path=str(tmp_path / "feedback-tab.png"), full_page=True)

@@ -289,7 +289,7 @@ def test_stats_counts_latest_ratings_by_adapter(world):
     assert st["thumbs_ratio"] == round(2 / 3, 4)
     by_adapter = {r["adapter"]: r for r in st["by_adapter"]}
     assert (by_adapter["v2"]["up"], by_adapter["v2"]["down"], by_adapter["v2"]["ratio"]) == (0, 1, 0.0)
-    assert (by_adapter["(none)"]["answers"], by_adapter["(none)"]["up"], by_adapter["(none)"]["edits"]) == (3, 2, 1)
+    assert (by_adapter["base"]["answers"], by_adapter["base"]["up"], by_adapter["base"]["edits"]) == (3, 2, 1)
     assert sum(r["count"] for r in st["per_day"]) == 5
     assert [e["edited"] for e in st["latest_edits"]] == ["It sets how long SQLite waits for a lock."]
     mine = s.stats(bob)
