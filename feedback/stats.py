@@ -28,8 +28,9 @@ def ratio(up: int, down: int) -> float | None:
 
 
 def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
-    """Totals, events per day and kind (`per_day`: rating / edit / choice; `daily`: answers, thumbs up, thumbs
-    down, taken back, edits, picks), answers/thumbs/edits per template, model and adapter, latest edits, and the
+    """Totals, events per day and kind (`per_day`: rating / edit / choice events; `daily`: answers, thumbs up,
+    thumbs down, taken back (each user's standing rating of an answer, on the day it was given: 👎 then 👍 is one
+    👍), edits, picks), answers/thumbs/edits per template, model and adapter, latest edits, and the
     latest reasons and comments (of ratings that still stand)."""
     cond, args = ("", ()) if user_id is None else (" AND user_id = ?", (user_id,))
     latest = f"SELECT * FROM ratings WHERE id IN (SELECT max(id) FROM ratings WHERE 1=1{cond} " \
@@ -55,10 +56,10 @@ def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
             SELECT substr(m.created, 1, 10) AS day, 'answers' AS series FROM messages m
                 WHERE m.role = 'assistant' AND m.conversation_id IN (SELECT id FROM conversations WHERE 1=1{cond})
             UNION ALL SELECT substr(created, 1, 10), CASE value WHEN 1 THEN 'thumbs up' WHEN -1 THEN 'thumbs down'
-                ELSE 'taken back' END FROM ratings WHERE 1=1{cond}
+                ELSE 'taken back' END FROM ({latest})
             UNION ALL SELECT substr(created, 1, 10), 'edits' FROM edits WHERE 1=1{cond}
             UNION ALL SELECT substr(created, 1, 10), 'picks' FROM choices WHERE 1=1{cond})
-            GROUP BY day, series ORDER BY day, series""", args * 4)
+            GROUP BY day, series ORDER BY day, series""", args * 4)  # ratings: the standing one, on its day
         reasons = _dicts(conn, f"""SELECT r.id, r.created, u.name AS user, r.message_id, m.adapter, r.value,
                 r.reasons, r.comment, m.content AS answer
             FROM ({latest}) r JOIN users u ON u.id = r.user_id JOIN messages m ON m.id = r.message_id

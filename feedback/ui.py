@@ -52,7 +52,7 @@ def frames(stats: dict) -> dict[str, pd.DataFrame]:
                                  for e in stats["latest_edits"]], columns=EDIT_COLUMNS)
     out["reasons"] = pd.DataFrame([{"created": r["created"][:19].replace("T", " "), "user": r["user"],
                                     "message_id": str(r["message_id"]), "adapter": r["adapter"],
-                                    "rating": {1: "👍", -1: "👎"}.get(r["value"], ""),
+                                    "rating": {1: "👍 up", -1: "👎 down"}.get(r["value"], ""),
                                     "reasons": ", ".join(r["reasons"]), "comment": r["comment"],
                                     "answer": _clip(r["answer"], 120)}
                                    for r in stats.get("latest_reasons", [])], columns=REASON_COLUMNS)

@@ -310,3 +310,24 @@ def test_feedback_tab_lists_reasons_and_names_the_base_model(page, app_server, t
     assert "(none)" not in body
     page.wait_for_timeout(1500)  # plots drawn
     page.screenshot(path=str(tmp_path / "feedback-tab.png"), full_page=True)
+
+
+def test_a_cut_off_answer_says_so_and_continue_extends_it(page, app_server, tmp_path):
+    """The app under test caps answers at 40 tokens: a long answer is cut off, says so, and Continue goes on."""
+    (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
+    send(page, "Write a long story about a dragon who learns to bake bread.")
+    first_id, _ = stored_answer(app_server, before)
+    (first, tokens), = db_rows(app_server, "select content, completion_tokens from messages where id=?", first_id)
+    assert tokens == 40
+    status_has(page, "cut off at 40 tokens")
+    page.wait_for_selector("#continue", state="visible")
+    page.click("#continue")
+    second_id, _ = stored_answer(app_server, first_id)
+    (second, parent), = db_rows(app_server, "select content, parent_id from messages where id=?", second_id)
+    (first_parent,), = db_rows(app_server, "select parent_id from messages where id=?", first_id)
+    assert second.startswith(first) and len(second) > len(first) and parent == first_parent
+    page.wait_for_timeout(2000)
+    shown = " ".join(bot_text(page).split())
+    assert " ".join(second.split())[-20:] in shown
+    assert page.locator('[data-testid="bot"]').count() >= 1 and shown.count(" ".join(first.split())[:30]) == 1
+    page.screenshot(path=str(tmp_path / "continued.png"))

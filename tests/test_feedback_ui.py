@@ -36,7 +36,7 @@ def test_tab_builds_and_refresh_fills_every_output(tmp_path):
     assert summary.startswith("**All users**") and "2 ratings" in summary
     assert per_day["count"].sum() == 6  # 2 answers, 1 👍, 1 👎, 2 edits
     assert set(ratio["adapter"]) == {"(all)", "v1", "base"}  # the base model is named, not "(none)"
-    assert list(reasons["reasons"]) == ["unhelpful"] and list(reasons["rating"]) == ["👎"]
+    assert list(reasons["reasons"]) == ["unhelpful"] and list(reasons["rating"]) == ["👎 down"]
     assert ratio.set_index("adapter").loc["(all)", "thumbs_up_ratio"] == 0.5
     assert set(edits["edited"]) == {"alice's fix", "boss's fix"}
     # a plain user sees only their own feedback
@@ -80,5 +80,7 @@ def test_a_retracted_thumb_leaves_its_reason_out(tmp_path):
     store.retract(a, uid)
     st = store.stats()
     assert st["latest_reasons"] == []
-    assert {r["series"]: r["count"] for r in st["daily"]} == {"answers": 1, "thumbs down": 1, "taken back": 1}
+    assert {r["series"]: r["count"] for r in st["daily"]} == {"answers": 1, "taken back": 1}  # the standing one
+    store.rate(a, uid, 1)
+    assert {r["series"]: r["count"] for r in store.stats()["daily"]} == {"answers": 1, "thumbs up": 1}
     store.close()
