@@ -146,10 +146,13 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             try:
                 for st in logic.respond(st, uid(request), message, tmpl, rag_mode, adapter_arg(adapter_choice),
                                         stop_ev):
-                    yield [st, to_chatbot(st), ""] + view(st)
+                    yield st, to_chatbot(st), "", view(st)[-1]
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
-                yield [st, to_chatbot(st), message] + view(st, str(e))
+                yield st, to_chatbot(st), message, f"⚠️ {e}"
+
+        def on_view(st):  # after an answer: the pick row and Continue as the state says
+            return view(st)[:-1]
 
         def on_retry(st, tmpl, rag_mode, adapter_choice, data: gr.RetryData, request: gr.Request):
             stop_ev = _stop_for(request)
@@ -181,9 +184,14 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         chat_inputs = [box, state, template, rag, adapter]
         view_outputs = [pick_row, pick_first_text, pick_second_text, cont, status]
-        chat_outputs = [state, chatbot, box] + view_outputs
-        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat")
-        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private")
+        chat_outputs = [state, chatbot, box, status]  # the public /chat API: (chat, box, status) as before
+        for trigger in (box.submit, send.click):
+            trigger(lambda: [gr.update(visible=False), "", "", gr.update(visible=False)], None, view_outputs[:-1],
+                    queue=False, api_visibility="private")  # a new question: no pick, no Continue
+        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat").then(
+            on_view, [state], view_outputs[:-1], api_visibility="private")
+        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private").then(
+            on_view, [state], view_outputs[:-1], api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
         new.click(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
         chatbot.clear(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
