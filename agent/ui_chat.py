@@ -76,25 +76,27 @@ def unescape_display(text: str) -> str:
                    for i, p in enumerate(parts))
 
 
-def sources_text(sources: list[dict]) -> str:
-    return "\n".join(f"[{i}] {html.escape(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
-                     for i, s in enumerate(sources, 1))
+def sources_html(sources: list[dict]) -> str:
+    """A collapsed <details> list of the sources (file names escaped)."""
+    lines = "<br>".join(f"[{i}] {html.escape(str(s['file']))} — chunk {int(s['chunk'])}, score {float(s['score']):.3f}"
+                        for i, s in enumerate(sources, 1))
+    return f'<details class="kaizen-sources"><summary>Sources</summary><div>{lines}</div></details>'.replace(
+        "—", "&mdash;")
 
 
 def to_chatbot(state: dict) -> list[dict]:
     """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers.
 
-    The note is a component message (a Markdown block), not text: Gradio's edit mode turns only text messages of
-    the answer's bubble into text areas, so the note is shown but never editable (its edit event is ignored:
-    `is_sources_note`)."""
+    The note is a component message (an HTML <details> block), not text: Gradio's edit mode turns only text
+    messages of the answer's bubble into text areas, so the note is shown but never editable (its edit event is
+    ignored: `is_sources_note`). Not a metadata "thought": Gradio draws no component inside one."""
     import gradio as gr
 
     out = []
     for m in state["shown"]:
         out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
-            out.append({"role": "assistant", "content": gr.Markdown(sources_text(m["sources"]), line_breaks=True),
-                        "metadata": {"title": "Sources", "status": "done"}})
+            out.append({"role": "assistant", "content": gr.HTML(sources_html(m["sources"]))})
     return out
 
 

@@ -264,6 +264,7 @@ def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page
     page.wait_for_selector('#chatbot :text("Sources")')  # still shown under the answer
     page.locator('#chatbot :text("Sources")').last.click()  # opens: the note lists the file
     page.wait_for_function("document.querySelector('#chatbot').innerText.includes('kettle.txt')")
+    page.screenshot(path=str(tmp_path / "sources-open.png"))
 
     (old_q, old_parent), = db_rows(app_server, "select id, parent_id from messages where role='user' "
                                                "order by id desc limit 1")

@@ -123,7 +123,7 @@ def test_sources_notes_shift_indices():
     shown = to_chatbot(st)
     assert [m["role"] for m in shown] == ["user", "assistant", "assistant", "user"]
     note = shown[2]
-    assert note["metadata"]["title"] == "Sources" and "&lt;b&gt;" in note["content"].value
+    assert "<summary>Sources</summary>" in note["content"].value and "&lt;b&gt;" in note["content"].value
     assert not isinstance(note["content"], str)  # a component message: Gradio's edit mode gives it no text area
     assert chat_index_to_shown(st, 3) == 2
     with pytest.raises(ValueError, match="sources"):
