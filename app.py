@@ -15,7 +15,8 @@ from adapters.scheduler import Scheduler
 from adapters.ui import build_adapters_tab
 from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
-from agent.ui_chat import LOCAL_USER, ChatLogic, new_state, to_chatbot
+from agent.ui_chat import (LOCAL_USER, ChatLogic, can_continue, cut_off_notice, is_sources_note, new_state,
+                           pick_texts, to_chatbot)
 from agent.ui_docs import build_docs_tab
 from feedback.authz import Authz
 from feedback.ui import build_feedback_tab
@@ -120,10 +121,16 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 stop = gr.Button("Stop", scale=1, elem_id="stop")
                 new = gr.Button("New chat", scale=1, elem_id="new-chat")
-            with gr.Row(visible=False, elem_id="pick-row") as pick_row:
+            cont = gr.Button("Continue", visible=False, elem_id="continue", size="sm")
+            with gr.Group(visible=False, elem_id="pick-row") as pick_row:  # only with two different answers
                 gr.Markdown("Which answer is better?")
-                pick_first = gr.Button("The first answer", elem_id="pick-first")
-                pick_second = gr.Button("The new answer", elem_id="pick-second")
+                with gr.Row():
+                    with gr.Column():
+                        pick_first_text = gr.Markdown(elem_id="pick-first-text")
+                        pick_first = gr.Button("The first answer", elem_id="pick-first")
+                    with gr.Column():
+                        pick_second_text = gr.Markdown(elem_id="pick-second-text")
+                        pick_second = gr.Button("The new answer", elem_id="pick-second")
             with gr.Group(visible=False, elem_id="why-panel") as why_panel:
                 why_index = gr.Number(visible=False, precision=0)
                 reasons = gr.CheckboxGroup(REASONS, label="What was wrong?", elem_id="reasons")
@@ -132,25 +139,44 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             status = gr.Markdown("", elem_id="status")
 
         # -- chat handlers --------------------------------------------------------------------------------
+        def view(st, error: str = "") -> list:
+            """[pick row, first answer, new answer, Continue] and the status line, for the state."""
+            first, second = pick_texts(st)
+            status_text = f"⚠️ {error}" if error else (st.get("notice") or cut_off_notice(st))
+            return [gr.update(visible=bool(first)), first, second, gr.update(visible=can_continue(st)), status_text]
+
         def on_send(message, st, tmpl, rag_mode, adapter_choice, request: gr.Request):
             stop_ev = _stop_for(request)
             try:
                 for st in logic.respond(st, uid(request), message, tmpl, rag_mode, adapter_arg(adapter_choice),
                                         stop_ev):
-                    yield st, to_chatbot(st), "", gr.update(visible=False), ""
+                    yield st, to_chatbot(st), "", view(st)[-1]
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
-                yield st, to_chatbot(st), message, gr.update(visible=False), f"⚠️ {e}"
+                yield st, to_chatbot(st), message, f"⚠️ {e}"
+
+        def on_view(st):  # after an answer: the pick row and Continue as the state says
+            return view(st)[:-1]
 
         def on_retry(st, tmpl, rag_mode, adapter_choice, data: gr.RetryData, request: gr.Request):
             stop_ev = _stop_for(request)
             try:
                 for st in logic.retry(st, uid(request), data.index, tmpl, rag_mode, adapter_arg(adapter_choice),
                                       stop_ev):
-                    yield st, to_chatbot(st), gr.update(visible=st.get("pending") is not None), ""
+                    yield [st, to_chatbot(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
-                yield st, to_chatbot(st), gr.update(visible=False), f"⚠️ {e}"
+                yield [st, to_chatbot(st)] + view(st, str(e))
+
+        def on_continue(st, tmpl, rag_mode, adapter_choice, request: gr.Request):
+            stop_ev = _stop_for(request)
+            try:
+                for st in logic.continue_answer(st, uid(request), tmpl, rag_mode, adapter_arg(adapter_choice),
+                                                stop_ev):
+                    yield [st, to_chatbot(st)] + view(st)
+            except (ValueError, KeyError) as e:
+                gr.Warning(str(e))
+                yield [st, to_chatbot(st)] + view(st, str(e))
 
         def on_stop(request: gr.Request):
             ev = _stops.get(request.session_hash or "default")
@@ -158,17 +184,25 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 ev.set()
 
         def on_new():
-            return new_state(), [], gr.update(visible=False), gr.update(visible=False), ""
+            return [new_state(), [], gr.update(visible=False)] + view(new_state())
 
         chat_inputs = [box, state, template, rag, adapter]
-        chat_outputs = [state, chatbot, box, pick_row, status]
-        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat")
-        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private")
+        view_outputs = [pick_row, pick_first_text, pick_second_text, cont, status]
+        chat_outputs = [state, chatbot, box, status]  # the public /chat API: (chat, box, status) as before
+        for trigger in (box.submit, send.click):
+            trigger(lambda: [gr.update(visible=False), "", "", gr.update(visible=False)], None, view_outputs[:-1],
+                    queue=False, api_visibility="private")  # a new question: no pick, no Continue
+        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat").then(
+            on_view, [state], view_outputs[:-1], api_visibility="private")
+        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private").then(
+            on_view, [state], view_outputs[:-1], api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
-        new.click(on_new, None, [state, chatbot, pick_row, why_panel, status], api_visibility="private")
-        chatbot.clear(on_new, None, [state, chatbot, pick_row, why_panel, status], api_visibility="private")
-        chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot, pick_row, status],
+        new.click(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
+        chatbot.clear(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
+        chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot] + view_outputs,
                       api_visibility="private")
+        cont.click(on_continue, [state, template, rag, adapter], [state, chatbot] + view_outputs,
+                   api_visibility="private")
 
         # -- feedback handlers ------------------------------------------------------------------------------
         def on_like(st, data: gr.LikeData, request: gr.Request):
@@ -179,7 +213,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 return gr.update(), None, f"⚠️ {e}"
             gr.Info(msg)
             idx = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
-            return gr.update(visible=data.liked is not True), idx, msg
+            # the reason panel belongs to a 👎: it closes when the thumb is taken back or turned into a 👍
+            return gr.update(visible=data.liked is False), idx, msg
 
         def on_why(st, index, why, note, request: gr.Request):
             try:
@@ -190,14 +225,24 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             gr.Info(msg)
             return gr.update(visible=False), [], "", msg
 
-        def on_edit(st, data: gr.EditData, request: gr.Request):
+        def on_edit(st, tmpl, rag_mode, adapter_choice, data: gr.EditData, request: gr.Request):
+            if is_sources_note(st, data.index):  # shown in the answer's bubble, never edited: nothing to do
+                yield [gr.update() for _ in range(2 + len(view_outputs))]
+                return
             try:
+                if logic.is_question(st, data.index):  # an edited question is asked again (a new branch)
+                    stop_ev = _stop_for(request)
+                    for st in logic.reask(st, uid(request), data.index, data.value, tmpl, rag_mode,
+                                          adapter_arg(adapter_choice), stop_ev):
+                        yield [st, to_chatbot(st)] + view(st)
+                    return
                 msg = logic.edit(st, uid(request), data.index, data.value)
                 gr.Info(msg)
-            except (ValueError, LookupError, PermissionError) as e:
+            except (ValueError, LookupError, PermissionError, KeyError) as e:
                 gr.Warning(str(e))
-                msg = f"⚠️ {e}"
-            return st, to_chatbot(st), msg
+                yield [st, to_chatbot(st)] + view(st, str(e))
+                return
+            yield [st, to_chatbot(st)] + view(st)[:-1] + [msg]
 
         def on_pick(which):
             def handler(st, request: gr.Request):
@@ -206,8 +251,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                     gr.Info(msg)
                 except (ValueError, LookupError, PermissionError) as e:
                     gr.Warning(str(e))
-                    msg = f"⚠️ {e}"
-                return st, to_chatbot(st), gr.update(visible=st.get("pending") is not None), msg
+                    return [st, to_chatbot(st)] + view(st, str(e))
+                return [st, to_chatbot(st)] + view(st)[:-1] + [msg]
             return handler
 
         def on_undo(st, data: gr.UndoData):
@@ -215,16 +260,18 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 text = logic.undo(st, data.index)
             except ValueError as e:
                 gr.Warning(str(e))
-                return st, to_chatbot(st), gr.update(), f"⚠️ {e}"
-            return st, to_chatbot(st), text, "Removed the last turn from the chat (the record is kept)."
+                return [st, to_chatbot(st), gr.update()] + view(st, str(e))
+            return [st, to_chatbot(st), text] + view(st)[:-1] + [
+                "Removed the last turn from the chat (the record is kept)."]
 
         chatbot.like(on_like, [state], [why_panel, why_index, status], api_visibility="private")
         why_save.click(on_why, [state, why_index, reasons, comment], [why_panel, reasons, comment, status],
                        api_visibility="private")
-        chatbot.edit(on_edit, [state], [state, chatbot, status], api_visibility="private")
-        pick_first.click(on_pick("first"), [state], [state, chatbot, pick_row, status], api_visibility="private")
-        pick_second.click(on_pick("second"), [state], [state, chatbot, pick_row, status], api_visibility="private")
-        chatbot.undo(on_undo, [state], [state, chatbot, box, status], api_visibility="private")
+        chatbot.edit(on_edit, [state, template, rag, adapter], [state, chatbot] + view_outputs,
+                     api_visibility="private")
+        pick_first.click(on_pick("first"), [state], [state, chatbot] + view_outputs, api_visibility="private")
+        pick_second.click(on_pick("second"), [state], [state, chatbot] + view_outputs, api_visibility="private")
+        chatbot.undo(on_undo, [state], [state, chatbot, box] + view_outputs, api_visibility="private")
 
         # -- other tabs -------------------------------------------------------------------------------------
         if answerer.kb is not None:

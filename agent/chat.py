@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from agent.model import ChatModel, Generation
+from agent.model import ChatModel, Decoding, Generation
 from agent.settings import Settings
 from agent.templates import Template, TemplateError, load_templates
 
@@ -56,6 +56,17 @@ class Answerer:
             raise TemplateError(f"unknown template {name!r}; available: {', '.join(sorted(found))}")
         return found[name]
 
+    def decoding(self, **overrides) -> Decoding:
+        """The settings' decoding (KAIZEN_TEMPERATURE, _TOP_P, _REPETITION_PENALTY, _NO_REPEAT_NGRAM_SIZE)."""
+        s = self.settings
+        return Decoding(**{"temperature": s.temperature, "top_p": s.top_p, "repetition_penalty": s.repetition_penalty,
+                           "no_repeat_ngram_size": s.no_repeat_ngram_size, **overrides})
+
+    def retry_decoding(self, seed: int) -> Decoding:
+        """A retry samples (KAIZEN_RETRY_TEMPERATURE, _RETRY_TOP_P) with its own seed: a genuinely new answer."""
+        s = self.settings
+        return self.decoding(temperature=s.retry_temperature, top_p=s.retry_top_p, seed=seed)
+
     def retrieve(self, question: str, mode: str, owner: str | None = None) -> tuple[list, bool]:
         """(hits, use_them) among the documents `owner` reads (theirs and the shared library; None: the single
         local user's). The routing decision: no store or nothing relevant → answer directly."""
@@ -83,7 +94,11 @@ class Answerer:
         stop: threading.Event | None = None,
         max_new_tokens: int | None = None,
         owner: str | None = None,
+        decoding: Decoding | None = None,
+        continue_from: str | None = None,
     ) -> Reply:
+        """`decoding`: how to decode (default: `self.decoding()`, the settings'). `continue_from`: the text of an
+        answer that was cut off at the token cap: the model goes on from its end (the new text is only the rest)."""
         question = check_question(question, self.settings.max_input_chars)
         max_new = max_new_tokens or self.settings.max_new_tokens
         tmpl = self.template(template)
@@ -100,9 +115,8 @@ class Answerer:
         elif "sources" in tmpl.variables:
             variables["sources"] = "(no reference data was found for this question)"
         messages = tmpl.render(question, history, **variables)
-        gen = self.model.stream(
-            messages, max_new_tokens=max_new, temperature=self.settings.temperature, adapter=adapter, stop=stop
-        )
+        gen = self.model.stream(messages, max_new_tokens=max_new, adapter=adapter, stop=stop,
+                                decoding=decoding or self.decoding(), prefix=continue_from)
         sources = [
             {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4)} for h in hits
         ] if use_rag else []

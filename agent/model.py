@@ -124,6 +124,13 @@ class Generation:
     first_token_s: float | None = None
     seconds: float = 0.0
     cancelled: bool = False
+    max_new_tokens: int | None = None
+    truncated: bool = False  # stopped by the max_new_tokens cap, not by the model's end of answer
+
+    @property
+    def cut_off(self) -> bool:
+        """The answer ran into the token cap (and was not stopped by the user)."""
+        return self.truncated and not self.cancelled
 
     def __iter__(self):
         try:
@@ -153,6 +160,65 @@ class _Stop:
 
     def __call__(self, input_ids, scores, **kwargs):
         return self.event.is_set()
+
+
+def banned_next(tokens: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in `tokens` (the answer so far). Pure."""
+    if n < 1 or len(tokens) < n - 1:
+        return set()
+    if n == 1:
+        return set(tokens)
+    head = tuple(tokens[len(tokens) - n + 1:])
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == head}
+
+
+class AnswerNoRepeatNGram:
+    """LogitsProcessor: the answer never repeats one of its own n-grams of `n` tokens. Unlike transformers'
+    `no_repeat_ngram_size` it ignores the prompt (the first `prompt_len` tokens), so a grounded answer may still
+    quote its sources word for word."""
+
+    def __init__(self, n: int, prompt_len: int):
+        self.n, self.prompt_len = n, prompt_len
+
+    def __call__(self, input_ids, scores):
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            banned = banned_next(ids, self.n)
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How an answer is decoded. temperature 0 = greedy. repetition_penalty > 1 and no_repeat_ngram_size > 0
+    keep a small model from looping (chosen by bench/answer_quality.py); both look at the answer only, never at
+    the prompt, so a grounded answer can repeat its sources' words. seed: the sampling seed (None: torch's
+    generator as it stands)."""
+
+    temperature: float = 0.0
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int | None = None
+
+    def generate_kwargs(self, prompt_len: int) -> dict:
+        """Keyword arguments for `model.generate` with a prompt of `prompt_len` tokens."""
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        kw: dict = {}
+        if self.temperature > 0:
+            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        processors = []
+        if self.repetition_penalty and self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty),
+                                                               prompt_ignore_length=int(prompt_len)))
+        if self.no_repeat_ngram_size > 0:
+            processors.append(AnswerNoRepeatNGram(int(self.no_repeat_ngram_size), int(prompt_len)))
+        if processors:
+            kw["logits_processor"] = LogitsProcessorList(processors)
+        return kw
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -250,18 +316,25 @@ class ChatModel:
         temperature: float = 0.0,
         adapter: str | None = "default",
         stop: threading.Event | None = None,
+        decoding: Decoding | None = None,
+        prefix: str | None = None,
     ) -> Generation:
-        """Stream an answer to `messages` (oldest turns dropped to fit). `adapter="default"` uses self.active."""
+        """Stream an answer to `messages` (oldest turns dropped to fit). `adapter="default"` uses self.active.
+        `decoding` overrides `temperature` (kept for callers that only set that). `prefix`: the start of the answer
+        (one cut off at the cap): the model continues it, and only the continuation is streamed."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         adapter = self.active if adapter == "default" else adapter
         if adapter is not None and adapter not in self.adapters:
             raise KeyError(f"unknown adapter {adapter!r}")
         stop = stop or threading.Event()
-        messages = self.fit(messages, max_new_tokens)
-        ids = torch.tensor([self.render(messages)], device=self.device)
+        head = self.tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        messages = self.fit(messages, max_new_tokens + len(head))
+        ids = torch.tensor([self.render(messages) + list(head)], device=self.device)
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        gen = Generation(iter(()), model=self.name, adapter=adapter, prompt_tokens=ids.shape[1])
+        gen = Generation(iter(()), model=self.name, adapter=adapter, prompt_tokens=ids.shape[1],
+                         max_new_tokens=max_new_tokens)
+        decoding = decoding or Decoding(temperature=temperature)
         errors: list[BaseException] = []
         kwargs = dict(
             input_ids=ids,
@@ -272,16 +345,17 @@ class ChatModel:
             pad_token_id=self.tok.pad_token_id,
             eos_token_id=self.tok.eos_token_id,
         )
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs.update(decoding.generate_kwargs(ids.shape[1]))
 
         def run():
             try:
                 with self.lock, torch.inference_mode(), self._select(adapter):
+                    if decoding.seed is not None and decoding.temperature > 0:
+                        torch.manual_seed(decoding.seed)  # inside the lock: no other generation draws from it
                     out = self.model.generate(**kwargs)
                     gen.completion_tokens = int(out.shape[1] - ids.shape[1])
+                    gen.truncated = (gen.completion_tokens >= max_new_tokens
+                                     and int(out[0, -1]) != self.tok.eos_token_id)
             except BaseException as e:  # reported to the consumer below
                 errors.append(e)
                 streamer.end()

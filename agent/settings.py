@@ -49,6 +49,13 @@ class Settings:
     max_edit_chars: int = 8000  # longest edited answer accepted
     max_upload_mb: int = 20
     temperature: float = 0.0  # 0 = greedy (deterministic)
+    top_p: float = 0.95  # nucleus sampling when temperature > 0
+    repetition_penalty: float = 1.0  # > 1: the answer is discouraged from repeating its own tokens (prompt exempt)
+    no_repeat_ngram_size: int = 4  # > 0: an answer never repeats one of its own n-grams of this many tokens
+    # (bench/answer_quality.py: 4 stops the loops and keeps SQuAD-with-RAG answers; a penalty of 1.2 cost them)
+    retry_temperature: float = 0.8  # 🔄 retry samples, so it gives a different answer (a new seed each time)
+    retry_top_p: float = 0.9
+    retry_attempts: int = 3  # a retry that repeats the first answer (after normalization) samples again, this often
     template: str = "plain"
     device: str = "auto"  # auto | cpu | cuda
     chroma_url: str = ""  # empty = local persistent Chroma in data_dir; else a Chroma server URL
@@ -75,6 +82,8 @@ class Settings:
         values["port"] = int(os.environ.get("GRADIO_SERVER_PORT", values["port"]))
         values.update(overrides)
         s = cls(**values)
+        if s.retry_temperature <= 0 or s.retry_attempts < 1:
+            raise ValueError("KAIZEN_RETRY_TEMPERATURE must be > 0 and KAIZEN_RETRY_ATTEMPTS >= 1")
         if s.max_new_tokens < 1 or s.threads < 1:
             raise ValueError("KAIZEN_MAX_NEW_TOKENS and KAIZEN_THREADS must be >= 1")
         if s.retriever not in ("learned", "convex", "rrf"):

@@ -19,8 +19,42 @@ LOCAL_USER = "local"
 
 
 def new_state() -> dict:
-    """Per-session state. `shown` is the displayed chat: [{"role","content","id"}]; `pending` a retry awaiting a pick."""
-    return {"conversation": None, "shown": [], "pending": None}
+    """Per-session state. `shown` is the displayed chat: [{"role","content","id"}, ...] (an answer may also carry
+    "sources" and "cut_off": the token cap it ran into); `pending` a retry awaiting a pick; `notice` what the last
+    action has to say; `retries` counts retries (each one samples with its own seed)."""
+    return {"conversation": None, "shown": [], "pending": None, "notice": "", "retries": 0}
+
+
+def same_text(a: str, b: str) -> bool:
+    """Two answers are the same when they match after normalization (case, width, whitespace)."""
+    from feedback.curate import normalize_text
+
+    return normalize_text(a) == normalize_text(b)
+
+
+def retry_seed(prompt_id: int, retry: int, attempt: int) -> int:
+    """A different sampling seed for every retry and every attempt within one, reproducible from the ids."""
+    return (int(prompt_id) * 1_000_003 + int(retry) * 101 + int(attempt)) % (2**31 - 1)
+
+
+def cut_off_notice(state: dict) -> str:
+    """'… cut off at N tokens' when the latest answer ran into the token cap, else ''."""
+    last = state["shown"][-1] if state["shown"] else None
+    if last and last["role"] == "assistant" and last.get("cut_off"):
+        return f"… cut off at {last['cut_off']} tokens. Press **Continue** to go on with this answer."
+    return ""
+
+
+def can_continue(state: dict) -> bool:
+    return bool(cut_off_notice(state)) and state["shown"][-1].get("id") is not None
+
+
+def pick_texts(state: dict) -> tuple[str, str]:
+    """The two answers of a pending retry, escaped for display side by side ('' when nothing is pending)."""
+    p = state.get("pending")
+    if not p:
+        return "", ""
+    return (escape_display(p["first"]["content"]), escape_display(p["second"]["content"]))
 
 
 def escape_display(text: str) -> str:
@@ -34,17 +68,46 @@ def unescape_display(text: str) -> str:
     return unescape_chat(text)
 
 
+def sources_html(sources: list[dict]) -> str:
+    """A collapsed <details> list of the sources (file names escaped)."""
+    lines = "<br>".join(f"[{i}] {html.escape(str(s['file']))} — chunk {int(s['chunk'])}, score {float(s['score']):.3f}"
+                        for i, s in enumerate(sources, 1))
+    return f'<details class="kaizen-sources"><summary>Sources</summary><div>{lines}</div></details>'.replace(
+        "—", "&mdash;")
+
+
 def to_chatbot(state: dict) -> list[dict]:
-    """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers."""
+    """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers.
+
+    The note is a component message (an HTML <details> block), not text: Gradio's edit mode turns only text
+    messages of the answer's bubble into text areas, so the note is shown but never editable (its edit event is
+    ignored: `is_sources_note`). Not a metadata "thought": Gradio draws no component inside one."""
+    import gradio as gr
+
     out = []
     for m in state["shown"]:
         out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
-            lines = [f"[{i}] {escape_display(s['file'])} — chunk {s['chunk']}, score {s['score']:.3f}"
-                     for i, s in enumerate(m["sources"], 1)]
-            out.append({"role": "assistant", "content": "\n".join(lines),
-                        "metadata": {"title": "Sources", "status": "done"}})
+            out.append({"role": "assistant", "content": gr.HTML(sources_html(m["sources"]))})
     return out
+
+
+def is_sources_note(state: dict, index) -> bool:
+    """The Chatbot index points at the Sources note under an answer (not at a message of the chat)."""
+    if isinstance(index, (list, tuple)):
+        index = index[0] if index else None
+    if not isinstance(index, int) or isinstance(index, bool):
+        return False
+    pos = 0
+    for m in state["shown"]:
+        pos += 1
+        if m.get("sources"):
+            if pos == index:
+                return True
+            pos += 1
+        if pos > index:
+            return False
+    return False
 
 
 def chat_index_to_shown(state: dict, index) -> int:
@@ -103,11 +166,14 @@ class ChatLogic:
         history = self.history(state)
         uid = self.store.add_message(state["conversation"], "user", question, user_id=user_id, parent_id=parent)
         state["shown"].append({"role": "user", "content": question, "id": uid})
-        state["pending"] = None
+        state["pending"], state["notice"] = None, ""
         yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop)
 
     def retry(self, state: dict, user_id: int, index, template: str, rag: str, adapter, stop: threading.Event):
-        """Generator: a sibling answer to the user message at `index`; the previous answer is kept for the pick."""
+        """Generator: a sibling answer to the user message at `index`, sampled (a new seed each retry) so that it
+        differs; the previous answer is kept for the pick. A sample that repeats the first answer (after
+        normalization) is stored like any answer but not offered: the retry samples again, up to
+        `settings.retry_attempts` times. A pick is offered only for two different, complete answers."""
         self.own(state, user_id)
         i = chat_index_to_shown(state, index)
         msg = state["shown"][i]
@@ -115,20 +181,57 @@ class ChatLogic:
             raise ValueError("retry applies to a question")
         if i + 2 != len(state["shown"]):
             raise ValueError("only the latest answer can be regenerated")
-        first = state["shown"].pop()
+        first = state["shown"][-1]
+        if first["role"] != "assistant" or first["id"] is None:
+            raise ValueError("retry applies to a finished answer")
+        state["shown"].pop()
+        state["pending"], state["notice"] = None, ""
+        state["retries"] = state.get("retries", 0) + 1
         history = self.history(state, upto=i)
-        yield from self._answer(state, user_id, history, msg["content"], msg["id"], template, rag, adapter, stop)
-        second = state["shown"][-1]
-        state["pending"] = {"prompt_id": msg["id"], "first": first, "second": second}
+        attempts = max(1, self.answerer.settings.retry_attempts)
+        second = None
+        for attempt in range(attempts):
+            if second is not None:
+                state["shown"].pop()  # the repeat stays in the record, not on screen
+            decoding = self.answerer.retry_decoding(retry_seed(msg["id"], state["retries"], attempt))
+            yield from self._answer(state, user_id, history, msg["content"], msg["id"], template, rag, adapter,
+                                    stop, decoding=decoding)
+            second = state["shown"][-1]
+            if stop.is_set() or not same_text(first["content"], second["content"]):
+                break
+        if stop.is_set() or not second["content"].strip():
+            state["notice"] = "Stopped: nothing to choose from."
+        elif same_text(first["content"], second["content"]):
+            state["shown"][-1] = first  # the answer on screen (and its feedback) stays the first one
+            state["notice"] = (f"The retry gave the same answer {attempts} time{'s' if attempts > 1 else ''}; "
+                               "there is nothing to choose from.")
+        else:
+            state["pending"] = {"prompt_id": msg["id"], "first": first, "second": second}
         yield state
 
-    def _answer(self, state, user_id, history, question, parent_id, template, rag, adapter, stop):
+    def continue_answer(self, state: dict, user_id: int, template: str, rag: str, adapter, stop: threading.Event):
+        """Generator: the latest answer was cut off at the token cap; generate on from its end. The whole text
+        (old + new) is stored as a new answer to the same question (messages are append-only) and takes its place
+        on screen, so later feedback goes to the complete answer."""
+        self.own(state, user_id)
+        if not can_continue(state):
+            raise ValueError("the latest answer was not cut off: there is nothing to continue")
+        cut = state["shown"].pop()
+        question = state["shown"][-1]
+        state["pending"], state["notice"] = None, ""
+        history = self.history(state, upto=len(state["shown"]) - 1)
+        yield from self._answer(state, user_id, history, question["content"], question["id"], template, rag,
+                                adapter, stop, prefix=cut["content"])
+
+    def _answer(self, state, user_id, history, question, parent_id, template, rag, adapter, stop, *,
+                decoding=None, prefix: str | None = None):
         started = time.perf_counter()
         if self.router is not None:
             adapter = self.router(state["conversation"], adapter)
         reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop,
-                                     owner=self.store.user(user_id)["name"])  # retrieval sees only their documents
-        shown = {"role": "assistant", "content": "", "id": None, "sources": reply.sources}
+                                     owner=self.store.user(user_id)["name"],  # retrieval sees only their documents
+                                     decoding=decoding, continue_from=prefix)
+        shown = {"role": "assistant", "content": prefix or "", "id": None, "sources": reply.sources}
         state["shown"].append(shown)
         try:
             for piece in reply.generation:
@@ -136,8 +239,10 @@ class ChatLogic:
                 yield state
         finally:
             gen = reply.generation
+            if gen.cut_off:
+                shown["cut_off"] = gen.max_new_tokens
             shown["id"] = self.store.add_message(
-                state["conversation"], "assistant", gen.text, user_id=user_id, parent_id=parent_id,
+                state["conversation"], "assistant", (prefix or "") + gen.text, user_id=user_id, parent_id=parent_id,
                 template=reply.template, model=gen.model, adapter=gen.adapter, sources=reply.sources,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
@@ -153,12 +258,47 @@ class ChatLogic:
         return m["id"]
 
     def rate(self, state, user_id, index, liked, reasons=(), comment="") -> str:
+        """`liked` as Gradio's LikeData gives it: True (👍), False (👎), or "" / None when the user un-clicks the
+        selected thumb: that is a retraction (an append-only rating of 0; the latest rating wins in datasets)."""
         self.own(state, user_id)
         mid = self.answer_id(state, index)
-        value = 1 if liked is True else -1
-        self.store.rate(mid, user_id, value, list(reasons), comment or "")
-        extra = f" ({', '.join(reasons)})" if reasons else ""
-        return f"Saved: {'👍' if value > 0 else '👎'} on answer #{mid}{extra}."
+        if liked is True or liked is False:
+            value = 1 if liked else -1
+            self.store.rate(mid, user_id, value, list(reasons), comment or "")
+            extra = f" ({', '.join(reasons)})" if reasons else ""
+            return f"Saved: {'👍' if value > 0 else '👎'} on answer #{mid}{extra}."
+        if liked in ("", None):
+            self.store.retract(mid, user_id)
+            return f"Saved: your rating of answer #{mid} is taken back."
+        raise ValueError(f"unknown feedback {liked!r}")
+
+    def is_question(self, state, index) -> bool:
+        return state["shown"][chat_index_to_shown(state, index)]["role"] == "user"
+
+    def reask(self, state: dict, user_id: int, index, question: str, template: str, rag: str, adapter,
+              stop: threading.Event):
+        """Generator: the user edited their question at `index`: a new branch. The edited question is stored as a
+        new user message with the same parent as the old one (the old question and what followed stay on record),
+        it replaces the old one and everything after it on screen, and a new answer is generated for it."""
+        from agent.chat import check_question
+
+        self.own(state, user_id)
+        i = chat_index_to_shown(state, index)
+        old = state["shown"][i]
+        if old["role"] != "user":
+            raise ValueError("only a question can be asked again")
+        question = check_question(unescape_display(question or ""), self.answerer.settings.max_input_chars)
+        if same_text(question, old["content"]):
+            raise ValueError("the question did not change; use 🔄 to get another answer")
+        self.answerer.template(template)  # unknown template: error before storing anything
+        history = self.history(state, upto=i)
+        parent = state["shown"][i - 1]["id"] if i else None
+        uid = self.store.add_message(state["conversation"], "user", question, user_id=user_id, parent_id=parent,
+                                     root=parent is None)
+        del state["shown"][i:]
+        state["shown"].append({"role": "user", "content": question, "id": uid})
+        state["pending"], state["notice"] = None, ""
+        yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop)
 
     def edit(self, state, user_id, index, edited: str) -> str:
         """A correction of an answer. The original comes from the store; the display shows the edited text."""
@@ -166,7 +306,7 @@ class ChatLogic:
         i = chat_index_to_shown(state, index)
         m = state["shown"][i]
         if m["role"] != "assistant" or m["id"] is None:
-            raise ValueError("only answers can be corrected; to change a question, undo and ask again")
+            raise ValueError("only answers can be corrected; an edited question is asked again (`reask`)")
         edited = unescape_display(edited or "").strip()
         if not edited:
             raise ValueError("the corrected answer is empty")
@@ -184,6 +324,11 @@ class ChatLogic:
         if not p:
             raise ValueError("there is no pair of answers to choose from")
         a, b = p["first"], p["second"]
+        if which not in ("first", "second"):
+            raise ValueError("pick the first or the second answer")
+        if same_text(a["content"], b["content"]):
+            state["pending"] = None
+            raise ValueError("the two answers are the same text; there is nothing to choose (nothing was stored)")
         picked = a if which == "first" else b
         self.store.choose(p["prompt_id"], user_id, [a["id"], b["id"]], picked["id"])
         state["shown"][-1] = picked

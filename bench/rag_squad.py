@@ -260,6 +260,11 @@ def routing_calibration(kb: KnowledgeBase, questions: list[dict]) -> dict:
             "default_off_topic_routed": rate(off, DEFAULT_MIN_SIMILARITY)}
 
 
+def contains_gold(answer: str, golds: list[str]) -> bool:
+    """The answer contains one of the gold answers (case-insensitive): the SQuAD answer metric used here."""
+    return any(g.lower() in answer.lower() for g in golds)
+
+
 def answers_run(kb: KnowledgeBase, questions: list[dict], n: int, max_new_tokens: int) -> dict:
     """Answers from the real default model through the project's answer pipeline, RAG off vs on."""
     from agent.chat import Answerer
@@ -278,7 +283,7 @@ def answers_run(kb: KnowledgeBase, questions: list[dict], n: int, max_new_tokens
             reply = answerer.answer([], q["question"], template="plain", rag=mode, max_new_tokens=max_new_tokens)
             got[mode] = reply.generation.collect()
             seconds[mode].append(time.perf_counter() - t)
-            res[mode] += any(a.lower() in got[mode].lower() for a in q["answers"])
+            res[mode] += contains_gold(got[mode], q["answers"])
         if len(examples) < 3:
             examples.append({"question": q["question"], "gold": q["answers"][:2]} | got)
     return {"questions": len(sample), "max_new_tokens": max_new_tokens, "model": settings.base_model,

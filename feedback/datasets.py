@@ -12,11 +12,15 @@ so `source` travels along harmlessly:
 - KTO  `{"prompt": [...], "completion": [assistant], "label": bool, "source": [...]}`
 
 Rules (each one a small function below):
-- ratings: the latest rating of a user on a message supersedes that user's earlier ones; a message's verdict is
-  +1 / -1 when all its (latest) votes agree, a conflict otherwise (left out of SFT/KTO, counted).
+- ratings: the latest rating of a user on a message supersedes that user's earlier ones; a latest rating of 0 is a
+  retraction (the thumb was un-clicked: that user's vote is gone, counted); a message's verdict is +1 / -1 when all
+  its (latest, unretracted) votes agree, a conflict otherwise (left out of SFT/KTO, counted). So 👎 then 👍 is one
+  +1, and 👎 then un-click is nothing.
 - edits: the latest edit of a user on a message wins; the edit is the gold SFT answer and DPO chosen over the
   original. An edited message gives no thumbs-up SFT row (the edit replaces it) and no KTO row.
 - choices: the picked candidate over each other candidate (DPO); a user's latest choice on a prompt wins.
+- DPO pairs whose chosen and rejected are the same text after normalization (case, width, whitespace) are dropped
+  and counted (`stages.dpo.identical`): e.g. a retry that gave the same answer again.
 - siblings: answers to the same `parent_id`, one voted up, one voted down -> DPO (every up x down pair).
 - KTO: voted messages that are in no sibling pair and were not edited ("unpaired thumbs").
 """
@@ -75,16 +79,24 @@ def validate_events(events: list[dict]) -> None:
         extra = {"rating": "value", "edit": "edited", "choice": "chosen"}[e["kind"]]
         if extra not in e:
             raise ValueError(f"event {e['event_id']}: a {e['kind']} event needs {extra!r}")
-        if e["kind"] == "rating" and e["value"] not in (1, -1):
-            raise ValueError(f"event {e['event_id']}: rating value must be +1 or -1, got {e['value']!r}")
+        if e["kind"] == "rating" and (isinstance(e["value"], bool) or e["value"] not in (1, -1, 0)):
+            raise ValueError(f"event {e['event_id']}: rating value must be +1, -1 or 0 (retracted), "
+                             f"got {e['value']!r}")
         if not isinstance(e["prompt"], list) or not e["prompt"]:
             raise ValueError(f"event {e['event_id']}: prompt must be a non-empty list of messages")
 
 
 # ---------------------------------------------------------------------------------------------- supersession
 def latest_ratings(events: list[dict]) -> tuple[list[dict], list[str]]:
-    """Keep each user's latest rating per message. Returns (kept ratings in time order, superseded event ids)."""
-    return _latest(events, "rating", "message_id")
+    """Keep each user's latest rating per message, unless it is a retraction (value 0: the vote is gone).
+    Returns (kept ratings in time order, superseded event ids); see `retracted_ratings` for the retractions."""
+    kept, superseded = _latest(events, "rating", "message_id")
+    return [r for r in kept if r["value"] != 0], superseded
+
+
+def retracted_ratings(events: list[dict]) -> list[str]:
+    """Event ids of the retractions that are a user's latest rating on a message (the thumb is taken back)."""
+    return [r["event_id"] for r in _latest(events, "rating", "message_id")[0] if r["value"] == 0]
 
 
 def latest_edits(events: list[dict]) -> tuple[list[dict], list[str]]:
@@ -161,13 +173,18 @@ def sft_rows(events: list[dict]) -> list[dict]:
     return _sorted(rows)
 
 
-def dpo_rows(events: list[dict]) -> list[dict]:
-    """DPO rows: edited over original, picked over each other candidate, up-voted over down-voted sibling.
-    Pairs whose two sides are the same text (after normalization) are left out."""
+def same_answer(row: dict) -> bool:
+    """A DPO pair whose two sides are the same text after normalization (case, width, whitespace)."""
+    return normalize_text(row["chosen"][0]["content"]) == normalize_text(row["rejected"][0]["content"])
+
+
+def dpo_pairs(events: list[dict]) -> list[dict]:
+    """Every DPO pair the events give, identical sides included: edited over original, picked over each other
+    candidate, up-voted over down-voted sibling. `dpo_rows` is these minus `same_answer` pairs."""
     rows = []
 
     def add(prompt, chosen, rejected, source):
-        if chosen.strip() and rejected.strip() and normalize_text(chosen) != normalize_text(rejected):
+        if chosen.strip() and rejected.strip():
             rows.append({"prompt": clean_prompt(prompt), "chosen": assistant(chosen),
                          "rejected": assistant(rejected), "source": source})
 
@@ -179,6 +196,12 @@ def dpo_rows(events: list[dict]) -> list[dict]:
     for ups, downs in sibling_pairs(latest_ratings(events)[0]):
         add(ups[0]["prompt"], ups[0]["answer"], downs[0]["answer"], _ids(ups + downs))
     return _sorted(rows)
+
+
+def dpo_rows(events: list[dict]) -> list[dict]:
+    """DPO rows: edited over original, picked over each other candidate, up-voted over down-voted sibling.
+    Pairs whose two sides are the same text (after normalization) are left out."""
+    return [r for r in dpo_pairs(events) if not same_answer(r)]
 
 
 def kto_rows(events: list[dict]) -> list[dict]:
@@ -290,13 +313,17 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
 
     files, stages, dropped, redactions = {}, {}, {}, {}
     for kind, build in BUILDERS.items():
-        rows = build(usable)
+        rows = dpo_pairs(usable) if kind == "dpo" else build(usable)
         st = {"built": len(rows)}
         drops: dict[str, list] = defaultdict(list)
 
         def drop(reason, gone):
             st[reason] = len(gone)
             drops[reason] += [s for r in gone for s in r["source"]]
+
+        if kind == "dpo":  # the same text on both sides (a retry that repeated itself, a no-op edit)
+            drop("identical", [r for r in rows if same_answer(r)])
+            rows = [r for r in rows if not same_answer(r)]
 
         hit = [r for r in rows if any(s in flagged for s in r["source"])]
         st["flagged"] = len(hit)
@@ -348,6 +375,7 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         "events": {
             "total": len(events), "by_kind": {k: kinds.get(k, 0) for k in KINDS},
             "opted_out": len(events) - len(usable), "superseded_ratings": len(superseded_r),
+            "retracted_ratings": len(retracted_ratings(usable)),
             "superseded_edits": len(superseded_e), "superseded_choices": len(superseded_c),
             "conflicting_messages": len(verdicts(ratings)[2]),
             "flagged": len(flagged), "used": len(used), "unused": len(usable) - len(used),

@@ -101,7 +101,34 @@ def m001_initial(db: Database) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial]
+RATINGS_V2 = """CREATE TABLE ratings (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    value INTEGER NOT NULL CHECK (value IN (-1, 0, 1)),
+    reasons TEXT NOT NULL DEFAULT '[]',
+    comment TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+)"""
+
+
+def m002_rating_retraction(db: Database) -> None:
+    """A rating of 0 is a retraction: the user un-clicked their thumb (the latest rating per message and user
+    wins, so a 0 leaves that answer unrated). SQLite cannot change a CHECK in place: the table is rebuilt under
+    its own name with every row, id and timestamp kept, then its indexes and append-only trigger are restored."""
+    db.execute("ALTER TABLE ratings RENAME TO ratings_v1")
+    db.execute(RATINGS_V2)
+    db.execute("INSERT INTO ratings (id, message_id, user_id, value, reasons, comment, created) "
+               "SELECT id, message_id, user_id, value, reasons, comment, created FROM ratings_v1 ORDER BY id")
+    db.execute("DROP TABLE ratings_v1")  # takes its indexes and trigger with it
+    for sql in ("CREATE INDEX idx_ratings_message ON ratings(message_id, user_id)",
+                "CREATE INDEX idx_ratings_created ON ratings(created)",
+                "CREATE TRIGGER ratings_append_only BEFORE UPDATE ON ratings\n"
+                "BEGIN SELECT RAISE(ABORT, 'ratings are append-only'); END"):
+        db.execute(sql)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction]
 
 
 def _now() -> str:

@@ -1,14 +1,19 @@
 """Feedback statistics: `compute(conn, user_id)` reads, `format_table(stats)` renders text for the CLI.
 
-Thumbs counts use each user's latest rating per message (a later rating supersedes an earlier one); the
-per-day counts count every event. `user_id=None` covers all users (admin view).
+Thumbs counts use each user's latest rating per message (a later rating supersedes an earlier one, a 0 takes it
+back); the per-day counts count every event. `user_id=None` covers all users (admin view). Answers served without
+an adapter are grouped as "base".
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 
 GROUPS = ("template", "model", "adapter")
 LATEST_EDITS = 10
+LATEST_REASONS = 10
+BASE = "base"  # the adapter label of answers from the base model (no adapter)
+DAILY_SERIES = ("answers", "thumbs up", "thumbs down", "taken back", "edits", "picks")
 
 
 def _dicts(conn: sqlite3.Connection, sql: str, params=()) -> list[dict]:
@@ -23,7 +28,10 @@ def ratio(up: int, down: int) -> float | None:
 
 
 def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
-    """Totals, events per day and kind, answers/thumbs/edits per template, model and adapter, latest edits."""
+    """Totals, events per day and kind (`per_day`: rating / edit / choice events; `daily`: answers, thumbs up,
+    thumbs down, taken back (each user's standing rating of an answer, on the day it was given: 👎 then 👍 is one
+    👍), edits, picks), answers/thumbs/edits per template, model and adapter, latest edits, and the
+    latest reasons and comments (of ratings that still stand)."""
     cond, args = ("", ()) if user_id is None else (" AND user_id = ?", (user_id,))
     latest = f"SELECT * FROM ratings WHERE id IN (SELECT max(id) FROM ratings WHERE 1=1{cond} " \
              f"GROUP BY message_id, user_id)"
@@ -44,17 +52,30 @@ def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
             UNION ALL SELECT substr(created, 1, 10), 'edit' FROM edits WHERE 1=1{cond}
             UNION ALL SELECT substr(created, 1, 10), 'choice' FROM choices WHERE 1=1{cond})
             GROUP BY day, kind ORDER BY day, kind""", args * 3)
+        daily = _dicts(conn, f"""SELECT day, series, count(*) AS count FROM (
+            SELECT substr(m.created, 1, 10) AS day, 'answers' AS series FROM messages m
+                WHERE m.role = 'assistant' AND m.conversation_id IN (SELECT id FROM conversations WHERE 1=1{cond})
+            UNION ALL SELECT substr(created, 1, 10), CASE value WHEN 1 THEN 'thumbs up' WHEN -1 THEN 'thumbs down'
+                ELSE 'taken back' END FROM ({latest})
+            UNION ALL SELECT substr(created, 1, 10), 'edits' FROM edits WHERE 1=1{cond}
+            UNION ALL SELECT substr(created, 1, 10), 'picks' FROM choices WHERE 1=1{cond})
+            GROUP BY day, series ORDER BY day, series""", args * 4)  # ratings: the standing one, on its day
+        reasons = _dicts(conn, f"""SELECT r.id, r.created, u.name AS user, r.message_id, m.adapter, r.value,
+                r.reasons, r.comment, m.content AS answer
+            FROM ({latest}) r JOIN users u ON u.id = r.user_id JOIN messages m ON m.id = r.message_id
+            WHERE r.reasons != '[]' OR r.comment != '' ORDER BY r.id DESC LIMIT {LATEST_REASONS}""", args)
         groups = {}
         for g in GROUPS:
-            rows = _dicts(conn, f"""SELECT coalesce(m.{g}, '(none)') AS {g}, count(*) AS answers,
+            none = f"'{BASE}'" if g == "adapter" else "'(none)'"
+            rows = _dicts(conn, f"""SELECT coalesce(m.{g}, {none}) AS {g}, count(*) AS answers,
                   sum(r.value = 1) AS up, sum(r.value = -1) AS down,
                   (SELECT count(*) FROM edits e JOIN messages m2 ON m2.id = e.message_id
-                     WHERE coalesce(m2.{g}, '(none)') = coalesce(m.{g}, '(none)'){cond.replace('user_id', 'e.user_id')}
+                     WHERE coalesce(m2.{g}, {none}) = coalesce(m.{g}, {none}){cond.replace('user_id', 'e.user_id')}
                   ) AS edits
                 FROM messages m JOIN conversations c ON c.id = m.conversation_id
                 LEFT JOIN ({latest}) r ON r.message_id = m.id
                 WHERE m.role = 'assistant'{cond.replace('user_id', 'c.user_id')}
-                GROUP BY coalesce(m.{g}, '(none)') ORDER BY answers DESC, {g}""", args * 3)
+                GROUP BY coalesce(m.{g}, {none}) ORDER BY answers DESC, {g}""", args * 3)
             for r in rows:
                 r["up"], r["down"] = r["up"] or 0, r["down"] or 0
                 r["ratio"] = ratio(r["up"], r["down"])
@@ -72,6 +93,9 @@ def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
         "by_model": groups["model"],
         "by_adapter": groups["adapter"],
         "latest_edits": edits,
+        "daily": daily,
+        "latest_reasons": [dict(r, reasons=json.loads(r["reasons"] or "[]"), adapter=r["adapter"] or BASE)
+                           for r in reasons],
     }
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from feedback import migrations
+from feedback.curate import normalize_text
 from feedback.locking import Checkpointer, lock_for
 
 REASONS = ("wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other")
@@ -288,13 +289,15 @@ class Store:
     def add_message(self, conversation_id: int, role: str, content: str, *, user_id: int,
                     parent_id: int | None = None, template: str | None = None, model: str | None = None,
                     adapter: str | None = None, sources: list[dict] | None = None, latency_ms: float | None = None,
-                    prompt_tokens: int | None = None, completion_tokens: int | None = None) -> int:
+                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                    root: bool = False) -> int:
         """Store one message of `user_id`'s conversation; returns its id.
 
         `parent_id`: for an assistant message the user message it answers (a retry is a sibling: same parent);
         for a user message the answer it follows. When None: assistant -> the latest user message; user -> the
         latest message, or the picked candidate if that turn had a regenerate-and-pick choice. Pass it explicitly
-        when the UI knows better.
+        when the UI knows better. `root=True`: a user message that starts the conversation over (no parent: an
+        edited first question), whatever came before.
         """
         if role not in MESSAGE_ROLES:
             raise FeedbackError(f"role must be one of {MESSAGE_ROLES}, got {role!r}")
@@ -314,6 +317,9 @@ class Store:
             if role == "system":
                 if parent_id is not None:
                     raise FeedbackError("a system message has no parent")
+            elif root:
+                if role != "user" or parent_id is not None:
+                    raise FeedbackError("only a user message without a parent can start a new root")
             elif parent_id is None:
                 parent_id = self._default_parent(conn, conversation_id, role, user_id)
             else:
@@ -344,7 +350,7 @@ class Store:
         for r in rows:
             r["sources"] = json.loads(r["sources"]) if r["sources"] else None
             r["edited"] = edited.get(r["id"])
-            r["rating"] = rated.get(r["id"])
+            r["rating"] = rated.get(r["id"]) or None  # 0: the thumb was taken back
         return rows
 
     def message(self, message_id: int, user_id: int) -> dict:
@@ -369,6 +375,14 @@ class Store:
         """Thumbs up (+1) / down (-1) on an answer in the user's own conversation; a later rating supersedes."""
         if isinstance(value, bool) or value not in (1, -1):
             raise FeedbackError(f"rating value must be +1 or -1, got {value!r}")
+        return self._rating(message_id, user_id, value, reasons, comment)
+
+    def retract(self, message_id: int, user_id: int) -> int:
+        """The user takes their thumb back: an append-only rating of 0 that supersedes their earlier ones, so the
+        answer counts as unrated (datasets and stats read the latest rating per message and user)."""
+        return self._rating(message_id, user_id, 0, (), "")
+
+    def _rating(self, message_id, user_id, value: int, reasons: Sequence[str], comment: str) -> int:
         if isinstance(reasons, str) or not isinstance(reasons, (list, tuple)):
             raise FeedbackError("reasons must be a list of reason tags")
         unknown = [r for r in reasons if r not in REASONS]
@@ -404,7 +418,8 @@ class Store:
             return cur.lastrowid
 
     def choose(self, prompt_message_id: int, user_id: int, candidate_ids: Sequence[int], picked_id: int) -> int:
-        """Regenerate-and-pick: `candidate_ids` (>= 2 assistant answers to the same user message) and the pick."""
+        """Regenerate-and-pick: `candidate_ids` (>= 2 assistant answers to the same user message) and the pick.
+        Candidates whose texts are equal after normalization (case, width, whitespace) are refused."""
         if not isinstance(candidate_ids, (list, tuple)):
             raise FeedbackError("candidate_ids must be a list of message ids")
         ids = [_id(c, "candidate id") for c in candidate_ids]
@@ -414,10 +429,14 @@ class Store:
             raise FeedbackError(f"picked message {picked_id} is not one of the candidates")
         with self._write() as conn:
             self._owned_message(conn, prompt_message_id, user_id, "user")
+            seen: dict[str, int] = {}
             for c in ids:
                 cand = self._owned_message(conn, c, user_id, "assistant")
                 if cand["parent_id"] != prompt_message_id:
                     raise FeedbackError(f"message {c} is not an answer to message {prompt_message_id}")
+                same = seen.setdefault(normalize_text(cand["content"]), c)
+                if same != c:  # a pair of one text twice teaches nothing (and says the text beats itself)
+                    raise FeedbackError(f"answers {same} and {c} are the same text; a choice needs different answers")
             return conn.execute("INSERT INTO choices (prompt_message_id, user_id, candidates, picked_id, created) "
                                 "VALUES (?, ?, ?, ?, ?)",
                                 (prompt_message_id, user_id, json.dumps(ids), picked_id, now_iso())).lastrowid

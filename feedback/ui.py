@@ -1,4 +1,4 @@
-"""The Feedback tab: counts over time and by template/model/adapter, thumbs ratio, latest edits.
+"""The Feedback tab: counts over time and by template/model/adapter, thumbs ratio, latest edits, reasons, comments.
 
 Call `build_feedback_tab(store, user_id_fn)` inside `with gr.Tab("Feedback"):` of a `gr.Blocks`; it builds the
 components, refreshes them when the tab is selected and on its Refresh button, and returns a `FeedbackTab`
@@ -16,26 +16,52 @@ import pandas as pd
 from gradio.context import get_render_context
 
 EDIT_COLUMNS = ["created", "user", "message_id", "adapter", "original", "edited"]
+REASON_COLUMNS = ["created", "user", "message_id", "adapter", "rating", "reasons", "comment", "answer"]
+SERIES = ("answers", "thumbs up", "thumbs down", "taken back", "edits", "picks")
+
+
+def daily_frame(daily: list[dict]) -> pd.DataFrame:
+    """One row per (day, series) for every day from the day before the first event to the last, zeros filled in:
+    each series is its own line, and a single day of data still draws (from 0 the day before)."""
+    if not daily:
+        return pd.DataFrame(columns=["day", "series", "count"])
+    counts = {(r["day"], r["series"]): int(r["count"]) for r in daily}
+    days = pd.date_range(pd.Timestamp(min(r["day"] for r in daily)) - pd.Timedelta(days=1),
+                         pd.Timestamp(max(r["day"] for r in daily)), freq="D")
+    rows = [{"day": d, "series": s, "count": counts.get((d.strftime("%Y-%m-%d"), s), 0)}
+            for d in days for s in SERIES]
+    return pd.DataFrame(rows, columns=["day", "series", "count"])
 
 
 def frames(stats: dict) -> dict[str, pd.DataFrame]:
-    """Long-format DataFrames for the plots: per_day, by_template/by_model/by_adapter, ratio, edits."""
-    per_day = pd.DataFrame(stats["per_day"], columns=["day", "kind", "count"])
-    per_day["day"] = pd.to_datetime(per_day["day"])
-    out = {"per_day": per_day}
+    """Long-format DataFrames for the plots: per_day, by_template/by_model/by_adapter, ratio, edits, reasons.
+    The by_* frames put each kind of count (answers, 👍, 👎, edits) on its own bar, split by template / model /
+    adapter: bars of different quantities are never stacked on each other."""
+    out = {"per_day": daily_frame(stats.get("daily", []))}
     for g in ("template", "model", "adapter"):
-        rows = [{g: r[g], "kind": kind, "count": int(r[col] or 0)}
-                for r in stats[f"by_{g}"]
+        rows = [{"kind": kind, g: r[g], "count": int(r[col] or 0)}
                 for kind, col in (("answers", "answers"), ("thumbs up", "up"), ("thumbs down", "down"),
-                                  ("edits", "edits"))]
-        out[f"by_{g}"] = pd.DataFrame(rows, columns=[g, "kind", "count"])
+                                  ("edits", "edits"))
+                for r in stats[f"by_{g}"]]
+        out[f"by_{g}"] = pd.DataFrame(rows, columns=["kind", g, "count"])
     ratio_rows = [{"adapter": "(all)", "thumbs_up_ratio": stats["thumbs_ratio"]}] + \
                  [{"adapter": r["adapter"], "thumbs_up_ratio": r["ratio"]} for r in stats["by_adapter"]]
     out["ratio"] = pd.DataFrame([r for r in ratio_rows if r["thumbs_up_ratio"] is not None],
                                 columns=["adapter", "thumbs_up_ratio"])
     out["edits"] = pd.DataFrame([{c: ("" if e.get(c) is None else str(e[c])) for c in EDIT_COLUMNS}
                                  for e in stats["latest_edits"]], columns=EDIT_COLUMNS)
+    out["reasons"] = pd.DataFrame([{"created": r["created"][:19].replace("T", " "), "user": r["user"],
+                                    "message_id": str(r["message_id"]), "adapter": r["adapter"],
+                                    "rating": {1: "👍 up", -1: "👎 down"}.get(r["value"], ""),
+                                    "reasons": ", ".join(r["reasons"]), "comment": r["comment"],
+                                    "answer": _clip(r["answer"], 120)}
+                                   for r in stats.get("latest_reasons", [])], columns=REASON_COLUMNS)
     return out
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def summary_markdown(stats: dict, scope: str) -> str:
@@ -58,15 +84,17 @@ def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
     parent = get_render_context()
     summary = gr.Markdown("Press **Refresh** to load the feedback statistics.")
     refresh_button = gr.Button("Refresh", variant="secondary", size="sm")
-    per_day = gr.LinePlot(x="day", y="count", color="kind", title="Feedback events per day", x_title="day",
-                          y_title="events")
+    per_day = gr.LinePlot(x="day", y="count", color="series", title="Answers and feedback per day", x_title="day",
+                          y_title="count")
     with gr.Row():
         ratio = gr.BarPlot(x="adapter", y="thumbs_up_ratio", title="Thumbs-up ratio (overall and by adapter)",
                            y_lim=[0, 1])
-        by_adapter = gr.BarPlot(x="adapter", y="count", color="kind", title="By adapter")
+        by_adapter = gr.BarPlot(x="kind", y="count", color="adapter", title="By adapter")
     with gr.Row():
-        by_template = gr.BarPlot(x="template", y="count", color="kind", title="By template")
-        by_model = gr.BarPlot(x="model", y="count", color="kind", title="By model")
+        by_template = gr.BarPlot(x="kind", y="count", color="template", title="By template")
+        by_model = gr.BarPlot(x="kind", y="count", color="model", title="By model")
+    reasons = gr.Dataframe(headers=REASON_COLUMNS, datatype="str", label="Latest reasons and comments",
+                           interactive=False, wrap=True)
     edits = gr.Dataframe(headers=EDIT_COLUMNS, datatype="str", label="Latest edits", interactive=False, wrap=True)
 
     def refresh(request: gr.Request = None):
@@ -78,9 +106,9 @@ def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
         stats = store.stats(scope_user)
         f = frames(stats)
         return (summary_markdown(stats, scope), f["per_day"], f["ratio"], f["by_adapter"], f["by_template"],
-                f["by_model"], f["edits"])
+                f["by_model"], f["edits"], f["reasons"])
 
-    outputs = [summary, per_day, ratio, by_adapter, by_template, by_model, edits]
+    outputs = [summary, per_day, ratio, by_adapter, by_template, by_model, edits, reasons]
     refresh_button.click(refresh, None, outputs, api_visibility="private")
     if isinstance(parent, gr.Tab):
         parent.select(refresh, None, outputs, api_visibility="private")

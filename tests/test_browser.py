@@ -202,3 +202,172 @@ def test_hostile_markdown_in_chat_fetches_nothing_remote_and_runs_no_script(brow
         assert foreign == [], foreign
     finally:
         pg.close()
+def status_has(page, text, timeout=30_000):
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({json.dumps(text)})",
+                           timeout=timeout)
+
+
+def test_thumb_down_taken_back_then_up_is_one_net_plus_one(page, app_server, tmp_path):
+    """👎 opens the reason panel; un-clicking it closes the panel and stores a retraction; 👍 then is the one
+    rating the dataset holds for that answer."""
+    from feedback.datasets import build_datasets, kto_rows
+    from feedback.store import Store
+
+    send(page, "Name a colour.")
+    (answer_id,), = db_rows(app_server, "select id from messages where role='assistant' order by id desc limit 1")
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Dislike"]').last.click()
+    page.wait_for_selector("#why-panel", state="visible")
+    status_has(page, "👎")
+    page.locator('[aria-label="Disliked"]').last.click()  # un-click
+    status_has(page, "taken back")
+    page.wait_for_selector("#why-panel", state="hidden")
+    page.locator('[aria-label="Like"]').last.click()
+    status_has(page, "👍")
+    assert [v for v, in db_rows(app_server, "select value from ratings where message_id=? order by id",
+                                answer_id)] == [-1, 0, 1]
+    page.screenshot(path=str(tmp_path / "thumbs.png"))
+    store = Store(app_server["db"])
+    try:
+        events = store.training_events()
+    finally:
+        store.close()
+    ours = {f"rating:{i}" for i, in db_rows(app_server, "select id from ratings where message_id=?", answer_id)}
+    kto = [r for r in kto_rows(events) if ours & set(r["source"])]
+    assert [(r["label"], r["source"]) for r in kto] == [(True, [max(ours, key=lambda s: int(s.split(":")[1]))])]
+    _, manifest = build_datasets(events, eval_fraction=0.0)
+    assert manifest["events"]["retracted_ratings"] == 0  # the retraction itself was superseded by the 👍
+
+
+def test_retry_shows_two_different_answers_and_the_pick_stores_them(page, app_server, tmp_path):
+    send(page, "Suggest a name for a cat.")
+    (first_id, first), = db_rows(app_server, "select id, content from messages where role='assistant' "
+                                             "order by id desc limit 1")
+    assert page.locator("#pick-row").is_hidden()  # one answer on screen: nothing to pick
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Retry"]').last.click()
+    page.wait_for_selector("#pick-row", state="visible", timeout=180_000)
+    one, two = page.inner_text("#pick-first-text"), page.inner_text("#pick-second-text")
+    page.screenshot(path=str(tmp_path / "pick.png"))
+    assert one.strip() and two.strip() and " ".join(one.split()).lower() != " ".join(two.split()).lower()
+    assert " ".join(first.split())[:30] in " ".join(one.split())
+    page.click("#pick-first")
+    status_has(page, "preferred")
+    assert page.locator("#pick-row").is_hidden()
+    (candidates, picked), = db_rows(app_server, "select candidates, picked_id from choices order by id desc limit 1")
+    ids = json.loads(candidates)
+    assert picked == first_id and first_id in ids and len(ids) == 2
+    texts = [t for t, in db_rows(app_server, f"select content from messages where id in ({ids[0]}, {ids[1]})")]
+    assert " ".join(texts[0].split()).lower() != " ".join(texts[1].split()).lower()
+
+
+def stored_answer(app_server, after_id, timeout=240):
+    """(id, sources) of the first answer stored after message `after_id` (an answer is stored when it ends)."""
+    deadline = time.time() + timeout
+    while True:
+        rows = db_rows(app_server, "select id, sources from messages where role='assistant' and id > ? "
+                                   "order by id limit 1", after_id)
+        if rows:
+            return rows[0]
+        assert time.time() < deadline, "no answer was stored"
+        time.sleep(0.5)
+
+
+def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page, app_server, tmp_path):
+    doc = tmp_path / "kettle.txt"
+    doc.write_text("The Brightwave kettle has a warranty of three years. The warranty covers the heating element "
+                   "and the lid hinge. It does not cover damage from dropping the kettle.\n")
+    page.get_by_role("tab", name="Documents").click()
+    page.set_input_files("#docs-upload input[type=file]", str(doc))
+    page.wait_for_function("document.querySelector('#docs-status').innerText.includes('added')", timeout=120_000)
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#rag label:has-text('on')").click()
+    (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
+    send(page, "How long is the warranty of the Brightwave kettle?")
+    answer_id, sources = stored_answer(app_server, before)
+    assert "kettle.txt" in sources
+    page.wait_for_selector('#chatbot :text("Sources")')
+    page.wait_for_timeout(1000)
+
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Edit"]').last.click()
+    assert page.locator(".edit-textarea").count() == 1  # the answer only: the Sources note has no text area
+    page.screenshot(path=str(tmp_path / "edit-grounded.png"))
+    page.fill(".edit-textarea", "Three years.")
+    page.locator('[aria-label="Submit"]').click()
+    status_has(page, "correction")
+    page.wait_for_timeout(1500)  # the note's own edit event (ignored) has arrived by now
+    assert "sources note" not in page.inner_text("#status") and "⚠️" not in page.inner_text("#status")
+    assert db_rows(app_server, "select message_id, edited from edits order by id desc limit 1") == [
+        (answer_id, "Three years.")]
+    page.wait_for_selector('#chatbot :text("Sources")')  # still shown under the answer
+    page.locator('#chatbot :text("Sources")').last.click()  # opens: the note lists the file
+    page.wait_for_function("document.querySelector('#chatbot').innerText.includes('kettle.txt')")
+    page.screenshot(path=str(tmp_path / "sources-open.png"))
+
+    (old_q, old_parent), = db_rows(app_server, "select id, parent_id from messages where role='user' "
+                                               "order by id desc limit 1")
+    question = page.locator('[data-testid="user"]').last
+    question.hover()
+    # the Edit button of the question's own bubble: the nearest enclosing element that holds one
+    question.locator('xpath=ancestor::*[.//button[@aria-label="Edit"]][1]').locator('[aria-label="Edit"]').first.click()
+    assert page.locator(".edit-textarea").count() == 1
+    assert "Brightwave kettle?" in page.locator(".edit-textarea").input_value()
+    page.fill(".edit-textarea", "What does the Brightwave kettle warranty cover?")
+    page.locator('[aria-label="Submit"]').click()
+    deadline = time.time() + 180
+    while True:
+        rows = db_rows(app_server, "select m.id, m.parent_id, m.content from messages m where m.role='assistant' "
+                                   "and m.parent_id = (select max(id) from messages where role='user')")
+        if rows and rows[0][0] > answer_id:
+            break
+        assert time.time() < deadline, "no answer to the edited question"
+        page.wait_for_timeout(500)
+    (new_q, new_parent, content), = db_rows(app_server, "select id, parent_id, content from messages "
+                                                        "where role='user' order by id desc limit 1")
+    assert content == "What does the Brightwave kettle warranty cover?" and new_q > old_q
+    assert new_parent == old_parent  # a new branch beside the old question
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"user\"]').length >= 1")
+    page.wait_for_timeout(3000)
+    assert "What does the Brightwave kettle warranty cover?" in page.locator('[data-testid="user"]').last.inner_text()
+    assert "⚠️" not in page.inner_text("#status")
+    page.screenshot(path=str(tmp_path / "reasked.png"))
+
+
+def test_feedback_tab_lists_reasons_and_names_the_base_model(page, app_server, tmp_path):
+    send(page, "Name a vegetable.")
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Dislike"]').last.click()
+    page.wait_for_selector("#why-panel", state="visible")
+    page.locator("#reasons label:has-text('too long')").click()
+    page.fill("#comment textarea", "say it in one word")
+    page.click("#why-save")
+    status_has(page, "Saved")
+    page.get_by_role("tab", name="Feedback").click()
+    page.wait_for_function("document.body.innerText.includes('say it in one word')", timeout=60_000)
+    body = page.inner_text("body")
+    assert "Latest reasons and comments" in body and "too long" in body
+    assert "(none)" not in body
+    page.wait_for_timeout(1500)  # plots drawn
+    page.screenshot(path=str(tmp_path / "feedback-tab.png"), full_page=True)
+
+
+def test_a_cut_off_answer_says_so_and_continue_extends_it(page, app_server, tmp_path):
+    """The app under test caps answers at 40 tokens: a long answer is cut off, says so, and Continue goes on."""
+    (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
+    send(page, "Write a long story about a dragon who learns to bake bread.")
+    first_id, _ = stored_answer(app_server, before)
+    (first, tokens), = db_rows(app_server, "select content, completion_tokens from messages where id=?", first_id)
+    assert tokens == 40
+    status_has(page, "cut off at 40 tokens")
+    page.wait_for_selector("#continue", state="visible")
+    page.click("#continue")
+    second_id, _ = stored_answer(app_server, first_id)
+    (second, parent), = db_rows(app_server, "select content, parent_id from messages where id=?", second_id)
+    (first_parent,), = db_rows(app_server, "select parent_id from messages where id=?", first_id)
+    assert second.startswith(first) and len(second) > len(first) and parent == first_parent
+    page.wait_for_timeout(2000)
+    shown = " ".join(bot_text(page).split())
+    assert " ".join(second.split())[-20:] in shown
+    assert page.locator('[data-testid="bot"]').count() >= 1 and shown.count(" ".join(first.split())[:30]) == 1
+    page.screenshot(path=str(tmp_path / "continued.png"))

@@ -265,3 +265,44 @@ def test_system_message_goes_first_and_changes_nothing_else():
     assert m1["fingerprint"] != m0["fingerprint"] and m1["stages"] == m0["stages"]
     already = {"prompt": [{"role": "system", "content": "Own."}, {"role": "user", "content": "q"}]}
     assert with_system(already, "You are Kaizen.") == already
+
+
+# ---------------------------------------------------------------------------------------------- retractions, repeats
+def test_retracted_thumb_gives_no_row_and_a_switch_is_one_net_rating():
+    d1 = down(msg=1, answer="First answer here.", t="2024-01-01T00:00:01")
+    gone = ev("rating", value=0, msg=1, answer="First answer here.", t="2024-01-01T00:00:02")
+    assert kto_rows([d1, gone]) == [] and sft_rows([d1, gone]) == []
+    d2 = down(msg=2, answer="Second answer here.", q="Other?", t="2024-01-01T00:00:03")
+    u2 = up(msg=2, answer="Second answer here.", q="Other?", t="2024-01-01T00:00:04")
+    rows = kto_rows([d1, gone, d2, u2])
+    assert [(r["completion"][0]["content"], r["label"], r["source"]) for r in rows] == [
+        ("Second answer here.", True, [u2["event_id"]])]
+    _, m = build_datasets([d1, gone, d2, u2], eval_fraction=0.0)
+    assert m["events"]["retracted_ratings"] == 1 and m["events"]["superseded_ratings"] == 2
+    assert m["stages"]["kto"]["kept"] == 1 and m["stages"]["kto"]["desirable"] == 1
+
+
+def test_a_retraction_ends_a_sibling_pair():
+    a = up(msg=1, parent=9, answer="Answer A is fine.")
+    b = down(msg=2, parent=9, answer="Answer B is poor.")
+    assert len(dpo_rows([a, b])) == 1
+    b_back = ev("rating", value=0, msg=2, parent=9, answer="Answer B is poor.")
+    assert dpo_rows([a, b, b_back]) == []
+    assert [r["label"] for r in kto_rows([a, b, b_back])] == [True]
+
+
+def test_identical_pick_pairs_are_dropped_and_counted():
+    c = ev("choice", msg=5, answer="Paris.", chosen="Paris is the capital of France.",
+           rejected=["paris is the  capital of France. "], candidate_ids=[5, 6], picked_id=5)
+    ok = ev("choice", msg=7, parent=8, q="Largest planet?", answer="Jupiter.", chosen="Jupiter is the largest.",
+            rejected=["Saturn is the largest."], candidate_ids=[7, 8], picked_id=7)
+    assert [r["source"] for r in dpo_rows([c, ok])] == [[ok["event_id"]]]
+    files, m = build_datasets([c, ok], eval_fraction=0.0)
+    assert [r["chosen"][0]["content"] for r in files["dpo"]] == ["Jupiter is the largest."]
+    assert m["stages"]["dpo"]["identical"] == 1 and m["stages"]["dpo"]["built"] == 2
+    assert m["dropped"]["dpo"]["identical"] == [c["event_id"]]
+
+
+def test_rating_values_other_than_up_down_or_retracted_are_refused():
+    with pytest.raises(ValueError, match="retracted"):
+        build_datasets([ev("rating", value=2)])

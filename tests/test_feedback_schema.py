@@ -50,7 +50,7 @@ EXPECTED_TABLES = {
     id INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL REFERENCES messages(id),
     user_id INTEGER NOT NULL REFERENCES users(id),
-    value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+    value INTEGER NOT NULL CHECK (value IN (-1, 0, 1)),
     reasons TEXT NOT NULL DEFAULT '[]',
     comment TEXT NOT NULL DEFAULT '',
     created TEXT NOT NULL
@@ -119,7 +119,8 @@ def test_blank_database_has_exactly_this_schema(tmp_path):
     assert got["view"] == {}
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == ["m001_initial"]
+        assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
+            "m001_initial", "m002_rating_retraction"]
         assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
                    for t in EXPECTED_TABLES if t != "_migrations")
 
@@ -145,7 +146,7 @@ def test_failing_migration_leaves_database_unchanged(tmp_path):
     store.close()
     before = snapshot(path)
 
-    def m002_broken(db):
+    def m900_broken(db):
         db.execute("CREATE TABLE extra (a TEXT)")
         db.execute("ALTER TABLE users ADD COLUMN email TEXT")
         db.execute("INSERT INTO users (name, role, created) VALUES ('mallory', 'admin', 'now')")
@@ -153,19 +154,19 @@ def test_failing_migration_leaves_database_unchanged(tmp_path):
         raise RuntimeError("boom")
 
     db = _open(path)
-    with pytest.raises(MigrationError, match="m002_broken.*boom"):
-        migrations.apply(db, MIGRATIONS + [m002_broken])
+    with pytest.raises(MigrationError, match="m900_broken.*boom"):
+        migrations.apply(db, MIGRATIONS + [m900_broken])
     db.close()
     assert snapshot(path) == before
     # The store still opens and works; a correct m002 applies afterwards and is recorded.
 
-    def m002_fixed(db):
+    def m900_fixed(db):
         db.execute("CREATE TABLE extra (a TEXT)")
 
     db = _open(path)
-    assert migrations.apply(db, MIGRATIONS + [m002_fixed]) == ["m002_fixed"]
-    assert migrations.applied(db) == ["m001_initial", "m002_fixed"]
-    assert migrations.apply(db, MIGRATIONS + [m002_fixed]) == []
+    assert migrations.apply(db, MIGRATIONS + [m900_fixed]) == ["m900_fixed"]
+    assert migrations.applied(db) == [m.__name__ for m in MIGRATIONS] + ["m900_fixed"]
+    assert migrations.apply(db, MIGRATIONS + [m900_fixed]) == []
     db.close()
 
 
@@ -200,3 +201,38 @@ def test_events_and_messages_cannot_be_updated_in_place(tmp_path):
         assert conn.execute("SELECT value FROM ratings").fetchall() == [(1,)]
         assert conn.execute("SELECT content FROM messages ORDER BY id").fetchall() == [("q",), ("a",)]
     assert q < a
+
+
+def test_retraction_migration_keeps_every_existing_rating(tmp_path):
+    """A database made before retractions (m001 only, ratings of +1/-1) opens with every row, id and timestamp
+    kept; afterwards a 0 (a taken-back thumb) is accepted, other values are still refused, and updates still are."""
+    path = tmp_path / "old.db"
+    db = _open(path)
+    migrations.apply(db, [migrations.m001_initial])
+    db.execute("INSERT INTO users (id, name, created) VALUES (1, 'alice', 't0')")
+    db.execute("INSERT INTO conversations (id, user_id, created) VALUES (1, 1, 't0')")
+    db.execute("INSERT INTO messages (id, conversation_id, role, content, created) VALUES (1, 1, 'user', 'q', 't0')")
+    db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, created) "
+               "VALUES (2, 1, 1, 'assistant', 'a', 't1')")
+    db.execute("INSERT INTO ratings (id, message_id, user_id, value, reasons, comment, created) "
+               "VALUES (7, 2, 1, -1, '[\"wrong\"]', 'no', 't2'), (9, 2, 1, 1, '[]', '', 't3')")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO ratings (message_id, user_id, value, created) VALUES (2, 1, 0, 't4')")
+    db.close()
+    before = snapshot(path)["rows"]["ratings"]
+    store = Store(path)
+    assert snapshot(path)["rows"]["ratings"] == before == [(7, 2, 1, -1, '["wrong"]', "no", "t2"),
+                                                           (9, 2, 1, 1, "[]", "", "t3")]
+    assert schema(path)["table"]["ratings"] == EXPECTED_TABLES["ratings"]
+    assert {k: v for k, v in schema(path)["index"].items() if "ratings" in k} == {
+        k: v for k, v in EXPECTED_INDEXES.items() if "ratings" in k}
+    assert schema(path)["trigger"]["ratings_append_only"] == EXPECTED_TRIGGERS["ratings_append_only"]
+    rid = store.retract(2, 1)
+    assert store.message(2, 1)["rating"] is None
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM ratings WHERE id = ?", (rid,)).fetchone() == (0,)
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO ratings (message_id, user_id, value, created) VALUES (2, 1, 2, 't5')")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE ratings SET value = 1 WHERE id = 7")

@@ -289,8 +289,35 @@ def test_stats_counts_latest_ratings_by_adapter(world):
     assert st["thumbs_ratio"] == round(2 / 3, 4)
     by_adapter = {r["adapter"]: r for r in st["by_adapter"]}
     assert (by_adapter["v2"]["up"], by_adapter["v2"]["down"], by_adapter["v2"]["ratio"]) == (0, 1, 0.0)
-    assert (by_adapter["(none)"]["answers"], by_adapter["(none)"]["up"], by_adapter["(none)"]["edits"]) == (3, 2, 1)
+    assert (by_adapter["base"]["answers"], by_adapter["base"]["up"], by_adapter["base"]["edits"]) == (3, 2, 1)
     assert sum(r["count"] for r in st["per_day"]) == 5
     assert [e["edited"] for e in st["latest_edits"]] == ["It sets how long SQLite waits for a lock."]
     mine = s.stats(bob)
     assert mine["totals"]["ratings"] == 1 and mine["totals"]["answers"] == 1 and mine["latest_edits"] == []
+
+
+def test_a_choice_between_two_copies_of_one_answer_is_refused(world):
+    s, w = world["store"], world
+    same = s.add_message(w["ca"], "assistant", "  write-ahead   LOGGING. ", user_id=w["alice"], parent_id=w["q1"])
+    before = snapshot(w["path"])
+    with pytest.raises(FeedbackError, match="same text"):
+        s.choose(w["q1"], w["alice"], [w["a1"], same], same)
+    assert snapshot(w["path"]) == before
+    assert s.choose(w["q1"], w["alice"], [w["a1"], w["a2"]], w["a2"]) > 0  # different answers still work
+
+
+def test_retracting_a_thumb_is_an_appended_zero_that_wins(world):
+    s, w = world["store"], world
+    s.rate(w["a1"], w["alice"], -1, ["wrong"])
+    s.retract(w["a1"], w["alice"])
+    assert s.message(w["a1"], w["alice"])["rating"] is None
+    st = s.stats()["totals"]
+    assert (st["ratings"], st["thumbs_up"], st["thumbs_down"]) == (2, 0, 0)
+    s.rate(w["a1"], w["alice"], 1)
+    assert s.message(w["a1"], w["alice"])["rating"] == 1
+    with sqlite3.connect(w["path"]) as conn:
+        assert [r[0] for r in conn.execute("SELECT value FROM ratings ORDER BY id")] == [-1, 0, 1]
+    with pytest.raises(FeedbackError):
+        s.rate(w["a1"], w["alice"], 0)  # a retraction is `retract`, never a silent 0 from `rate`
+    with pytest.raises(NotFoundError):
+        s.retract(w["ba"], w["alice"])  # not hers

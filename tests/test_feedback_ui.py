@@ -29,18 +29,19 @@ def test_tab_builds_and_refresh_fills_every_output(tmp_path):
     selects = [d for d in demo.config["dependencies"] if any(t[1] == "select" for t in d["targets"])]
     assert len(selects) == 1  # the tab refreshes itself when selected
     values = tab.refresh(None)
-    assert len(values) == len(tab.outputs) == 7
+    assert len(values) == len(tab.outputs) == 8
     for component, value in zip(tab.outputs, values):
         component.postprocess(value)  # gradio accepts every value
-    summary, per_day, ratio, by_adapter, by_template, by_model, edits = values
+    summary, per_day, ratio, by_adapter, by_template, by_model, edits, reasons = values
     assert summary.startswith("**All users**") and "2 ratings" in summary
-    assert per_day["count"].sum() == 4
-    assert set(ratio["adapter"]) == {"(all)", "v1", "(none)"}
+    assert per_day["count"].sum() == 6  # 2 answers, 1 👍, 1 👎, 2 edits
+    assert set(ratio["adapter"]) == {"(all)", "v1", "base"}  # the base model is named, not "(none)"
+    assert list(reasons["reasons"]) == ["unhelpful"] and list(reasons["rating"]) == ["👎 down"]
     assert ratio.set_index("adapter").loc["(all)", "thumbs_up_ratio"] == 0.5
     assert set(edits["edited"]) == {"alice's fix", "boss's fix"}
     # a plain user sees only their own feedback
     viewer["id"] = alice
-    summary, *_, edits = tab.refresh(None)
+    summary, *_, edits, reasons = tab.refresh(None)
     assert summary.startswith("**Your feedback**") and list(edits["edited"]) == ["alice's fix"]
     store.close()
 
@@ -49,5 +50,37 @@ def test_frames_of_an_empty_store(tmp_path):
     store = Store(tmp_path / "kaizen.db")
     f = frames(store.stats())
     assert all(df.empty for df in f.values())
-    assert list(f["by_adapter"].columns) == ["adapter", "kind", "count"]
+    assert list(f["by_adapter"].columns) == ["kind", "adapter", "count"]
+    store.close()
+
+
+def test_one_day_of_data_still_draws_and_each_series_is_its_own_line():
+    from feedback.ui import SERIES, daily_frame
+
+    f = daily_frame([{"day": "2026-12-01", "series": "answers", "count": 3},
+                     {"day": "2026-12-01", "series": "thumbs down", "count": 1}])
+    assert sorted(set(f["day"].dt.strftime("%Y-%m-%d"))) == ["2026-11-30", "2026-12-01"]  # two points a line
+    assert set(f["series"]) == set(SERIES) and len(f) == 2 * len(SERIES)
+    last = f[f["day"] == "2026-12-01"].set_index("series")["count"]
+    assert (last["answers"], last["thumbs down"], last["thumbs up"]) == (3, 1, 0)
+    assert f[f["day"] == "2026-11-30"]["count"].sum() == 0
+    gap = daily_frame([{"day": "2026-11-01", "series": "edits", "count": 1},
+                       {"day": "2026-11-04", "series": "edits", "count": 2}])
+    assert len(set(gap["day"])) == 5  # the days between are there, at 0
+
+
+def test_a_retracted_thumb_leaves_its_reason_out(tmp_path):
+    store = Store(tmp_path / "kaizen.db")
+    uid = store.ensure_user("alice")
+    conv = store.new_conversation(uid)
+    store.add_message(conv, "user", "q", user_id=uid)
+    a = store.add_message(conv, "assistant", "a", user_id=uid)
+    store.rate(a, uid, -1, ["wrong"], "nope")
+    assert [r["comment"] for r in store.stats()["latest_reasons"]] == ["nope"]
+    store.retract(a, uid)
+    st = store.stats()
+    assert st["latest_reasons"] == []
+    assert {r["series"]: r["count"] for r in st["daily"]} == {"answers": 1, "taken back": 1}  # the standing one
+    store.rate(a, uid, 1)
+    assert {r["series"]: r["count"] for r in store.stats()["daily"]} == {"answers": 1, "thumbs up": 1}
     store.close()

@@ -126,3 +126,34 @@ def test_adapters_switch_without_reloading_the_base(tiny_llama, tokenizer, tmp_p
     assert m.adapters == {} and m.active is None
     assert m.chat(prompt, max_new_tokens=8) == base_out
     assert torch.equal(m.model.model.layers[0].self_attn.q_proj.weight, base_weight)
+
+
+def test_banned_next_blocks_only_repeats_of_the_answers_own_ngrams():
+    from agent.model import banned_next
+
+    assert banned_next([1, 2, 3, 1, 2], 3) == {3}  # "1 2" was followed by 3: "1 2 3" may not come again
+    assert banned_next([1, 2, 3, 1, 2], 4) == set()
+    assert banned_next([5, 5, 5], 2) == {5}
+    assert banned_next([1, 2], 3) == set() and banned_next([], 2) == set()
+    assert banned_next([4, 7], 1) == {4, 7}
+
+
+def test_repetition_controls_ignore_the_prompt_and_stop_a_loop(tiny_llama, tokenizer):
+    """With the answer-only n-gram ban no 2-gram of the answer repeats, while a prompt full of the same tokens
+    bans none of them; the repetition penalty skips the prompt too."""
+    from agent.model import AnswerNoRepeatNGram, Decoding
+
+    m = ChatModel(tiny_llama, tokenizer)
+    ids = torch.tensor([m.render([{"role": "user", "content": "Hi Hi Hi Hi"}])])
+    kw = Decoding(no_repeat_ngram_size=2).generate_kwargs(prompt_len=ids.shape[1])
+    out = tiny_llama.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=80, min_new_tokens=80,
+                              pad_token_id=tokenizer.pad_token_id, **kw)
+    answer = out[0, ids.shape[1]:].tolist()
+    grams = [tuple(answer[i:i + 2]) for i in range(len(answer) - 1)]
+    assert len(answer) == 80 and len(set(grams)) == len(grams)
+    prompt = torch.tensor([[7, 8, 9, 7, 8]])
+    scores = torch.zeros(1, 20)
+    assert torch.isfinite(AnswerNoRepeatNGram(3, prompt_len=5)(prompt, scores.clone())).all()
+    assert not torch.isfinite(AnswerNoRepeatNGram(3, prompt_len=0)(prompt, scores.clone())[0, 9])
+    kw = Decoding(repetition_penalty=1.2).generate_kwargs(prompt_len=5)
+    assert kw["logits_processor"][0].prompt_ignore_length == 5 and kw["do_sample"] is False

@@ -8,7 +8,8 @@ import pytest
 from agent.chat import Answerer
 from agent.model import ChatModel
 from agent.settings import Settings
-from agent.ui_chat import ChatLogic, chat_index_to_shown, escape_display, new_state, to_chatbot, unescape_display
+from agent.ui_chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display,
+                           is_sources_note, new_state, pick_texts, to_chatbot, unescape_display)
 from feedback.store import Store
 
 
@@ -135,10 +136,14 @@ def test_sources_notes_shift_indices():
                     {"role": "user", "content": "q2", "id": 3}], "conversation": 1, "pending": None}
     shown = to_chatbot(st)
     assert [m["role"] for m in shown] == ["user", "assistant", "assistant", "user"]
-    assert shown[2]["metadata"]["title"] == "Sources" and "&lt;b&gt;" in shown[2]["content"]
+    note = shown[2]
+    assert "<summary>Sources</summary>" in note["content"].value and "&lt;b&gt;" in note["content"].value
+    assert not isinstance(note["content"], str)  # a component message: Gradio's edit mode gives it no text area
     assert chat_index_to_shown(st, 3) == 2
     with pytest.raises(ValueError, match="sources"):
         chat_index_to_shown(st, 2)
+    assert [is_sources_note(st, i) for i in range(5)] == [False, False, True, False, False]
+    assert not is_sources_note(st, "2") and not is_sources_note(st, True)
 
 
 def test_html_is_displayed_as_text_but_code_is_left_alone():
@@ -151,3 +156,124 @@ def test_html_is_displayed_as_text_but_code_is_left_alone():
     odd = 'a ```\n<i>x</i>\n```'
     assert "<i>" not in escape_display(odd) and unescape_display(escape_display(odd)) == odd
     assert escape_display("\\`<img src=http://evil.test/x.png>`") == "\\`&lt;img src=http&#58;//evil.test/x.png&gt;`"
+
+
+def retry(logic, st, uid, index=0):
+    for st in logic.retry(st, uid, index, "plain", "off", "default", threading.Event()):
+        pass
+    return st
+
+
+def test_unclicking_a_thumb_is_a_retraction_not_a_second_rating(logic, tmp_path):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    assert "👎" in logic.rate(st, uid, 1, False)
+    assert "taken back" in logic.rate(st, uid, 1, "")  # what Gradio's LikeData.liked is on an un-click
+    assert "👍" in logic.rate(st, uid, 1, True)
+    with pytest.raises(ValueError, match="unknown feedback"):
+        logic.rate(st, uid, 1, "Funny")
+    with sqlite3.connect(tmp_path / "kaizen.db") as db:
+        assert [r[0] for r in db.execute("select value from ratings order by id")] == [-1, 0, 1]
+    from feedback.datasets import build_datasets
+
+    files, _ = build_datasets(logic.store.training_events(), eval_fraction=0.0, min_answer_chars=1)
+    assert [r["label"] for r in files["kto"]] == [True]
+
+
+def test_a_retry_that_repeats_the_answer_offers_no_pick(tiny_llama, tokenizer, tmp_path):
+    """Sampling this cold is greedy in effect: every attempt repeats the first answer, so nothing is offered."""
+    settings = Settings(data_dir=tmp_path, max_new_tokens=6, retry_temperature=1e-6, retry_attempts=3)
+    logic = ChatLogic(Answerer(ChatModel(tiny_llama, tokenizer), settings), Store(settings.db_path))
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    first = dict(st["shown"][1])
+    st = retry(logic, st, uid)
+    assert st["pending"] is None and "same answer 3 times" in st["notice"]
+    assert st["shown"][1]["id"] == first["id"]  # the first answer stays on screen, feedback goes to it
+    assert len(logic.store.conversation(st["conversation"], uid)) == 1 + 1 + 3  # every attempt is on record
+    with pytest.raises(ValueError, match="no pair"):
+        logic.pick(st, uid, "second")
+
+
+def test_a_retry_samples_a_new_answer_with_a_new_seed_each_time(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    st = retry(logic, st, uid)
+    assert st["pending"] and st["pending"]["first"]["content"] != st["pending"]["second"]["content"]
+    first, second = pick_texts(st)
+    assert first and second and first != second  # both shown side by side for the pick
+    logic.pick(st, uid, "second")
+    st = retry(logic, st, uid)
+    assert st["retries"] == 2
+
+
+def test_a_pick_between_two_copies_is_refused_and_stores_nothing(logic, tmp_path):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    st = retry(logic, st, uid)
+    st["pending"]["second"]["content"] = st["pending"]["first"]["content"].upper() + "  "  # forged / repeated
+    with pytest.raises(ValueError, match="same text"):
+        logic.pick(st, uid, "second")
+    assert st["pending"] is None
+    with sqlite3.connect(tmp_path / "kaizen.db") as db:
+        assert db.execute("select count(*) from choices").fetchone()[0] == 0
+
+
+def test_a_cut_off_answer_says_so_and_continue_extends_it(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")  # 6 tokens of a random model: it never ends by itself
+    cut = dict(st["shown"][1])
+    assert cut["cut_off"] == 6 and can_continue(st) and "cut off at 6 tokens" in cut_off_notice(st)
+    for st in logic.continue_answer(st, uid, "plain", "off", "default", threading.Event()):
+        pass
+    longer = st["shown"][1]
+    assert longer["content"].startswith(cut["content"]) and len(longer["content"]) > len(cut["content"])
+    assert longer["id"] != cut["id"]
+    stored = logic.store.message(longer["id"], uid)
+    assert stored["content"] == longer["content"] and stored["parent_id"] == st["shown"][0]["id"]
+    assert len(st["shown"]) == 2
+
+
+def test_continue_refuses_a_complete_answer(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    st["shown"][1].pop("cut_off")
+    with pytest.raises(ValueError, match="nothing to continue"):
+        for _ in logic.continue_answer(st, uid, "plain", "off", "default", threading.Event()):
+            pass
+
+
+def reask(logic, st, uid, index, text):
+    for st in logic.reask(st, uid, index, text, "plain", "off", "default", threading.Event()):
+        pass
+    return st
+
+
+def test_editing_a_question_asks_it_again_on_a_new_branch(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "first question")
+    st = ask(logic, st, uid, "second question")
+    old_ids = [m["id"] for m in st["shown"]]
+    st = reask(logic, st, uid, 2, "second question, better")
+    assert [m["content"] for m in st["shown"][:3]] == ["first question", st["shown"][1]["content"],
+                                                      "second question, better"]
+    assert len(st["shown"]) == 4 and st["shown"][3]["role"] == "assistant" and st["shown"][3]["content"]
+    new_q, new_a = st["shown"][2]["id"], st["shown"][3]["id"]
+    assert new_q not in old_ids and new_a not in old_ids
+    rows = {r["id"]: r for r in logic.store.conversation(st["conversation"], uid)}
+    assert len(rows) == 6  # the old branch stays on record
+    assert rows[new_q]["parent_id"] == old_ids[1] == rows[old_ids[2]]["parent_id"]  # a sibling of the old question
+    assert rows[new_a]["parent_id"] == new_q
+
+
+def test_editing_the_first_question_starts_a_new_root(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "first question")
+    st = ask(logic, st, uid, "second question")
+    st = reask(logic, st, uid, 0, "a different start")
+    assert [m["role"] for m in st["shown"]] == ["user", "assistant"]
+    assert logic.store.message(st["shown"][0]["id"], uid)["parent_id"] is None
+    with pytest.raises(ValueError, match="did not change"):
+        reask(logic, st, uid, 0, "  A different START ")
+    with pytest.raises(ValueError, match="only a question"):
+        reask(logic, st, uid, 1, "not a question")
