@@ -7,6 +7,7 @@ browser sends is never trusted: every handler re-renders the chat from the state
 """
 from __future__ import annotations
 
+import html
 import threading
 import time
 from dataclasses import dataclass

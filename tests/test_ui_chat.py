@@ -90,7 +90,10 @@ def test_the_session_state_belongs_to_its_first_user(logic):
     for attempt in (lambda: next(logic.respond(st, bob, "mine now", "plain", "off", "default", threading.Event())),
                     lambda: next(logic.retry(st, bob, 0, "plain", "off", "default", threading.Event())),
                     lambda: logic.rate(st, bob, 1, True), lambda: logic.edit(st, bob, 1, "hijacked"),
-                    lambda: logic.pick(st, bob, "first")):
+                    lambda: logic.pick(st, bob, "first"),
+                    lambda: next(logic.continue_answer(st, bob, "plain", "off", "default", threading.Event())),
+                    lambda: next(logic.reask(st, bob, 0, "mine now", "plain", "off", "default",
+                                             threading.Event()))):
         with pytest.raises(PermissionError, match="another user"):
             attempt()
     assert st["shown"] == shown and st["owner"] == alice  # nothing changed
