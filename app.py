@@ -189,9 +189,11 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         chat_inputs = [box, state, template, rag, adapter]
         view_outputs = [pick_row, pick_first_text, pick_second_text, cont, status]
         chat_outputs = [state, chatbot, box, status]  # the public /chat API: (chat, box, status) as before
+        def clear_view():  # a new question: no pick, no Continue
+            return [gr.update(visible=False), "", "", gr.update(visible=False)]
+
         for trigger in (box.submit, send.click):
-            trigger(lambda: [gr.update(visible=False), "", "", gr.update(visible=False)], None, view_outputs[:-1],
-                    queue=False, api_visibility="private")  # a new question: no pick, no Continue
+            trigger(clear_view, None, view_outputs[:-1], queue=False, api_visibility="private")
         box.submit(on_send, chat_inputs, chat_outputs, api_name="chat").then(
             on_view, [state], view_outputs[:-1], api_visibility="private")
         send.click(on_send, chat_inputs, chat_outputs, api_visibility="private").then(
