@@ -167,25 +167,27 @@ def test_sft_lora_learns_and_exports_a_standard_peft_folder(tiny_base, data, tmp
     assert not torch.allclose(tuned(input_ids=ids).logits, before)
 
 
-def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(tiny_base, tmp_path):
+@pytest.mark.slow
+def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(settings, tmp_path):
+    """On the real default model (a random tiny one may answer with nothing but special tokens)."""
     from adapters.regression import REPLAY
     from adapters.trainers import replay_rows
     from agent.model import load_base
 
     rows = [{"messages": [{"role": "system", "content": "Be brief."}] + r["messages"]} for r in sft_rows(12)]
-    model, tok, device = load_base(tiny_settings(tmp_path / "d", tiny_base))
+    model, tok, device = load_base(settings)
     side = tok.padding_side
-    got = replay_rows(model, tok, device, rows, share=0.5, max_new_tokens=8)
-    assert 0 < len(got) <= 6 and tok.padding_side == side  # generation pads left, then the side is restored
+    got = replay_rows(model, tok, device, rows, share=0.25, max_new_tokens=12)
+    assert len(got) == 3 and tok.padding_side == side  # generation pads left, then the side is restored
     for row in got:
         system, user, answer = row["messages"]
-        assert system == {"role": "system", "content": "Be brief."} and user["content"] in REPLAY[:6]
+        assert system == {"role": "system", "content": "Be brief."} and user["content"] in REPLAY[:3]
         assert answer["role"] == "assistant" and answer["content"].strip() and row["source"] == ["replay"]
     assert replay_rows(model, tok, device, rows, share=0.0) == []
     data = write_data(tmp_path / "data", sft=rows)
-    m = T.train("sft", data, tmp_path / "out", tiny_settings(tmp_path / "d", tiny_base),
-                fast("sft", steps=2, lr=1e-2, replay=0.5, replay_tokens=8))
-    assert m["rows"] == 12 + len(got)  # greedy: the same replay rows as above
+    m = T.train("sft", data, tmp_path / "out", settings, fast("sft", steps=1, lr=1e-4, replay=0.25,
+                                                               replay_tokens=12))
+    assert m["rows"] == 12 + 3
     with pytest.raises(ValueError, match="replay must be in"):
         fast("sft", replay=2.0)
 
