@@ -25,7 +25,7 @@ def ask_all(client, prompts) -> list[str]:
     for p in prompts:
         client.reset_session()  # a new chat each time: no earlier answer in the context
         chat, _, status = client.predict(p, "plain", "off", "active", api_name="/chat")
-        assert status == "", status
+        assert status == "" or status.startswith("… cut off at"), status  # a capped answer says so
         answers.append(chat[-1]["content"][0]["text"])
     return answers
 
