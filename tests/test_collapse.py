@@ -101,15 +101,15 @@ def test_gate_promotes_a_styled_candidate_that_still_answers():
 
 def test_small_held_out_data_is_said_and_tightens_the_answer_checks():
     active = report(REAL, 0.60, acc=0.5, sim=0.2)
-    slightly_off = report(REAL, 0.56, acc=1.0, sim=0.2)  # relevance -0.04: inside the normal 0.05, not the strict
+    slightly_off = report(REAL, 0.51, acc=1.0, sim=0.2)  # relevance -0.09: inside the normal 0.10, not the strict
     assert gate(slightly_off, active)[0]  # 40 held-out pairs: normal limits
-    small = report(REAL, 0.56, pref_n=4, acc=1.0, sim=0.2)
+    small = report(REAL, 0.51, pref_n=4, acc=1.0, sim=0.2)
     small["similarity"]["n"] = 2
     ok, reasons = gate(small, active)
     assert not ok
     assert any("held-out feedback is small (4 preference pairs, 95% CI 0.51-1.00; 2 edited answers)" in r
                for r in reasons)
-    assert any(r.startswith("answers drift from the question") and "allowed drop 0.02" in r for r in reasons)
+    assert any(r.startswith("answers drift from the question") and "allowed drop 0.08" in r for r in reasons)
 
 
 def test_review_shows_the_decision_and_answers_side_by_side():
