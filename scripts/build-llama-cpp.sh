@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build llama.cpp (the shared libraries and `llama-server`) once per machine, CPU-only and portable.
+#
+# The source is the llama.cpp tree vendored in the llama-cpp-python sdist on PyPI (the only download), so the
+# compiled library, the server and the LoRA converter (`convert_lora_to_gguf.py`) all come from one tree.
+# The build lands in $KAIZEN_LLAMA_DIR (default ~/.cache/kaizen/llama.cpp-<version>) and is reused by every venv
+# on the machine; delete that folder to rebuild.
+#   GGML_NATIVE=OFF   a portable AVX2 build (no -march=native, no AMX code: the AMX path segfaults on some VMs)
+#   LLAMA_USE_PREBUILT_UI=OFF / LLAMA_BUILD_UI=OFF   the server's web UI is not downloaded
+set -euo pipefail
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+DIR="${KAIZEN_LLAMA_DIR:-$HOME/.cache/kaizen/llama.cpp-$VERSION}"
+PY="${PY:-python3}"
+JOBS="${JOBS:-$(nproc)}"
+if [[ -x "$DIR/bin/llama-server" && -f "$DIR/bin/libllama.so" && -f "$DIR/src/convert_lora_to_gguf.py" ]]; then
+  echo "llama.cpp: using the build in $DIR"; exit 0
+fi
+mkdir -p "$DIR"
+start=$(date +%s)
+if [[ ! -f "$DIR/src/CMakeLists.txt" ]]; then
+  tmp="$(mktemp -d)"
+  "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$tmp"
+  mkdir "$tmp/x" && tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp/x"
+  rm -rf "$DIR/src" "$DIR/python"
+  mv "$tmp"/x/llama_cpp_python-*/vendor/llama.cpp "$DIR/src"
+  mv "$tmp"/x/llama_cpp_python-* "$DIR/python"   # the bindings' sources, installed without a second compile
+  rm -rf "$tmp"
+fi
+cmake -S "$DIR/src" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \
+  -DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >"$DIR/cmake.log"
+cmake --build "$DIR/build" -j "$JOBS" --target llama-server llama-bench >"$DIR/build.log"
+rm -rf "$DIR/bin"; mkdir -p "$DIR/bin"
+cp -a "$DIR"/build/bin/llama-server "$DIR"/build/bin/llama-bench "$DIR"/build/bin/*.so* "$DIR/bin/"
+echo "llama.cpp $VERSION built in $(( $(date +%s) - start )) s: $DIR/bin"

@@ -1,0 +1,179 @@
+"""The llama.cpp engine on the real default model: a real llama-server on loopback, real GGUF LoRAs converted by
+llama.cpp's own converter, a real registry. Slow (each test starts a server)."""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agent import llama_build
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not llama_build.available(), reason="llama.cpp is not built (make install)")]
+PARIS = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+ASK = [{"role": "user", "content": "Tell me about the sea."}]
+
+
+def random_lora(base_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA with random (non-zero) A and B on every linear layer: it changes what the model says, each seed
+    differently. Saved as peft saves trained adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loras(base_model_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loras")
+    return {name: random_lora(base_model_dir, root / name, seed) for name, seed in (("v0001-a", 1), ("v0002-b", 2))}
+
+
+@pytest.fixture
+def engine(base_model_dir, tmp_path):
+    from agent.engine import open_engine
+    from agent.settings import Settings
+
+    eng = open_engine(Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir), engine="llamacpp",
+                               parallel=4, threads=2))
+    yield eng
+    eng.close()
+
+
+def test_the_default_model_streams_paris_in_chunks_from_the_bundled_gguf(engine):
+    from agent.model import bundled_gguf
+
+    assert engine.server.gguf == bundled_gguf()  # the Q4_1 file as it is, not a re-conversion
+    gen = engine.stream(PARIS, max_new_tokens=16)
+    pieces = list(gen)
+    assert len(pieces) > 1, pieces
+    assert "Paris" in gen.text
+    assert gen.completion_tokens == len(engine.tok(gen.text, add_special_tokens=False)["input_ids"]) or \
+        gen.completion_tokens > 0
+    assert not gen.cancelled and gen.first_token_s is not None
+
+
+def test_stop_cancels_only_its_own_stream(engine):
+    stop = threading.Event()
+    mine = engine.stream(ASK, max_new_tokens=200, stop=stop)
+    other = engine.stream(ASK, max_new_tokens=40)
+    with ThreadPoolExecutor(2) as pool:
+        fut = pool.submit(other.collect)
+        for i, _ in enumerate(mine):
+            if i == 3:
+                stop.set()
+        assert fut.result(120)
+    assert mine.cancelled and mine.completion_tokens < 200
+    assert not other.cancelled and other.completion_tokens > 10
+
+
+def test_two_adapters_and_the_base_answer_three_concurrent_requests_each_its_own(engine, loras):
+    for name, folder in loras.items():
+        engine.add_adapter(name, folder)
+        assert (folder / "lora.gguf").exists()
+    who = [None, "v0001-a", "v0002-b"]
+    alone = {w: engine.stream(ASK, max_new_tokens=24, adapter=w).collect() for w in who}
+    assert len(set(alone.values())) == 3, alone  # each adapter really changes the answer
+    with ThreadPoolExecutor(3) as pool:
+        together = dict(zip(who, pool.map(lambda w: engine.stream(ASK, max_new_tokens=24, adapter=w).collect(),
+                                          who)))
+    assert together == alone  # routed per request: each concurrent answer is its own adapter's
+    assert engine.server.current.loras == ("v0001-a", "v0002-b")
+
+
+def test_a_new_adapter_restarts_the_server_without_losing_the_answer_in_flight(engine, loras):
+    first = engine.stream(ASK, max_new_tokens=60)
+    it = iter(first)
+    next(it)  # the answer is streaming from the first server
+    engine.add_adapter("v0001-a", loras["v0001-a"])
+    second = engine.stream(PARIS, max_new_tokens=8, adapter="v0001-a").collect()  # starts the new server
+    rest = "".join(it)
+    assert engine.server.restarts == 1 and second
+    assert first.completion_tokens > 1 and not first.cancelled and rest
+
+
+def test_registry_converts_at_registration_and_refuses_a_corrupt_gguf_while_serving(settings, loras, tmp_path):
+    import dataclasses
+
+    from adapters.registry import Registry, RegistryError, attach
+    from agent.engine import open_engine
+
+    s = dataclasses.replace(settings, engine="llamacpp")
+    reg = Registry(s)
+    version = reg.register(loras["v0001-a"], {"method": "sft"})
+    meta = reg.get(version)
+    gguf = Path(meta["folder"]) / "lora.gguf"
+    assert meta["gguf"]["file"] == "lora.gguf" and len(meta["gguf"]["sha256"]) == 64 and gguf.exists()
+    reg.promote(version)
+    engine = open_engine(s)
+    try:
+        attach(reg, engine, version)
+        engine.use(version)
+        before = engine.stream(PARIS, max_new_tokens=8).collect()
+        engine.remove_adapter(version)
+        gguf.write_bytes(gguf.read_bytes()[:-100] + b"\0" * 100)  # corrupted on disk
+        with pytest.raises(RegistryError, match="sha256"):
+            attach(reg, engine, version)
+        assert version not in engine.adapters
+        assert engine.stream(PARIS, max_new_tokens=8, adapter=None).collect()  # still serving
+        gguf.unlink()  # a missing file is rebuilt
+        attach(reg, engine, version)
+        assert gguf.exists() and engine.stream(PARIS, max_new_tokens=8, adapter=version).collect() == before
+        assert json.loads((Path(meta["folder"]) / "meta.json").read_text())["gguf"]["sha256"]
+    finally:
+        engine.close()
+
+
+def test_registry_refuses_an_adapter_llama_cpp_cannot_serve(settings, loras, tmp_path):
+    import dataclasses
+    import shutil
+
+    from adapters.registry import Registry, RegistryError
+
+    dora = tmp_path / "dora"
+    shutil.copytree(loras["v0002-b"], dora)
+    cfg = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(RegistryError, match="DoRA"):
+        Registry(dataclasses.replace(settings, engine="llamacpp")).register(dora, {"method": "sft"})
+
+
+def test_the_openai_backend_against_a_real_llama_server_selects_adapters_by_name(base_model_dir, loras, tmp_path):
+    from adapters.gguf import ensure_lora_gguf
+    from agent.engine import open_engine
+    from agent.llama_server import LlamaServer
+    from agent.model import bundled_gguf
+    from agent.settings import Settings
+
+    for folder in loras.values():
+        ensure_lora_gguf(folder, base_model_dir)
+    server = LlamaServer(bundled_gguf(), parallel=2, threads=2)
+    proc = server.ensure({n: f / "lora.gguf" for n, f in loras.items()})  # "a llama-server you run yourself"
+    try:
+        base = dict(data_dir=tmp_path / "d", base_model=str(base_model_dir), engine="openai", engine_url=proc.url)
+        llama = open_engine(Settings(**base, engine_dialect="llama"))
+        for name, folder in loras.items():
+            llama.add_adapter(name, folder)  # found by name among the server's --lora files
+        answers = {w: llama.stream(ASK, max_new_tokens=16, adapter=w).collect() for w in (None, *loras)}
+        assert len(set(answers.values())) == 3, answers
+        with pytest.raises(RuntimeError, match="does not load adapter"):
+            llama.add_adapter("v0009-missing", tmp_path)
+        plain = open_engine(Settings(**base))  # the OpenAI dialect: /v1/completions, the base by name
+        gen = plain.stream(PARIS, max_new_tokens=8)
+        assert "Paris" in gen.collect() and gen.completion_tokens > 0
+        assert answers[None].startswith(plain.stream(ASK, max_new_tokens=16).collect()[:10])
+    finally:
+        server.close()

@@ -1,0 +1,126 @@
+"""The engine seam's pure parts: the llama-server command and request, GGUF refusals, the fair gate."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters.gguf import refusal
+from agent.engine import engine_kind
+from agent.engine_http import llama_body, openai_body
+from agent.fair import FairGate
+from agent.llama_server import server_command
+from agent.model import Decoding
+from agent.settings import Settings
+
+
+def test_server_command_loads_every_adapter_at_scale_zero():
+    cmd = server_command(Path("/b/llama-server"), Path("m.gguf"), [Path("a.gguf"), Path("b.gguf")], port=9,
+                         parallel=4, threads=2, ctx_per_slot=2048)
+    assert cmd[:3] == ["/b/llama-server", "-m", "m.gguf"]
+    assert cmd[cmd.index("-np") + 1] == "4" and cmd[cmd.index("-c") + 1] == str(4 * 2048)
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--lora"] == ["a.gguf", "b.gguf"]
+    assert "--lora-init-without-apply" in cmd and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert "--lora-init-without-apply" not in server_command(Path("s"), Path("m"), [], port=9, parallel=1,
+                                                             threads=1, ctx_per_slot=64)
+
+
+def test_llama_body_greedy_and_sampled():
+    greedy = llama_body([1, 2], max_new_tokens=16, decoding=Decoding(no_repeat_ngram_size=4),
+                        lora=[{"id": 0, "scale": 1.0}])
+    assert greedy["temperature"] == 0 and greedy["top_k"] == 0 and greedy["prompt"] == [1, 2]
+    assert greedy["dry_allowed_length"] == 3 and greedy["dry_penalty_last_n"] == 16  # the answer's window
+    assert greedy["lora"] == [{"id": 0, "scale": 1.0}] and greedy["seed"] == -1
+    sampled = llama_body([1], max_new_tokens=8, decoding=Decoding(temperature=0.8, top_p=0.9, seed=7), lora=[])
+    assert sampled["temperature"] == 0.8 and sampled["top_p"] == 0.9 and sampled["seed"] == 7
+    assert "dry_multiplier" not in sampled
+    body = openai_body("hi", model="v0001-sft", max_new_tokens=5, decoding=Decoding(seed=3))
+    assert body["model"] == "v0001-sft" and body["max_tokens"] == 5 and body["seed"] == 3
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"peft_type": "LORA", "use_rslora": True}, "rsLoRA"),
+    ({"peft_type": "LORA", "use_dora": True}, "DoRA"),
+    ({"peft_type": "LORA", "modules_to_save": ["score"]}, "modules_to_save"),
+    ({"peft_type": "LORA", "target_modules": ["q_proj", "lm_head"]}, "lm_head"),
+    ({"peft_type": "IA3"}, "not a LoRA"),
+])
+def test_unconvertible_adapters_are_refused_with_a_reason(config, words):
+    assert words in refusal(config)
+
+
+def test_plain_lora_converts():
+    assert refusal({"peft_type": "LORA", "target_modules": "all-linear", "r": 8, "lora_alpha": 16}) is None
+
+
+def test_engine_choice_is_checked():
+    with pytest.raises(ValueError, match="KAIZEN_ENGINE"):
+        Settings.from_env(engine="vllm")
+    with pytest.raises(ValueError, match="KAIZEN_ENGINE_URL"):
+        engine_kind(Settings(engine="openai"))
+    assert engine_kind(Settings(engine="transformers")) == "transformers"
+
+
+def test_missing_build_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("KAIZEN_LLAMA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(RuntimeError, match="make install"):
+        engine_kind(Settings(engine="llamacpp"))
+    assert engine_kind(Settings(engine="auto", device="cpu")) == "transformers"  # auto falls back, warned
+
+
+def _hold(gate, user, log, started, release):
+    with gate.slot(user):
+        log.append(user)
+        started.set()
+        release.wait(5)
+
+
+def test_fair_gate_serves_the_newcomer_before_a_heavy_users_queue():
+    gate = FairGate(1)
+    log, release = [], threading.Event()
+    first = threading.Event()
+    threads = [threading.Thread(target=_hold, args=(gate, "heavy", log, first, release))]
+    threads[0].start()
+    assert first.wait(5)
+    for user in ("heavy", "heavy", "heavy", "new"):  # heavy queues three more, then a newcomer arrives
+        t = threading.Thread(target=_hold, args=(gate, user, log, threading.Event(), release))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert log[:2] == ["heavy", "new"], log  # the newcomer is next, not fourth
+    assert sorted(log) == ["heavy"] * 4 + ["new"]
+
+
+def test_fair_gate_caps_running_answers_and_a_cancelled_waiter_leaves():
+    gate = FairGate(2)
+    peak, running, lock = [0], [0], threading.Lock()
+
+    def work(user):
+        with gate.slot(user):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+
+    threads = [threading.Thread(target=work, args=(f"u{i % 3}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert peak[0] == 2 and not gate.running and not gate.waiting
+    cancel = threading.Event()
+    cancel.set()
+    from agent.fair import Cancelled
+
+    with gate.slot("a"), gate.slot("b"):
+        with pytest.raises(Cancelled):
+            with gate.slot("c", cancel=cancel):
+                pass
+    assert not gate.waiting and not gate.running
