@@ -15,6 +15,7 @@ from adapters.scheduler import Scheduler
 from adapters.ui import build_adapters_tab
 from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
+from agent.engine import describe
 from agent.ui_chat import (LOCAL_USER, ChatLogic, can_continue, cut_off_notice, is_sources_note, new_state,
                            pick_texts, to_chatbot)
 from agent.ui_docs import build_docs_tab
@@ -78,6 +79,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         store = Store.from_settings(settings)
     answerer = answerer or Answerer.from_settings(settings)
     model = answerer.model
+    log.info("answering with %s", describe(model))
     registry = registry or Registry(settings)
     authz = Authz(settings.auth_file)  # the one check for admin-only handlers (feedback/authz.py)
     ab_state: dict = {}
@@ -104,7 +106,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
     with gr.Blocks(title="Kaizen Chat", analytics_enabled=False) as demo:
         gr.Markdown("## Kaizen Chat\nA chat that learns from your feedback: thumbs up or down, corrections, "
-                    "and picks between retries.")
+                    f"and picks between retries. <small>Answering: {describe(model)}</small>")
         state = gr.State(new_state())
         with gr.Tab("Chat"):
             with gr.Row():

@@ -332,21 +332,21 @@ class Registry:
         return version
 
     def _gguf_lora(self, folder: Path) -> dict | None:
-        """The version's GGUF LoRA for the llama.cpp engine, converted now ({"file", "sha256"}), or None when
-        llama.cpp is not built (converted when first served). An adapter llama.cpp cannot serve is refused when
-        the app serves with llama.cpp, and noted otherwise."""
+        """When the app serves with llama.cpp: the version's GGUF LoRA, converted now ({"file", "sha256"}); an
+        adapter llama.cpp cannot serve is refused. Otherwise None (converted when first served by llama.cpp) or
+        the refusal noted."""
         from adapters import gguf
-        from agent import llama_build
         from agent.engine import engine_kind
         from agent.model import resolve_base
 
         config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
         reason = gguf.refusal(config)
+        serving = engine_kind(self.settings)
         if reason:
-            if engine_kind(self.settings) == "llamacpp":
+            if serving == "llamacpp":
                 raise RegistryError(f"{folder.name}: refused, the llama.cpp engine cannot serve it: {reason}")
             return {"file": None, "refused": reason}
-        if not llama_build.available():
+        if serving != "llamacpp":
             return None
         out = gguf.convert(folder, resolve_base(self.settings.base_model, self.settings.models_dir))
         return {"file": out.name, "sha256": gguf.sha256(out)}

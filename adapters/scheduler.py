@@ -189,6 +189,11 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
                         "gate": {"promote": promote, "reasons": reasons, "margin": margin}}
                 version = registry.register(adapter_dir, meta)
                 if promote:
+                    promote, more = parity_gate(settings, registry, version)
+                    reasons = reasons + more
+                    if more:
+                        registry.update_meta(version, gate={"promote": promote, "reasons": reasons, "margin": margin})
+                if promote:
                     registry.promote(version)
                     status = "promoted"
                 else:
@@ -224,6 +229,33 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
                 shutil.rmtree(run_dir, ignore_errors=True)
             if own_store:
                 store.close()
+
+
+def parity_gate(settings: Settings, registry, version: str) -> tuple[bool, list[str]]:
+    """When the app serves with llama.cpp: the version's GGUF LoRA must reproduce the peft adapter
+    (adapters/parity.py). (passes, reasons); no reasons when there is nothing to check. The figures go in
+    meta.json "parity"."""
+    from adapters import parity
+    from agent.engine import engine_kind
+
+    meta = registry.get(version)
+    gguf = (meta.get("gguf") or {}).get("file")
+    if meta.get("kind") != "lora" or not gguf or engine_kind(settings) != "llamacpp":
+        return True, []
+    from agent.gguf import base_gguf
+    from agent.model import resolve_base
+
+    folder = Path(meta["folder"])
+    try:
+        figures = parity.measure(Path(resolve_base(settings.base_model, settings.models_dir)), folder,
+                                 base_gguf(settings.base_model, settings.models_dir), folder / gguf,
+                                 threads=settings.threads)
+    except Exception as e:  # a check that cannot run does not promote
+        log.exception("parity check of %s failed", version)
+        return False, [f"llama.cpp parity could not be measured: {e}"]
+    ok, reasons = parity.verdict(figures)
+    registry.update_meta(version, parity={**figures, "passed": ok})
+    return ok, reasons
 
 
 def _save_state(settings: Settings, state: dict) -> None:

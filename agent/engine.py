@@ -72,3 +72,14 @@ def open_engine(settings: Settings):
     engine = HTTPEngine(tok, name=settings.base_model, dialect="llama", server=server, base_folder=folder)
     server.ensure({})  # start now: a broken build or model fails at start, not at the first question
     return engine
+
+
+def describe(engine) -> str:
+    """A short line saying who answers, for the UI and the log."""
+    server = getattr(engine, "server", None)
+    if server is not None:
+        return f"llama.cpp ({server.gguf.name}, {server.parallel} slots, {server.threads} threads)"
+    if getattr(engine, "dialect", None):
+        return f"OpenAI-compatible server at {engine.url}"
+    dtype = getattr(getattr(engine, "model", None), "dtype", "")
+    return f"transformers ({getattr(engine, 'device', 'cpu')}, {str(dtype).replace('torch.', '')})"

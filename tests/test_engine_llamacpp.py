@@ -177,3 +177,18 @@ def test_the_openai_backend_against_a_real_llama_server_selects_adapters_by_name
         assert answers[None].startswith(plain.stream(ASK, max_new_tokens=16).collect()[:10])
     finally:
         server.close()
+
+
+def test_parity_check_passes_the_converted_lora_and_catches_a_wrong_one(base_model_dir, loras):
+    from adapters import parity
+    from adapters.gguf import ensure_lora_gguf
+    from agent.model import bundled_gguf
+
+    a, b = (ensure_lora_gguf(loras[n], base_model_dir) for n in ("v0001-a", "v0002-b"))
+    same = parity.measure(base_model_dir, loras["v0001-a"], bundled_gguf(), a, n_prompts=3, new_tokens=16)
+    ok, reasons = parity.verdict(same)
+    assert ok, (same, reasons)
+    assert same["top1"] >= 0.9 and same["kl"] < 0.05 and same["positions"] >= 30
+    wrong = parity.measure(base_model_dir, loras["v0001-a"], bundled_gguf(), b, n_prompts=3, new_tokens=16)
+    ok, reasons = parity.verdict(wrong)
+    assert not ok and "parity" in reasons[0], wrong  # another adapter's GGUF does not pass for this one

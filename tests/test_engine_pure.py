@@ -124,3 +124,20 @@ def test_fair_gate_caps_running_answers_and_a_cancelled_waiter_leaves():
             with gate.slot("c", cancel=cancel):
                 pass
     assert not gate.waiting and not gate.running
+
+
+def test_parity_compare_and_verdict():
+    import numpy as np
+
+    from adapters.parity import Floors, compare, verdict
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(20, 50))
+    same = compare(ref, ref + 1e-4 * rng.normal(size=ref.shape))
+    assert same["top1"] == 1.0 and same["kl"] < 1e-6 and same["positions"] == 20
+    assert verdict(same)[0]
+    other = compare(ref, rng.normal(size=ref.shape))
+    ok, reasons = verdict(other, Floors())
+    assert not ok and any("top-1" in r for r in reasons) and any("KL" in r for r in reasons)
+    with pytest.raises(ValueError, match="shapes"):
+        compare(ref, ref[:3])

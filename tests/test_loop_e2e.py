@@ -50,12 +50,12 @@ def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base
     assert style_events(store, pairs) == len(pairs)  # scripted users edit every answer into the house style
     store.close()
 
-    with running_app(data, base_model_dir, KAIZEN_MAX_NEW_TOKENS="24") as app:
+    with running_app(data, base_model_dir, KAIZEN_MAX_NEW_TOKENS="24", KAIZEN_ENGINE="llamacpp") as app:
         client = Client(app["url"], verbose=False)
         base_rate = rate(ask_all(client, unseen))
 
         env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir),
-                   KAIZEN_ADAPT_MIN_EVENTS="20")
+                   KAIZEN_ADAPT_MIN_EVENTS="20", KAIZEN_ENGINE="llamacpp")  # GGUF LoRA + parity check
         run = subprocess.run([sys.executable, "-m", "agent.cli", "adapt"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=1500)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
@@ -65,6 +65,9 @@ def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base
         promoted = [v for v in versions if v["state"] == "active"]
         assert promoted, f"the gate did not promote: {run.stdout[-2000:]}"
         version = promoted[0]["version"]
+        meta = json.loads((data / "adapters" / version / "meta.json").read_text())
+        assert meta["gguf"]["file"] == "lora.gguf" and len(meta["gguf"]["sha256"]) == 64  # for llama.cpp
+        assert meta["parity"]["passed"] and meta["parity"]["top1"] >= 0.9, meta["parity"]  # it reproduces peft
 
         deadline = time.time() + 60  # the app picks the promotion up by itself (no restart)
         while True:

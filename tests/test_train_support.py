@@ -29,6 +29,8 @@ def save_tiny_base(folder: Path, tokenizer, seed: int = 0, hidden: int = 64) -> 
 
 
 def tiny_settings(data_dir: Path, base: Path, **kw) -> Settings:
+    """Settings for a tiny random model: the transformers engine's plumbing (llama.cpp is tested on the real one)."""
+    kw.setdefault("engine", "transformers")
     return Settings(data_dir=data_dir, base_model=str(base), threads=2, max_new_tokens=8, **kw)
 
 
