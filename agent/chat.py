@@ -122,15 +122,15 @@ class Answerer:
         messages = tmpl.render(question, history, **variables)
         gen = self.model.stream(messages, max_new_tokens=max_new, adapter=adapter, stop=stop,
                                 decoding=decoding or self.decoding(), prefix=continue_from)
-        gen.pieces = self._gated(gen, owner, stop)
+        gen.pieces = self._gated(gen.pieces, gen, owner, stop)
         sources = [
             {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4)} for h in hits
         ] if use_rag else []
         return Reply(gen, messages, tmpl.name, sources, use_rag)
 
-    def _gated(self, gen: Generation, user, stop: threading.Event | None):
-        """The generation's pieces, decoded only while `user` holds one of the engine's slots."""
-        inner = gen.pieces
+    def _gated(self, inner, gen: Generation, user, stop: threading.Event | None):
+        """The generation's pieces (`inner`, taken before `gen.pieces` is replaced by this generator: read inside
+        it, they would be this generator itself), decoded only while `user` holds one of the engine's slots."""
         try:
             with self.gate.slot(user or "local", cancel=stop):
                 yield from inner
