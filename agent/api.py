@@ -26,6 +26,8 @@ import logging
 import threading
 import time
 
+from fastapi import Request  # at module level: the routes' annotations are resolved against these globals
+
 from agent import api_schema as schema
 from agent.api_schema import ApiError
 from feedback import api_store
@@ -277,7 +279,7 @@ async def _json(request):
 
 def build_router(api: KaizenAPI):
     """The /v1 routes (a FastAPI APIRouter) for `api`."""
-    from fastapi import APIRouter, Request
+    from fastapi import APIRouter
     from fastapi.responses import JSONResponse, StreamingResponse
 
     router = APIRouter()
