@@ -388,16 +388,19 @@ async def _stream(req, cid: str, created: int, events: asyncio.Queue, stop: thre
 
 async def _complete(request, req, cid: str, created: int, events: asyncio.Queue, stop: threading.Event):
     """The whole answer as one JSON body; a client that disconnects while it is generated stops it."""
+    checked = time.monotonic()
     while True:
         try:
             kind, payload = await asyncio.wait_for(events.get(), timeout=0.5)
         except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                stop.set()
-            continue
+            kind = None
         except asyncio.CancelledError:
             stop.set()
             raise
+        if time.monotonic() - checked >= 0.5:  # pieces keep coming: look for a gone client twice a second
+            checked = time.monotonic()
+            if await request.is_disconnected():
+                stop.set()
         if kind == "done":
             from fastapi.responses import JSONResponse
 

@@ -161,3 +161,40 @@ def test_langchain_chat_openai_streams_from_the_app(server):
                      extra_body={"rag": "off"})
     pieces = [c.content for c in llm.stream(QUESTION)]
     assert len([p for p in pieces if p]) > 2 and "Paris" in "".join(pieces)
+
+
+def test_api_only_server_answers_and_stays_on_loopback_without_keys(tmp_path, base_model_dir):
+    import time
+
+    from tests.conftest import free_port
+
+    data, port = tmp_path / "data", free_port()
+    data.mkdir()
+    env = {**os.environ, "KAIZEN_DATA_DIR": str(data), "KAIZEN_BASE_MODEL": str(base_model_dir),
+           "KAIZEN_PORT": str(port), "KAIZEN_HOST": "0.0.0.0", "KAIZEN_MAX_NEW_TOKENS": "16"}
+    for k in ("KAIZEN_AUTH_FILE", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME"):
+        env.pop(k, None)
+    with open(data / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--api-only"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 300
+            while True:
+                assert proc.poll() is None, (data / "server.log").read_text()[-3000:]
+                try:
+                    if httpx.get(url + "/", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    assert time.time() < deadline, "the API did not start"
+                    time.sleep(1)
+            import openai
+
+            sdk = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+            out = sdk.chat.completions.create(model="kaizen:base", messages=[{"role": "user", "content": QUESTION}])
+            assert out.choices[0].message.content and out.usage.completion_tokens > 0
+            assert "listens on 127.0.0.1 only" in (data / "server.log").read_text()
+            assert "gradio" not in httpx.get(url + "/", timeout=5).text.lower()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -330,3 +330,20 @@ def test_langchain_chat_openai_streams(tmp_path):
     assert len([p for p in pieces if p]) > 2 and "Echo:" in "".join(pieces)
     [msg] = rows(kapi.settings.db_path, "select * from messages where role='assistant'")
     assert msg["content"] == "".join(pieces) and msg["template"] == "concise"
+
+
+def test_a_non_streaming_client_that_gives_up_stops_the_generation(tmp_path):
+    import time
+
+    engine = FakeEngine(delay=0.02, endless=True)
+    app, kapi = make_api(tmp_path, engine=engine, max_new_tokens=2000)
+    with serving(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.5), json={
+                "model": "kaizen", "messages": [{"role": "user", "content": "go on forever"}]})
+        deadline = time.time() + 10
+        while time.time() < deadline and not rows(kapi.settings.db_path,
+                                                  "select * from messages where role='assistant'"):
+            time.sleep(0.05)
+        [msg] = rows(kapi.settings.db_path, "select * from messages where role='assistant'")
+    assert msg["completion_tokens"] < 500, "the generation went on after the client left"
