@@ -299,9 +299,18 @@ def test_login_mode_needs_a_key_of_a_user_in_the_users_file(tmp_path):
 
 
 # -- real sockets: streaming clients and disconnects -------------------------------------------------------
-def test_a_client_disconnect_stops_the_generation(tmp_path):
+def stored_answer(db, wait_s: float = 10.0) -> dict:
+    """The one stored answer, once it is there (an answer is stored when its generation ends)."""
     import time
 
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not rows(db, "select * from messages where role='assistant'"):
+        time.sleep(0.05)
+    [msg] = rows(db, "select * from messages where role='assistant'")
+    return msg
+
+
+def test_a_client_disconnect_stops_the_generation(tmp_path):
     engine = FakeEngine(delay=0.02, endless=True)
     app, kapi = make_api(tmp_path, engine=engine, max_new_tokens=2000)  # ~40 s if nothing stopped it
     with serving(app) as url:
@@ -310,11 +319,7 @@ def test_a_client_disconnect_stops_the_generation(tmp_path):
             lines = r.iter_lines()
             got = [next(lines) for _ in range(6)]
             assert any("more" in g or "Echo" in g for g in got)
-        deadline = time.time() + 10
-        while time.time() < deadline and not rows(kapi.settings.db_path,
-                                                  "select * from messages where role='assistant'"):
-            time.sleep(0.05)
-        [msg] = rows(kapi.settings.db_path, "select * from messages where role='assistant'")
+        msg = stored_answer(kapi.settings.db_path)
     assert msg["completion_tokens"] < 500, "the generation went on after the client left"
     assert msg["content"].startswith("Echo:")  # what was generated is stored
 
@@ -333,17 +338,11 @@ def test_langchain_chat_openai_streams(tmp_path):
 
 
 def test_a_non_streaming_client_that_gives_up_stops_the_generation(tmp_path):
-    import time
-
     engine = FakeEngine(delay=0.02, endless=True)
     app, kapi = make_api(tmp_path, engine=engine, max_new_tokens=2000)
     with serving(app) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.5), json={
                 "model": "kaizen", "messages": [{"role": "user", "content": "go on forever"}]})
-        deadline = time.time() + 10
-        while time.time() < deadline and not rows(kapi.settings.db_path,
-                                                  "select * from messages where role='assistant'"):
-            time.sleep(0.05)
-        [msg] = rows(kapi.settings.db_path, "select * from messages where role='assistant'")
+        msg = stored_answer(kapi.settings.db_path)
     assert msg["completion_tokens"] < 500, "the generation went on after the client left"
