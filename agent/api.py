@@ -19,6 +19,7 @@ A client that disconnects stops its generation (the stop event of the Answerer);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -126,10 +127,25 @@ class KaizenAPI:
     # -- chat ----------------------------------------------------------------------------------------
     def check(self, body, headers) -> schema.ChatRequest:
         s = self.settings
-        return schema.check_chat(body, versions=self.versions(), templates=list(self.answerer.templates()),
+        named = isinstance(body, dict) and body.get("model") not in (schema.MODEL, schema.BASE_MODEL)
+        versions = self.versions() if named else []  # the registry is read only for kaizen:<version>
+        return schema.check_chat(body, versions=versions, templates=self.template_names(),
                                  default_template=s.template, max_input_chars=s.max_input_chars,
                                  max_answer_chars=s.max_edit_chars, max_new_tokens=s.max_new_tokens,
                                  headers=headers)
+
+    def template_names(self) -> list[str]:
+        """The template names, re-read only when a template file changes (parsing them all takes ~4 ms, on the
+        path to the first token; the Answerer reads them again, as it does for the UI)."""
+        from pathlib import Path
+
+        from agent.templates import BUILTIN_DIR
+
+        files = [*BUILTIN_DIR.glob("*.yaml"), *Path(self.settings.templates_dir).glob("*.yaml")]
+        stamp = tuple(sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+        if getattr(self, "_templates", (None,))[0] != stamp:
+            self._templates = (stamp, sorted(self.answerer.templates()))
+        return self._templates[1]
 
     def _attach(self, version: str) -> None:
         model = self.answerer.model
@@ -190,32 +206,43 @@ class KaizenAPI:
         reply = self.answerer.answer(req.history, req.question, template=req.template, rag=req.rag,
                                      adapter=adapter, stop=stop, max_new_tokens=req.max_tokens,
                                      owner=user["name"], decoding=decoding)
-        # Only now, with the answer under way, is anything of the request stored.
-        parent, matched = schema.match_path(store.conversation(conv, uid), turns)
-        for t in turns[matched:-1]:
-            parent = store.add_message(conv, t["role"], t["content"], user_id=uid, parent_id=parent,
-                                       root=parent is None,
-                                       model=schema.CLIENT_MODEL if t["role"] == "assistant" else None)
-        if matched < len(turns):
-            question_id = store.add_message(conv, "user", req.question, user_id=uid, parent_id=parent,
-                                            root=parent is None)
-        else:  # the same question again at the same place (a regenerate): the new answer is a sibling
-            question_id = parent
         cid = schema.completion_id()
         emit("ready", {"id": cid, "sources": reply.sources, "conversation": conv})
+        stored: dict = {}
+
+        def store_question() -> int:
+            """The request's new turns, stored once: the question's id. Called after the first piece is sent,
+            so the writes overlap the model's decoding instead of delaying the first token."""
+            if "question" not in stored:
+                stored["question"] = None  # tried: a failure is not retried
+                parent, matched = schema.match_path(store.conversation(conv, uid), turns)
+                for t in turns[matched:-1]:
+                    parent = store.add_message(conv, t["role"], t["content"], user_id=uid, parent_id=parent,
+                                               root=parent is None,
+                                               model=schema.CLIENT_MODEL if t["role"] == "assistant" else None)
+                if matched < len(turns):
+                    parent = store.add_message(conv, "user", req.question, user_id=uid, parent_id=parent,
+                                               root=parent is None)
+                # else: the same question again at the same place (a regenerate): the answer is a sibling
+                stored["question"] = parent
+            return stored["question"]
+
         gen = reply.generation
         message_id = None
         try:
             for piece in gen:
                 if piece:
                     emit("piece", piece)
+                    store_question()
         finally:
-            message_id = store.add_message(
-                conv, "assistant", gen.text, user_id=uid, parent_id=question_id, template=reply.template,
-                model=gen.model, adapter=gen.adapter, sources=reply.sources,
-                latency_ms=round((time.perf_counter() - started) * 1000, 1),
-                prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
-            api_store.record_completion(store, cid, message_id, uid)
+            question_id = store_question()
+            if question_id is not None:
+                message_id = store.add_message(
+                    conv, "assistant", gen.text, user_id=uid, parent_id=question_id, template=reply.template,
+                    model=gen.model, adapter=gen.adapter, sources=reply.sources,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                    prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+                api_store.record_completion(store, cid, message_id, uid)
         emit("done", {
             "id": cid, "text": gen.text, "finish": schema.finish_reason(gen.truncated),
             "usage": schema.usage(gen.prompt_tokens, gen.completion_tokens),
@@ -286,7 +313,9 @@ def build_router(api: KaizenAPI):
 
     async def who(request: Request) -> dict:
         host = request.client.host if request.client else None
-        return await asyncio.to_thread(api.caller, request.headers, host)
+        # inline, not in a worker thread: a key lookup is ~0.05 ms and each thread hop is on the path to the
+        # first token (bench/api_speed.py)
+        return api.caller(request.headers, host)
 
     def refusals(fn):
         """The route's ApiError becomes its JSON error response (a 4xx with a message)."""
@@ -317,7 +346,7 @@ def build_router(api: KaizenAPI):
     async def chat(request: Request):
         try:
             user = await who(request)
-            req = await asyncio.to_thread(api.check, await _json(request), request.headers)
+            req = api.check(await _json(request), request.headers)  # pure checks and a few stat() calls
             api.begin()
         except ApiError as e:
             return _error(e)
@@ -464,6 +493,32 @@ def bind_host(settings, has_keys: bool) -> str:
     log.warning("no KAIZEN_AUTH_FILE and no API key: the API listens on 127.0.0.1 only, not %s "
                 "(make a key with `kaizen users key NAME`)", settings.host)
     return "127.0.0.1"
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1"):
+    """`app` on a uvicorn server in a background thread, on a free port (tests and bench/api_speed.py: a real
+    socket, so streaming and disconnects are what a client sees); yields the base URL."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="kaizen-api-server", daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def serve_api_only(settings) -> None:

@@ -149,6 +149,9 @@ def check_chat(body, *, versions: list[str], templates: list[str], default_templ
             continue
         if role == "user" and not text.strip():
             raise bad(f"{where}: the user message is empty", "messages")
+        if role == "assistant" and turns and turns[-1]["role"] == "assistant":  # one answer in two parts
+            turns[-1] = {"role": "assistant", "content": turns[-1]["content"] + "\n\n" + text}
+            continue
         turns.append({"role": role, "content": text.strip() if role == "user" else text})
     if not turns or turns[-1]["role"] != "user":
         raise bad("the last message must be the user's question", "messages")

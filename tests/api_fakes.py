@@ -2,8 +2,6 @@
 answers instantly (or slowly, to test a disconnect) without a model."""
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 
 from agent.model import Generation
@@ -67,27 +65,8 @@ def make_api(tmp_path, engine=None, **settings_kw):
     return app, app.state.kaizen_api
 
 
-@contextlib.contextmanager
 def serving(app):
-    """`app` on a real uvicorn server in a thread (a real socket: streaming and disconnects as a client sees
-    them); yields the base URL."""
-    import socket
+    """`app` on a real uvicorn server in a thread; yields the base URL (agent.api.serve_in_thread)."""
+    from agent.api import serve_in_thread
 
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return serve_in_thread(app)

@@ -346,3 +346,11 @@ def test_a_non_streaming_client_that_gives_up_stops_the_generation(tmp_path):
                 "model": "kaizen", "messages": [{"role": "user", "content": "go on forever"}]})
         msg = stored_answer(kapi.settings.db_path)
     assert msg["completion_tokens"] < 500, "the generation went on after the client left"
+
+
+def test_a_template_dropped_into_the_data_dir_is_usable_at_once(api):
+    assert "pirate" not in api["api"].template_names()
+    folder = api["api"].settings.templates_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pirate.yaml").write_text("name: pirate\nsystem: Talk like a pirate.\nuser: '{question}'\n")
+    assert ask(api["http"], "hello", template="pirate")["kaizen"]["template"] == "pirate"

@@ -47,6 +47,12 @@ def test_a_good_request():
     assert r.system == ["be nice"]
 
 
+def test_consecutive_answers_are_one_turn():
+    r = chat(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "part one"},
+                       {"role": "assistant", "content": "part two"}, {"role": "user", "content": "q2"}])
+    assert r.history == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "part one\n\npart two"}]
+
+
 def test_headers_pick_template_rag_and_conversation():
     h = {"x-kaizen-template": "grounded", "x-kaizen-rag": "on", "x-kaizen-conversation": "c1"}
     r = s.check_chat({"model": "kaizen", "messages": [{"role": "user", "content": "q"}]}, headers=h, **KW)
