@@ -16,9 +16,10 @@ pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of France?"
 
 
-def kaizen(data, *args, check=True) -> subprocess.CompletedProcess:
+def kaizen(data, *args, check=True, **env_extra) -> subprocess.CompletedProcess:
     env = {**os.environ, "KAIZEN_DATA_DIR": str(data)}
     env.pop("KAIZEN_AUTH_FILE", None)
+    env.update(env_extra)
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300, check=check)
 
@@ -198,3 +199,28 @@ def test_api_only_server_answers_and_stays_on_loopback_without_keys(tmp_path, ba
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_login_mode_the_api_key_and_the_ui_login_are_one_user(tmp_path, base_model_dir):
+    from gradio_client import Client
+
+    from feedback import auth
+
+    data, users = tmp_path / "data", tmp_path / "users.json"
+    auth.add_user(users, "carol", "carols-password", "user", iterations=1000)
+    key = kaizen(data, "users", "key", "carol", KAIZEN_AUTH_FILE=str(users)).stdout.strip()
+    with running_app(data, base_model_dir, KAIZEN_AUTH_FILE=str(users), KAIZEN_MAX_NEW_TOKENS="12") as srv:
+        v1 = srv["url"] + "v1"
+        r = httpx.get(v1 + "/models", timeout=30)
+        assert r.status_code == 401  # login mode: a loopback client needs a key too
+        import openai
+
+        out = openai.OpenAI(base_url=v1, api_key=key, max_retries=0).chat.completions.create(
+            model="kaizen", messages=[{"role": "user", "content": "Hello from the API"}], extra_body={"rag": "off"})
+        ui = Client(srv["url"], auth=("carol", "carols-password"), verbose=False)
+        ui.predict("Hello from the UI", "plain", "off", "active", api_name="/chat")
+        owners = rows(srv["db"], "select distinct u.name, u.role from messages m join conversations c "
+                                 "on c.id=m.conversation_id join users u on u.id=c.user_id")
+        assert owners == [{"name": "carol", "role": "user"}]
+        assert len(rows(srv["db"], "select * from messages where role='assistant'")) == 2
+        assert out.choices[0].message.content
