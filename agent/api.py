@@ -263,7 +263,7 @@ class KaizenAPI:
                                    max_edit_chars=self.settings.max_edit_chars)
         store, uid = self.store, user["id"]
         try:
-            mid = api_store.message_of(store, fb.id, uid)
+            mid = self._answer_of(fb, uid)
             if fb.kind == "rating":
                 if fb.value == 0:
                     event = store.retract(mid, uid)
@@ -279,7 +279,22 @@ class KaizenAPI:
             raise ApiError(404, str(e), param="id", code="not_found") from None
         except FeedbackError as e:
             raise ApiError(400, str(e)) from None
-        return {"ok": True, "kind": fb.kind, "id": fb.id, "message_id": mid, "event_id": event}
+        return {"ok": True, "kind": fb.kind, "id": fb.id or api_store.completion_of(store, mid, uid),
+                "message_id": mid, "event_id": event}
+
+    def _answer_of(self, fb: schema.FeedbackRequest, uid: int) -> int:
+        """The caller's message the feedback is about: by completion id, or by (conversation_id, answer text)
+        within the caller's own thread of that conversation id. NotFoundError otherwise."""
+        from feedback.store import NotFoundError
+
+        if fb.id is not None:
+            return api_store.message_of(self.store, fb.id, uid)
+        key = schema.thread_key([], fb.conversation_id)
+        conv = api_store.find_thread(self.store, uid, key)
+        mid = None if conv is None else schema.find_answer(self.store.conversation(conv, uid), fb.answer)
+        if mid is None:
+            raise NotFoundError(f"no answer with that text in conversation {fb.conversation_id!r}")
+        return mid
 
     def stats(self, user: dict, everyone: bool = False) -> dict:
         if everyone:

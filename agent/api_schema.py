@@ -220,6 +220,15 @@ def stored_turns(turns: list[dict]) -> list[dict]:
     return turns[first:]
 
 
+def find_answer(rows: list[dict], text: str) -> int | None:
+    """The latest assistant message among `rows` whose text (or latest correction) is `text`, whitespace-
+    normalized; None when there is none."""
+    want = _norm(text)
+    found = [r["id"] for r in rows if r["role"] == "assistant" and r.get("model") != CLIENT_MODEL
+             and (_norm(r["content"]) == want or (r.get("edited") is not None and _norm(r["edited"]) == want))]
+    return max(found) if found else None
+
+
 def match_path(rows: list[dict], turns: list[dict]) -> tuple[int | None, int]:
     """Walk the stored conversation (`rows`: id, parent_id, role, content, edited) along the client's `turns`
     from the root: (id of the last stored message on the path or None, how many turns are already stored).
@@ -246,25 +255,38 @@ def match_path(rows: list[dict], turns: list[dict]) -> tuple[int | None, int]:
 # ---------------------------------------------------------------------------------------------- feedback
 @dataclass
 class FeedbackRequest:
-    id: str
+    id: str | None  # the completion id; None: the answer is named by (conversation_id, answer)
     kind: str  # rating | correction | choice
     value: int | None = None
     reasons: list[str] = field(default_factory=list)
     comment: str = ""
     text: str = ""
     candidates: list[str] = field(default_factory=list)  # choice: every compared completion id, `id` included
+    conversation_id: str | None = None  # with `answer`: the caller's latest answer of that text in that thread
+    answer: str | None = None
 
 
 def check_feedback(body, *, max_comment_chars: int, max_edit_chars: int) -> FeedbackRequest:
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    cid = body.get("id")
-    if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_CHARS:
-        raise bad("`id` must be the completion id (the `id` of a chat completion)", "id")
+    cid, thread, answer = body.get("id"), body.get("conversation_id"), body.get("answer")
+    if cid is None and thread is not None and answer is not None:  # for clients that keep no completion id
+        if isinstance(thread, bool) or not isinstance(thread, (str, int)) or not str(thread) \
+                or len(str(thread)) > MAX_ID_CHARS:
+            raise bad("`conversation_id` must be the conversation id the answer was asked under", "conversation_id")
+        if not isinstance(answer, str) or not answer.strip() or len(answer) > max_edit_chars:
+            raise bad("`answer` must be the answer's text, as the client shows it", "answer")
+        thread = str(thread)
+    elif not isinstance(cid, str) or not cid or len(cid) > MAX_ID_CHARS:
+        raise bad("`id` must be the completion id (the `id` of a chat completion), or send `conversation_id` "
+                  "and `answer`", "id")
+    else:
+        thread = answer = None
     kinds = [k for k in ("rating", "correction", "choice") if body.get(k) is not None]
     if len(kinds) != 1:
         raise bad("send exactly one of `rating`, `correction` or `choice`", kinds[1] if len(kinds) > 1 else None)
     kind = kinds[0]
+    named = {"conversation_id": thread, "answer": answer}
     if kind == "rating":
         v = body["rating"]
         if isinstance(v, bool) or not isinstance(v, int) or v not in (1, -1, 0):
@@ -283,7 +305,7 @@ def check_feedback(body, *, max_comment_chars: int, max_edit_chars: int) -> Feed
                       "comment")
         if v == 0 and (reasons or comment):
             raise bad("a retraction (rating 0) takes no reasons or comment", "rating")
-        return FeedbackRequest(cid, kind, value=v, reasons=list(dict.fromkeys(reasons)), comment=comment)
+        return FeedbackRequest(cid, kind, value=v, reasons=list(dict.fromkeys(reasons)), comment=comment, **named)
     if kind == "correction":
         text = body["correction"]
         if not isinstance(text, str) or not text.strip():
@@ -291,7 +313,9 @@ def check_feedback(body, *, max_comment_chars: int, max_edit_chars: int) -> Feed
         if len(text) > max_edit_chars:
             raise bad(f"`correction` is too long ({len(text):,} characters; the limit is {max_edit_chars:,})",
                       "correction")
-        return FeedbackRequest(cid, kind, text=text.strip())
+        return FeedbackRequest(cid, kind, text=text.strip(), **named)
+    if cid is None:
+        raise bad("a choice names completion ids: `id` (the picked one) and `choice`", "id")
     others = body["choice"]
     if not isinstance(others, list) or not all(isinstance(c, str) and c for c in others):
         raise bad("`choice` must be the list of compared completion ids (the picked `id` may be among them)",

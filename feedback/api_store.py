@@ -95,12 +95,18 @@ def completion_of(store: Store, message_id: int, user_id: int) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- threads
+def find_thread(store: Store, user_id: int, key: str) -> int | None:
+    """The conversation of `user_id`'s client thread `key`, or None (another user's thread is never found)."""
+    row = store._one("SELECT conversation_id FROM api_threads WHERE user_id = ? AND thread_key = ?",
+                     (_id(user_id, "user_id"), key))
+    return row["conversation_id"] if row else None
+
+
 def thread(store: Store, user_id: int, key: str, title: str | None = None) -> tuple[int, bool]:
     """(conversation id, created now) for the client thread `key` of `user_id`; created once."""
-    _id(user_id, "user_id")
-    row = store._one("SELECT conversation_id FROM api_threads WHERE user_id = ? AND thread_key = ?", (user_id, key))
-    if row:
-        return row["conversation_id"], False
+    found = find_thread(store, user_id, key)
+    if found is not None:
+        return found, False
     title = None if title is None else title[:200]
     with store._write() as conn:
         row = store._one("SELECT conversation_id FROM api_threads WHERE user_id = ? AND thread_key = ?",

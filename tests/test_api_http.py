@@ -354,3 +354,19 @@ def test_a_template_dropped_into_the_data_dir_is_usable_at_once(api):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pirate.yaml").write_text("name: pirate\nsystem: Talk like a pirate.\nuser: '{question}'\n")
     assert ask(api["http"], "hello", template="pirate")["kaizen"]["template"] == "pirate"
+
+
+def test_feedback_by_conversation_id_and_answer_text_stays_with_the_caller(api):
+    alice, bob = make_key(api, "alice"), make_key(api, "bob")
+    out = ask(api["http"], "Which city?", key=alice, conversation_id="owui-chat-7")
+    text = out["choices"][0]["message"]["content"]
+    body = {"conversation_id": "owui-chat-7", "answer": text + "\n", "rating": -1, "reasons": ["wrong"]}
+    as_bob = api["http"].post("/v1/feedback", json=body, headers={"Authorization": f"Bearer {bob}"})
+    assert as_bob.status_code == 404 and count(api["db"], "ratings") == 0  # bob's thread of that id is not alice's
+    r = api["http"].post("/v1/feedback", json=body, headers={"Authorization": f"Bearer {alice}"})
+    assert r.status_code == 200 and r.json()["message_id"] == out["kaizen"]["message_id"] and r.json()["id"] == \
+        out["id"]
+    wrong = {**body, "answer": "an answer never given"}
+    assert api["http"].post("/v1/feedback", json=wrong, headers={"Authorization": f"Bearer {alice}"}).status_code \
+        == 404
+    assert count(api["db"], "ratings") == 1

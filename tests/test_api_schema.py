@@ -179,3 +179,21 @@ def test_bind_host_and_loopback():
     assert bind_host(Settings(host="0.0.0.0"), has_keys=False) == "127.0.0.1"
     assert bind_host(Settings(host="0.0.0.0"), has_keys=True) == "0.0.0.0"
     assert bind_host(Settings(host="0.0.0.0", auth_file="users.json"), has_keys=False) == "0.0.0.0"
+
+
+def test_feedback_by_conversation_and_answer_text():
+    kw = dict(max_comment_chars=10, max_edit_chars=20)
+    f = s.check_feedback({"conversation_id": "owui-1", "answer": "Paris.", "rating": 1}, **kw)
+    assert (f.id, f.conversation_id, f.answer, f.value) == (None, "owui-1", "Paris.", 1)
+    for body in ({"conversation_id": "c", "rating": 1}, {"answer": "x", "rating": 1},
+                 {"conversation_id": "c", "answer": " ", "rating": 1},
+                 {"conversation_id": "c", "answer": "x" * 21, "rating": 1},
+                 {"conversation_id": "c", "answer": "x", "choice": ["a"]}):
+        with pytest.raises(ApiError):
+            s.check_feedback(body, **kw)
+    got = [{"id": 1, "role": "user", "content": "q", "model": None, "edited": None},
+           {"id": 2, "role": "assistant", "content": "Paris. ", "model": "m", "edited": None},
+           {"id": 3, "role": "assistant", "content": "Lyon", "model": "m", "edited": "Paris."},
+           {"id": 4, "role": "assistant", "content": "Rome", "model": "client", "edited": None}]
+    assert s.find_answer(got, "Paris.") == 3 and s.find_answer(got, "paris") is None
+    assert s.find_answer(got, "Rome") is None  # the client's own text is no answer of ours
