@@ -50,7 +50,7 @@ class FakeEngine:
         return gen
 
 
-def make_api(tmp_path, engine=None, **settings_kw):
+def make_api(tmp_path, engine=None, kb=None, **settings_kw):
     """(FastAPI app, KaizenAPI) over a FakeEngine, a fresh data dir and no background threads."""
     from adapters.registry import Registry
     from agent.api import api_app
@@ -60,7 +60,7 @@ def make_api(tmp_path, engine=None, **settings_kw):
 
     settings = Settings(data_dir=tmp_path / "data", **{"max_new_tokens": 32, **settings_kw})
     store = Store.from_settings(settings)
-    answerer = Answerer(engine or FakeEngine(), settings, kb=None)
+    answerer = Answerer(engine or FakeEngine(), settings, kb=kb)
     app = api_app(settings, answerer=answerer, store=store, registry=Registry(settings), start_sync=False)
     return app, app.state.kaizen_api
 
@@ -70,3 +70,19 @@ def serving(app):
     from agent.api import serve_in_thread
 
     return serve_in_thread(app)
+
+
+class FakeKB:
+    """A knowledge base with one document for everyone who asks; records whose documents were searched."""
+
+    def __init__(self):
+        self.owners: list[str] = []
+
+    def is_empty(self, owner) -> bool:
+        return False
+
+    def search(self, question, k=4, owner=None):
+        from agent.retrieval import Hit
+
+        self.owners.append(owner)
+        return [Hit("doc-1", "warranty.md", 0, 0.9, "The warranty covers two years.", similarity=0.8)]

@@ -370,3 +370,29 @@ def test_feedback_by_conversation_id_and_answer_text_stays_with_the_caller(api):
     assert api["http"].post("/v1/feedback", json=wrong, headers={"Authorization": f"Bearer {alice}"}).status_code \
         == 404
     assert count(api["db"], "ratings") == 1
+
+
+def test_a_grounded_answer_carries_its_sources_and_searches_only_the_callers_documents(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from feedback import api_store
+    from tests.api_fakes import FakeKB
+
+    kb = FakeKB()
+    app, kapi = make_api(tmp_path, kb=kb)
+    http = TestClient(app, client=LOOPBACK)
+    key = api_store.create_key(kapi.store, kapi.store.ensure_user("alice"))
+    out = ask(http, "What does the warranty cover?", key=key, rag="on")
+    want = [{"doc_id": "doc-1", "file": "warranty.md", "chunk": 0, "score": 0.9}]
+    assert out["kaizen"]["sources"] == want and out["kaizen"]["used_rag"] is True
+    assert out["kaizen"]["template"] == "grounded"  # as in the UI: sources switch to the grounded template
+    [msg] = rows(kapi.settings.db_path, "select sources, template from messages where role='assistant'")
+    assert json.loads(msg["sources"]) == want and msg["template"] == "grounded"
+    assert kb.owners == ["alice"]  # retrieval saw the caller's documents, nobody else's
+    streamed = [json.loads(line[6:]) for line in http.post("/v1/chat/completions", headers={
+        "Authorization": f"Bearer {key}"}, json={"model": "kaizen", "stream": True, "rag": "on", "messages": [
+            {"role": "user", "content": "And the battery?"}]}).text.splitlines()
+        if line.startswith("data: {")]
+    assert [c["kaizen"]["sources"] for c in streamed if c["choices"] and c["choices"][0]["finish_reason"]] == [want]
+    off = ask(http, "Hello", key=key, rag="off")
+    assert off["kaizen"]["sources"] == [] and off["kaizen"]["used_rag"] is False
