@@ -88,7 +88,8 @@ class KaizenAPI:
                 if role is None:
                     raise ApiError(401, f"the user {user['name']!r} of this API key can no longer log in",
                                    type="authentication_error", code="invalid_api_key")
-            return {"id": self.store.ensure_user(user["name"], role), "name": user["name"]}
+            uid = self.store.ensure_user(user["name"], role)
+            return {"id": uid, "name": user["name"], "role": role or self.store.user(uid)["role"]}
         if auth_file or api_store.any_keys(self.store):
             why = "an invalid API key" if key else "no API key"
             raise ApiError(401, f"this server needs an API key (got {why}); an admin makes one with "
@@ -96,13 +97,15 @@ class KaizenAPI:
         if not is_loopback(client_host):
             raise ApiError(403, "without login mode or API keys the API answers loopback clients only; make a key "
                                 "with `kaizen users key NAME`", type="permission_error", code="loopback_only")
-        return {"id": self.store.ensure_user(LOCAL_USER, "admin"), "name": LOCAL_USER}
+        return {"id": self.store.ensure_user(LOCAL_USER, "admin"), "name": LOCAL_USER, "role": "admin"}
 
     # -- models --------------------------------------------------------------------------------------
-    def versions(self) -> list[str]:
-        """Versions a request may name as kaizen:<version>: attached adapters and the registry's servable ones."""
+    def versions(self, admin: bool = False) -> list[str]:
+        """Versions a request may name as kaizen:<version>: the attached adapters (what the UI's Adapter selector
+        offers everyone: the served version and the A/B candidate), and for an admin also the registry's other
+        servable versions (attached on first use), as the Adapters tab lets admins try them."""
         names = set(getattr(self.answerer.model, "adapters", {}) or {})
-        if self.registry is not None:
+        if self.registry is not None and admin:
             try:
                 for meta in self.registry.list():
                     if meta.get("state") not in ("retired", "broken") and meta.get("kind") != "full" \
@@ -112,12 +115,12 @@ class KaizenAPI:
                 log.warning("cannot list the registry: %s", e)
         return sorted(names)
 
-    def models(self) -> dict:
+    def models(self, user: dict) -> dict:
         serving = getattr(self.answerer.model, "active", None)
         experiment = self.ab_state.get("experiment")
         base = getattr(self.answerer.model, "name", "model")
         data = []
-        for mid in schema.model_ids(self.versions()):
+        for mid in schema.model_ids(self.versions(user.get("role") == "admin")):
             info = {"base_model": base}
             if mid == schema.MODEL:
                 info.update(serves=serving or "base", ab=experiment)
@@ -125,10 +128,10 @@ class KaizenAPI:
         return {"object": "list", "data": data}
 
     # -- chat ----------------------------------------------------------------------------------------
-    def check(self, body, headers) -> schema.ChatRequest:
+    def check(self, body, headers, user: dict) -> schema.ChatRequest:
         s = self.settings
         named = isinstance(body, dict) and body.get("model") not in (schema.MODEL, schema.BASE_MODEL)
-        versions = self.versions() if named else []  # the registry is read only for kaizen:<version>
+        versions = self.versions(user.get("role") == "admin") if named else []  # only for kaizen:<version>
         return schema.check_chat(body, versions=versions, templates=self.template_names(),
                                  default_template=s.template, max_input_chars=s.max_input_chars,
                                  max_answer_chars=s.max_edit_chars, max_new_tokens=s.max_new_tokens,
@@ -345,14 +348,14 @@ def build_router(api: KaizenAPI):
     @router.get("/v1/models")
     @refusals
     async def models(request: Request):
-        await who(request)
-        return JSONResponse(await asyncio.to_thread(api.models))
+        user = await who(request)
+        return JSONResponse(await asyncio.to_thread(api.models, user))
 
     @router.get("/v1/models/{model_id:path}")
     @refusals
     async def model(model_id: str, request: Request):
-        await who(request)
-        found = [m for m in (await asyncio.to_thread(api.models))["data"] if m["id"] == model_id]
+        user = await who(request)
+        found = [m for m in (await asyncio.to_thread(api.models, user))["data"] if m["id"] == model_id]
         if not found:
             raise ApiError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
         return JSONResponse(found[0])
@@ -361,7 +364,7 @@ def build_router(api: KaizenAPI):
     async def chat(request: Request):
         try:
             user = await who(request)
-            req = api.check(await _json(request), request.headers)  # pure checks and a few stat() calls
+            req = api.check(await _json(request), request.headers, user)  # pure checks and a few stat() calls
             api.begin()
         except ApiError as e:
             return _error(e)

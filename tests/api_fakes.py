@@ -20,6 +20,9 @@ class FakeEngine:
         self.delay, self.endless = delay, endless
         self.calls: list[dict] = []
 
+    def add_adapter(self, name: str, folder) -> None:
+        self.adapters[name] = str(folder)
+
     def stream(self, messages, *, max_new_tokens=256, adapter="default", stop=None, decoding=None, prefix=None,
                temperature=0.0):
         adapter = self.active if adapter == "default" else adapter

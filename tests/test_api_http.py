@@ -215,10 +215,10 @@ def test_resent_history_is_one_conversation(api):
 
 
 # -- auth ---------------------------------------------------------------------------------------------
-def make_key(api, name):
+def make_key(api, name, role=None):
     from feedback import api_store
 
-    return api_store.create_key(api["api"].store, api["api"].store.ensure_user(name))
+    return api_store.create_key(api["api"].store, api["api"].store.ensure_user(name, role))
 
 
 def test_without_keys_only_loopback_clients_are_served(api):
@@ -396,3 +396,32 @@ def test_a_grounded_answer_carries_its_sources_and_searches_only_the_callers_doc
     assert [c["kaizen"]["sources"] for c in streamed if c["choices"] and c["choices"][0]["finish_reason"]] == [want]
     off = ask(http, "Hello", key=key, rag="off")
     assert off["kaizen"]["sources"] == [] and off["kaizen"]["used_rag"] is False
+
+
+def test_registry_candidates_are_for_admins_as_in_the_adapters_tab(api):
+    class Registry:  # one candidate version in the registry, not attached
+        def list(self):
+            return [{"version": "v0005-sft", "state": "candidate", "kind": "lora"},
+                    {"version": "v0004-sft", "state": "retired", "kind": "lora"}]
+
+        def get(self, version):
+            return {"version": version, "folder": "/nowhere", "kind": "lora"}
+
+        def validate(self, folder):
+            return {}
+
+    api["api"].registry = Registry()
+    bob = make_key(api, "bob")  # a user (no login mode: `kaizen users key` makes users)
+    as_bob = {"Authorization": f"Bearer {bob}"}
+    ids = [m["id"] for m in api["http"].get("/v1/models", headers=as_bob).json()["data"]]
+    assert ids == ["kaizen", "kaizen:base"]
+    r = api["http"].post("/v1/chat/completions", headers=as_bob, json={
+        "model": "kaizen:v0005-sft", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404 and count(api["db"], "messages") == 0
+    admin = make_key(api, "root", "admin")
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    ids = [m["id"] for m in api["http"].get("/v1/models", headers=as_admin).json()["data"]]
+    assert ids == ["kaizen", "kaizen:base", "kaizen:v0005-sft"]  # the retired one is not offered
+    out = ask(api["http"], "hi", key=admin, model="kaizen:v0005-sft")
+    assert out["kaizen"]["adapter"] == "v0005-sft" and "v0005-sft" in api["api"].answerer.model.adapters
+
