@@ -85,6 +85,10 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     ab_state: dict = {}
     serve_registry(registry, model, ab_state)
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
+    # The OpenAI-compatible API (agent/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
+    from agent.api import KaizenAPI
+
+    api = KaizenAPI(settings, answerer, store, registry, ab_state)
     if scheduler is None:
         scheduler = Scheduler(settings, on_promote=lambda version, folder: sync_model(registry, model), store=store)
         if settings.adapt_watch:
@@ -303,15 +307,22 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         demo.load(on_load, None, [adapter, *admin_tabs, adapter_parts["timer"]], api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
+    demo.kaizen_api = api
     return demo
 
 
-def launch_kwargs(settings: Settings) -> dict:
+def launch_kwargs(settings: Settings, demo: gr.Blocks | None = None) -> dict:
+    """`demo.launch(...)` arguments; with `demo` (from build_app) its /v1 API routes join Gradio's FastAPI app."""
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
               max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False)
     from feedback.webguard import guard_app_kwargs
 
     kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers
+    api = getattr(demo, "kaizen_api", None)
+    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (agent/api.py)
+        from agent.api import build_router
+
+        kw["app_kwargs"]["routes"] = build_router(api).routes
     if settings.auth_file:
         from feedback.auth import auth_fn
 
@@ -329,7 +340,7 @@ def main() -> None:
     except CorruptStoreError as e:
         log.error("%s", e)
         raise SystemExit(2) from None
-    demo.launch(**launch_kwargs(settings))
+    demo.launch(**launch_kwargs(settings, demo))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@ AREAS = ["agent.docs_cli", "feedback.cli", "adapters.cli", "adapters.lab"]
 
 
 def _cmd_serve(args) -> int:
+    if getattr(args, "api_only", False):  # the OpenAI-compatible API without the web UI (agent/api.py)
+        import logging
+
+        from agent.api import serve_api_only
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        serve_api_only(Settings.from_env())
+        return 0
     import app
 
     app.main()
@@ -76,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaizen", description="Kaizen Chat: a chat app that learns from its users.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="start the web app (host/port from KAIZEN_HOST/KAIZEN_PORT)")
+    p.add_argument("--api-only", action="store_true",
+                   help="serve only the OpenAI-compatible API (/v1/...), without the web UI")
     p.set_defaults(func=_cmd_serve)
     for name, fn, helptext in [("chat", _cmd_chat, "chat in the terminal (reads piped stdin too)"),
                                ("ask", _cmd_ask, "answer one question, with sources, and exit")]:

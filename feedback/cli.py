@@ -84,6 +84,30 @@ def _cmd_users_list(args) -> int:
     return 0
 
 
+def _cmd_users_key(args) -> int:
+    """An API key for NAME (the same user as NAME's logins), printed once; --revoke revokes NAME's keys."""
+    from feedback import api_store, auth
+
+    settings = Settings.from_env()
+    store = open_store(settings)
+    role = None
+    if settings.auth_file:
+        role = auth.role_of(settings.auth_file, args.name)
+        if role is None:
+            raise NotFoundError(f"no user named {args.name!r} in {settings.auth_file}: add them with "
+                                f"`kaizen users add {args.name}` first")
+    if args.revoke:
+        user = store.find_user(args.name)
+        n = api_store.revoke_keys(store, user["id"]) if user else 0
+        print(f"{args.name}: {n} API key(s) revoked")
+        return 0
+    key = api_store.create_key(store, store.ensure_user(args.name, role))
+    print(key)
+    print(f"API key for {args.name}: shown only now (kaizen.db keeps a hash). Use it as "
+          "`Authorization: Bearer <key>` (the openai SDK's api_key).", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     """Add the `feedback` and `users` groups to the root `kaizen` sub-parsers."""
     p = sub.add_parser("feedback", help="the feedback store: stats, backup, opt-out, export")
@@ -115,3 +139,7 @@ def register(sub) -> None:
     ls = usub.add_parser("list", help="list users and roles")
     ls.add_argument("--file", help="users file (default: KAIZEN_AUTH_FILE, else <data_dir>/users.json)")
     ls.set_defaults(func=_cmd_users_list)
+    k = usub.add_parser("key", help="make an API key for NAME (printed once), or --revoke NAME's keys")
+    k.add_argument("name")
+    k.add_argument("--revoke", action="store_true", help="revoke every API key of NAME")
+    k.set_defaults(func=_cmd_users_key)

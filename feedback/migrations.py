@@ -128,7 +128,41 @@ def m002_rating_retraction(db: Database) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction]
+def m003_api(db: Database) -> None:
+    """The OpenAI-compatible API (agent/api.py): API keys (sha256 of the key; the key itself is shown once and
+    never stored), the completion ids it hands out (each names one stored assistant message of one user), and the
+    threads that map a client's resent history to one stored conversation."""
+    for sql in (
+        """CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created TEXT NOT NULL,
+    revoked TEXT
+)""",
+        """CREATE TABLE api_completions (
+    id TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created TEXT NOT NULL
+)""",
+        """CREATE TABLE api_threads (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    thread_key TEXT NOT NULL,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    created TEXT NOT NULL,
+    PRIMARY KEY (user_id, thread_key)
+)""",
+        "CREATE INDEX idx_api_keys_user ON api_keys(user_id)",
+        "CREATE INDEX idx_api_completions_message ON api_completions(message_id)",
+        "CREATE TRIGGER api_completions_append_only BEFORE UPDATE ON api_completions\n"
+        "BEGIN SELECT RAISE(ABORT, 'api_completions are append-only'); END",
+    ):
+        db.execute(sql)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api]
 
 
 def _now() -> str:

@@ -71,8 +71,35 @@ EXPECTED_TABLES = {
     picked_id INTEGER NOT NULL REFERENCES messages(id),
     created TEXT NOT NULL
 )""",
+    # m003_api: the OpenAI-compatible API (agent/api.py)
+    "api_keys": """CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created TEXT NOT NULL,
+    revoked TEXT
+)""",
+    "api_completions": """CREATE TABLE api_completions (
+    id TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created TEXT NOT NULL
+)""",
+    "api_threads": """CREATE TABLE api_threads (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    thread_key TEXT NOT NULL,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    created TEXT NOT NULL,
+    PRIMARY KEY (user_id, thread_key)
+)""",
 }
 EXPECTED_INDEXES = {
+    "idx_api_completions_message": "CREATE INDEX idx_api_completions_message ON api_completions(message_id)",
+    "idx_api_keys_user": "CREATE INDEX idx_api_keys_user ON api_keys(user_id)",
+    "sqlite_autoindex_api_completions_1": None,  # PRIMARY KEY on api_completions.id
+    "sqlite_autoindex_api_keys_1": None,  # UNIQUE api_keys.key_hash
+    "sqlite_autoindex_api_threads_1": None,  # PRIMARY KEY (user_id, thread_key)
     "idx_choices_created": "CREATE INDEX idx_choices_created ON choices(created)",
     "idx_choices_prompt": "CREATE INDEX idx_choices_prompt ON choices(prompt_message_id, user_id)",
     "idx_conversations_user": "CREATE INDEX idx_conversations_user ON conversations(user_id)",
@@ -88,7 +115,7 @@ EXPECTED_INDEXES = {
 EXPECTED_TRIGGERS = {
     f"{t}_append_only": f"CREATE TRIGGER {t}_append_only BEFORE UPDATE ON {t}\n"
                         f"BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END"
-    for t in ("choices", "edits", "messages", "opt_outs", "ratings")
+    for t in ("choices", "edits", "messages", "opt_outs", "ratings", "api_completions")
 }
 
 
@@ -120,7 +147,7 @@ def test_blank_database_has_exactly_this_schema(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
-            "m001_initial", "m002_rating_retraction"]
+            "m001_initial", "m002_rating_retraction", "m003_api"]
         assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
                    for t in EXPECTED_TABLES if t != "_migrations")
 

@@ -34,15 +34,35 @@ def rate(answers) -> float:
     return sum(follows_style(a) for a in answers) / len(answers)
 
 
-def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base_model_dir, tmp_path):
-    from gradio_client import Client
-
+def style_prompts(shared_data) -> tuple[list[tuple[str, str]], list[str]]:
+    """(TRAIN_PROMPTS oasst first turns (prompt, reply) to edit into the house style, EVAL_PROMPTS unseen prompts
+    of the lottery to measure it on)."""
     trees = [json.loads(line) for line in (shared_data / "oasst_en_100" / "en_100_tree.jsonl").open()]
     pairs = oasst_first_turns(trees)[:TRAIN_PROMPTS]
     seen = {p for p, _ in pairs}
     lottery = [json.loads(line) for line in (shared_data / "oasst_en_100" / "prompt_lottery_en_250_text.jsonl").open()]
     unseen = [t.strip() for t in lottery if isinstance(t, str) and t.strip() not in seen and len(t) < 300]
-    unseen = unseen[:EVAL_PROMPTS]
+    return pairs, unseen[:EVAL_PROMPTS]
+
+
+def adapt_and_promote(data, base_model_dir, timeout_s: int = 1500) -> str:
+    """`kaizen adapt` on `data` (train at 20 events); the version the gate promoted (asserted)."""
+    env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir),
+               KAIZEN_ADAPT_MIN_EVENTS="20", KAIZEN_ENGINE="llamacpp")  # GGUF LoRA + parity check
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "adapt"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=timeout_s)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    listing = subprocess.run([sys.executable, "-m", "agent.cli", "adapters", "list", "--json"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=120)
+    promoted = [v for v in json.loads(listing.stdout)["versions"] if v["state"] == "active"]
+    assert promoted, f"the gate did not promote: {run.stdout[-2000:]}"
+    return promoted[0]["version"]
+
+
+def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base_model_dir, tmp_path):
+    from gradio_client import Client
+
+    pairs, unseen = style_prompts(shared_data)
 
     data = tmp_path / "data"
     settings = Settings(data_dir=data, base_model=str(base_model_dir), adapt_min_events=20)
@@ -54,17 +74,7 @@ def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base
         client = Client(app["url"], verbose=False)
         base_rate = rate(ask_all(client, unseen))
 
-        env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir),
-                   KAIZEN_ADAPT_MIN_EVENTS="20", KAIZEN_ENGINE="llamacpp")  # GGUF LoRA + parity check
-        run = subprocess.run([sys.executable, "-m", "agent.cli", "adapt"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=1500)
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-        listing = subprocess.run([sys.executable, "-m", "agent.cli", "adapters", "list", "--json"], cwd=ROOT,
-                                 env=env, capture_output=True, text=True, timeout=120)
-        versions = json.loads(listing.stdout)["versions"]
-        promoted = [v for v in versions if v["state"] == "active"]
-        assert promoted, f"the gate did not promote: {run.stdout[-2000:]}"
-        version = promoted[0]["version"]
+        version = adapt_and_promote(data, base_model_dir)
         meta = json.loads((data / "adapters" / version / "meta.json").read_text())
         assert meta["gguf"]["file"] == "lora.gguf" and len(meta["gguf"]["sha256"]) == 64  # for llama.cpp
         assert meta["parity"]["passed"] and meta["parity"]["top1"] >= 0.9, meta["parity"]  # it reproduces peft
