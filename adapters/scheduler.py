@@ -248,7 +248,7 @@ def parity_gate(settings: Settings, registry, version: str) -> tuple[bool, list[
     folder = Path(meta["folder"])
     try:
         figures = parity.measure(Path(resolve_base(settings.base_model, settings.models_dir)), folder,
-                                 base_gguf(settings.base_model, settings.models_dir), folder / gguf,
+                                 base_gguf(settings.base_model, settings.models_dir, settings.llama_quant), folder / gguf,
                                  threads=settings.threads)
     except Exception as e:  # a check that cannot run does not promote
         log.exception("parity check of %s failed", version)

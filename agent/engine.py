@@ -66,7 +66,8 @@ def open_engine(settings: Settings):
     from agent.gguf import base_gguf
     from agent.llama_server import LlamaServer
 
-    server = LlamaServer(base_gguf(settings.base_model, settings.models_dir), parallel=settings.parallel,
+    server = LlamaServer(base_gguf(settings.base_model, settings.models_dir, settings.llama_quant),
+                         parallel=settings.parallel,
                          threads=settings.threads, log_dir=settings.data_dir / "logs",
                          extra=settings.llama_args.split())
     engine = HTTPEngine(tok, name=settings.base_model, dialect="llama", server=server, base_folder=folder)

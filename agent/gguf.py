@@ -1,9 +1,12 @@
-"""The GGUF file the llama.cpp engine serves for a base model (KAIZEN_BASE_MODEL).
+"""The GGUF file the llama.cpp engine serves for a base model (KAIZEN_BASE_MODEL, KAIZEN_LLAMA_QUANT).
 
-    default name           the bundled Q4_1 GGUF as it is (the exact weights the fp32 training copy comes from)
-    a .gguf path           that file
-    a folder from a GGUF   the GGUF its `source.json` names (the converted bundled model, in tests and the lab)
-    any other HF folder/id converted once with llama.cpp's `convert_hf_to_gguf.py` into <models>/<name>.f16.gguf
+    a .gguf path           that file, as it is
+    default name / a folder converted from a GGUF (the bundled model; tests and the lab pass its folder)
+                           KAIZEN_LLAMA_QUANT=q8_0 (default): the training copy re-quantized once to Q8_0, in the
+                           folder (on an AVX2 CPU its prefill is ~2x the Q4_1's: bench/chat_speed.py);
+                           `bundled`: the bundled Q4_1 file as it is
+    any other HF folder/id converted once with llama.cpp's `convert_hf_to_gguf.py` into
+                           <models>/<name>.<quant>.gguf (f16 when the quant is `bundled`)
 """
 from __future__ import annotations
 
@@ -20,31 +23,38 @@ from agent.settings import DEFAULT_BASE
 log = logging.getLogger(__name__)
 
 
-def base_gguf(base: str, models_dir: Path) -> Path:
-    from agent.model import SOURCE_FILE, bundled_gguf
+QUANTS = ("q8_0", "bundled", "f16", "bf16")
 
-    if base == DEFAULT_BASE:
-        return bundled_gguf()
+
+def base_gguf(base: str, models_dir: Path, quant: str = "q8_0") -> Path:
+    from agent.model import SOURCE_FILE, bundled_gguf, resolve_base
+
+    if quant not in QUANTS:
+        raise ValueError(f"KAIZEN_LLAMA_QUANT={quant!r}: use one of {', '.join(QUANTS)}")
     if base.lower().endswith(".gguf"):
         path = Path(base).expanduser()
         if not path.is_file():
             raise RuntimeError(f"KAIZEN_BASE_MODEL={base}: no such .gguf file")
         return path
-    folder = Path(base).expanduser()
+    if base == DEFAULT_BASE and quant == "bundled":
+        return bundled_gguf()
+    folder = Path(resolve_base(base, models_dir)) if base == DEFAULT_BASE else Path(base).expanduser()
     marker = folder / SOURCE_FILE
     if marker.is_file():
         source = Path(json.loads(marker.read_text(encoding="utf-8"))["gguf"])
-        if source.is_file():
+        if quant == "bundled" and source.is_file():
             return source
-    return convert_hf(base, Path(models_dir))
+        return convert_hf(str(folder), folder, quant, name="serve")  # cached in the converted folder itself
+    return convert_hf(base, Path(models_dir), "f16" if quant == "bundled" else quant)
 
 
-def convert_hf(base: str, models_dir: Path) -> Path:
-    """An HF model (folder or id in the local cache) as an f16 GGUF, converted once (atomic)."""
+def convert_hf(base: str, out_dir: Path, quant: str = "f16", name: str | None = None) -> Path:
+    """An HF model (folder or id in the local cache) as a GGUF of type `quant`, converted once (atomic)."""
     from agent import llama_build
 
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", base.strip("/"))[-80:]
-    target = models_dir / f"{name}.f16.gguf"
+    name = name or re.sub(r"[^A-Za-z0-9._-]+", "_", base.strip("/"))[-80:]
+    models_dir = Path(out_dir)
+    target = models_dir / f"{name}.{quant}.gguf"
     if target.exists():
         return target
     folder = Path(base).expanduser()
@@ -57,7 +67,7 @@ def convert_hf(base: str, models_dir: Path) -> Path:
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     log.info("converting %s to %s (once)", base, target)
     done = subprocess.run([sys.executable, str(llama_build.converter("convert_hf_to_gguf.py")), str(folder),
-                           "--outtype", "f16", "--outfile", str(tmp)], capture_output=True, text=True)
+                           "--outtype", quant, "--outfile", str(tmp)], capture_output=True, text=True)
     if done.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"could not convert {base} to GGUF for llama.cpp: {done.stderr.strip()[-800:]}")

@@ -61,6 +61,7 @@ class Settings:
     engine: str = "auto"  # auto | llamacpp | transformers | openai (agent/engine.py)
     parallel: int = 4  # llamacpp: llama-server slots decoding at once (continuous batching)
     llama_args: str = ""  # llamacpp: extra llama-server arguments, e.g. "--no-repack"
+    llama_quant: str = "q8_0"  # llamacpp: q8_0 | bundled (the Q4_1 file as is) | f16 | bf16 (agent/gguf.py)
     engine_url: str = ""  # openai: base URL of an OpenAI-compatible server (vLLM, SGLang, llama-server)
     engine_dialect: str = "openai"  # openai: "openai", or "llama" for a llama-server you run yourself
     engine_model: str = ""  # openai: the server's name of the base model (default: the first it lists)

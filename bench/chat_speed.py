@@ -47,7 +47,18 @@ def peak_rss_mb(pid: int | None = None) -> float:
     return round(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024, 1)
 
 
+_CALLS = iter(range(10**9))
+
+
+def fresh(messages: list[dict]) -> list[dict]:
+    """The same request with a unique first line, so no engine reuses a cached prefill of an earlier call (the
+    template's system prompt before it stays shared, as it is between real turns)."""
+    *head, last = messages
+    return [*head, {**last, "content": f"(request {next(_CALLS)})\n" + last["content"]}]
+
+
 def engine_once(engine, messages, new_tokens: int) -> dict:
+    messages = fresh(messages)
     gen = engine.stream(messages, max_new_tokens=new_tokens, adapter=None)
     stamps = [time.perf_counter() for _ in gen]
     n = gen.completion_tokens
@@ -95,6 +106,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--sizes", default="37,250,1000")
     ap.add_argument("--no-transformers", action="store_true", help="skip the slow reference engine")
+    ap.add_argument("--llama-args", default=os.environ.get("KAIZEN_LLAMA_ARGS", ""),
+                    help="extra llama-server arguments for the engine, e.g. '-fa off'")
     args = ap.parse_args()
     import llama_cpp
 
@@ -102,14 +115,15 @@ def main() -> None:
     from agent.gguf import base_gguf
     from agent.model import ChatModel
 
-    settings = Settings.from_env(threads=args.threads, parallel=args.parallel, engine="llamacpp")
+    settings = Settings.from_env(threads=args.threads, parallel=args.parallel, engine="llamacpp",
+                                 llama_args=args.llama_args)
     fast = open_engine(settings)
-    gguf = base_gguf(settings.base_model, settings.models_dir)
+    gguf = base_gguf(settings.base_model, settings.models_dir, settings.llama_quant)
     rss0 = peak_rss_mb()
     raw = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
                           verbose=False)
     rss_raw = peak_rss_mb()
-    engines = {"raw_llama_cpp": lambda m: raw_once(raw, fast.render(m), args.new_tokens),
+    engines = {"raw_llama_cpp": lambda m: raw_once(raw, fast.render(fresh(m)), args.new_tokens),
                "llamacpp_engine": lambda m: engine_once(fast, m, args.new_tokens)}
     slow = None
     if not args.no_transformers:
@@ -121,7 +135,7 @@ def main() -> None:
         messages = prompt_of(fast.count, size)
         rows = {name: [] for name in engines}
         for fn in engines.values():
-            fn(messages)  # warm-up outside the measurement
+            fn(messages)  # warm-up outside the measurement (every call gets a fresh prompt: cold prefill)
         for _ in range(args.rounds):  # interleaved: each round runs every engine once
             for name, fn in engines.items():
                 rows[name].append(fn(messages))
@@ -135,11 +149,16 @@ def main() -> None:
             eng["decode_vs_transformers"] = round(eng["decode_tok_s"] / ref["decode_tok_s"], 3)
             eng["ttft_vs_transformers"] = round(eng["ttft_s"] / ref["ttft_s"], 3)
         results[str(size)] = res
-    conc = {str(n): concurrent(fast, n, args.new_tokens) for n in (1, 4, 8)}
+        print(json.dumps({str(size): res}), file=sys.stderr, flush=True)  # progress
+    conc = {}
+    for n in (1, 4, 8):
+        conc[str(n)] = concurrent(fast, n, args.new_tokens)
+        print(json.dumps({"streams": conc[str(n)]}), file=sys.stderr, flush=True)
     conc["8_vs_1_aggregate"] = round(conc["8"]["aggregate_tok_s"] / conc["1"]["aggregate_tok_s"], 3)
     if slow is not None:
         conc["transformers_4"] = concurrent(slow, 4, args.new_tokens)
     out = {"bench": "chat_speed", "model": settings.base_model, "gguf": gguf.name, "threads": args.threads,
+           "llama_args": args.llama_args,
            "parallel": args.parallel, "new_tokens": args.new_tokens, "rounds": args.rounds, "cpu_count": os.cpu_count(),
            "results": results, "concurrency": conc,
            "peak_rss_mb": {"llama_server": peak_rss_mb(fast.server.current.proc.pid),

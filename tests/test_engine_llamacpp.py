@@ -53,10 +53,8 @@ def engine(base_model_dir, tmp_path):
     eng.close()
 
 
-def test_the_default_model_streams_paris_in_chunks_from_the_bundled_gguf(engine):
-    from agent.model import bundled_gguf
-
-    assert engine.server.gguf == bundled_gguf()  # the Q4_1 file as it is, not a re-conversion
+def test_the_default_model_streams_paris_in_chunks(engine, base_model_dir):
+    assert engine.server.gguf == base_model_dir / "serve.q8_0.gguf"  # re-quantized once, cached beside the copy
     gen = engine.stream(PARIS, max_new_tokens=16)
     pieces = list(gen)
     assert len(pieces) > 1, pieces
@@ -64,6 +62,20 @@ def test_the_default_model_streams_paris_in_chunks_from_the_bundled_gguf(engine)
     assert gen.completion_tokens == len(engine.tok(gen.text, add_special_tokens=False)["input_ids"]) or \
         gen.completion_tokens > 0
     assert not gen.cancelled and gen.first_token_s is not None
+
+
+def test_the_bundled_q4_1_file_is_served_as_it_is_on_request(base_model_dir, tmp_path):
+    from agent.engine import open_engine
+    from agent.model import bundled_gguf
+    from agent.settings import Settings
+
+    eng = open_engine(Settings(data_dir=tmp_path / "d", base_model=str(base_model_dir), engine="llamacpp",
+                               llama_quant="bundled"))
+    try:
+        assert eng.server.gguf == bundled_gguf()
+        assert "Paris" in eng.stream(PARIS, max_new_tokens=16).collect()
+    finally:
+        eng.close()
 
 
 def test_stop_cancels_only_its_own_stream(engine):
