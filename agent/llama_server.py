@@ -7,6 +7,7 @@ loaded at scale 0 (`--lora-init-without-apply`); a request picks its adapter wit
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +32,26 @@ log = logging.getLogger(__name__)
 _SPAWN = ThreadPoolExecutor(1, thread_name_prefix="kaizen-spawn")
 
 
+try:  # looked up here, in the parent: loading a library in the forked child of a threaded process is unsafe
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the atexit handler below still stops the servers
+    _PRCTL = None
+_RUNNING: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
+
+
 def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the child before exec: no signal blocked (a mask inherited from a server thread that blocks SIGTERM would
+    make llama-server deaf to it), and killed when the spawning thread, i.e. the app, is gone."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            proc.stop()
 
 
 def free_port() -> int:
@@ -54,7 +73,7 @@ def server_command(binary: Path, gguf: Path, loras: list[Path], *, port: int, pa
     return cmd + list(extra)
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and hashed) by identity: one object per process
 class ServerProcess:
     """One running llama-server. `loras` is the adapter order: an adapter's id is its index."""
 
@@ -71,6 +90,7 @@ class ServerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = _SPAWN.submit(subprocess.Popen, self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True, preexec_fn=_die_with_parent).result()
+        _RUNNING.add(self)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

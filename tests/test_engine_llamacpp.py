@@ -204,3 +204,47 @@ def test_parity_check_passes_the_converted_lora_and_catches_a_wrong_one(base_mod
     wrong = parity.measure(base_model_dir, loras["v0001-a"], bundled_gguf(), b, n_prompts=3, new_tokens=16)
     ok, reasons = parity.verdict(wrong)
     assert not ok and "parity" in reasons[0], wrong  # another adapter's GGUF does not pass for this one
+
+
+def test_a_killed_app_leaves_no_llama_server_behind(tmp_path):
+    """The app is killed with SIGKILL, its llama-server started from a thread that blocks SIGTERM (as server
+    threads may): the server must not inherit the blocked signal, and it dies with the app."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import signal, threading, time\n"
+        "from agent.llama_server import LlamaServer\n"
+        "from agent.model import bundled_gguf\n"
+        "box = {}\n"
+        "def start():\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])\n"
+        "    box['s'] = LlamaServer(bundled_gguf(), parallel=1, threads=1)\n"
+        "    box['p'] = box['s'].ensure({})\n"
+        "t = threading.Thread(target=start); t.start(); t.join()\n"
+        "print(box['p'].proc.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    app = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    pid = int(app.stdout.readline())
+    blocked = int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("SigBlk")), 16)
+    assert not blocked & (1 << (signal.SIGTERM - 1)), "llama-server inherited a blocked SIGTERM"
+    app.kill()
+    app.wait(10)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            state = open(f"/proc/{pid}/status").read().split("State:")[1].split()[0]
+            if state == "Z":
+                break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("llama-server outlived the app")
