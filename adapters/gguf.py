@@ -5,14 +5,13 @@ package lags behind it). Adapter types llama.cpp cannot reproduce are refused wi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from adapters.registry import RegistryError, write_json
+from adapters.registry import RegistryError, sha256_file, write_json
 
 GGUF_NAME = "lora.gguf"
 
@@ -38,14 +37,6 @@ def refusal(adapter_config: dict) -> str | None:
     if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
         return "per-layer rank or alpha patterns are not converted"
     return None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_folder(folder: Path, base: str | Path | None = None) -> Path:
@@ -93,11 +84,11 @@ def ensure_lora_gguf(folder: Path, base: str | Path | None = None) -> Path:
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     recorded = (meta.get("gguf") or {}).get("sha256")
     if out.exists():
-        if recorded and sha256(out) != recorded:
+        if recorded and sha256_file(out) != recorded:
             raise GGUFError(f"{folder.name}: {GGUF_NAME} changed since it was registered (sha256 mismatch); refused")
         return out
     convert(folder, base)
     if meta_path.exists():
-        meta["gguf"] = {"file": GGUF_NAME, "sha256": sha256(out)}
+        meta["gguf"] = {"file": GGUF_NAME, "sha256": sha256_file(out)}
         write_json(meta_path, meta)
     return out

@@ -349,7 +349,7 @@ class Registry:
         if serving != "llamacpp":
             return None
         out = gguf.convert(folder, resolve_base(self.settings.base_model, self.settings.models_dir))
-        return {"file": out.name, "sha256": gguf.sha256(out)}
+        return {"file": out.name, "sha256": sha256_file(out)}
 
     def update_meta(self, version: str, **fields) -> dict:
         """Set fields of a version's meta.json (eval, gate, notes ...), atomically."""

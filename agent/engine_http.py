@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.model import MAX_CONTEXT, Decoding, Generation, Prompting
+from agent.model import MAX_CONTEXT, Decoding, EngineBase, Generation
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def sse_events(response: httpx.Response):
         yield json.loads(data)
 
 
-class HTTPEngine(Prompting):
+class HTTPEngine(EngineBase):
     """Streams answers from an HTTP inference server. `server` is a `agent.llama_server.LlamaServer` (the app runs
     it) or None with `url` (a server you run: `dialect` "llama" for llama-server, "openai" for the rest)."""
 
@@ -125,11 +125,6 @@ class HTTPEngine(Prompting):
             self._remote_ids.pop(name, None)
             if self.active == name:
                 self.active = None
-
-    def use(self, name: str | None) -> None:
-        if name is not None and name not in self.adapters:
-            raise KeyError(f"unknown adapter {name!r}; attached: {sorted(self.adapters)}")
-        self.active = name
 
     def close(self) -> None:
         self.client.close()

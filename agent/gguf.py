@@ -48,12 +48,12 @@ def base_gguf(base: str, models_dir: Path, quant: str = "q8_0") -> Path:
     return convert_hf(base, Path(models_dir), "f16" if quant == "bundled" else quant)
 
 
-def convert_hf(base: str, out_dir: Path, quant: str = "f16", name: str | None = None) -> Path:
+def convert_hf(base: str, models_dir: Path, quant: str = "f16", name: str | None = None) -> Path:
     """An HF model (folder or id in the local cache) as a GGUF of type `quant`, converted once (atomic)."""
     from agent import llama_build
 
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "_", base.strip("/"))[-80:]
-    models_dir = Path(out_dir)
+    models_dir = Path(models_dir)
     target = models_dir / f"{name}.{quant}.gguf"
     if target.exists():
         return target

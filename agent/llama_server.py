@@ -88,8 +88,12 @@ class ServerProcess:
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
         env = {**os.environ, "LD_LIBRARY_PATH": str(Path(self.cmd[0]).parent)}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = _SPAWN.submit(subprocess.Popen, self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                  start_new_session=True, preexec_fn=_die_with_parent).result()
+        try:
+            self.proc = _SPAWN.submit(subprocess.Popen, self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True, preexec_fn=_die_with_parent).result()
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child holds its own copy
         _RUNNING.add(self)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -143,27 +147,26 @@ class LlamaServer:
 
     def _ensure(self, loras: dict[str, Path]) -> ServerProcess:
         names = tuple(sorted(loras))
-        if True:
-            cur = self.current
-            if cur is not None and cur.alive() and cur.loras == names:
-                return cur
-            binary = llama_build.server_binary()
-            if not binary.exists():
-                llama_build.require()
-            port = free_port()
-            log_path = None
-            if self.log_dir:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                log_path = self.log_dir / "llama-server.log"
-            cmd = server_command(binary, self.gguf, [loras[n] for n in names], port=port, parallel=self.parallel,
-                                 threads=self.threads, ctx_per_slot=self.ctx_per_slot, extra=self.extra)
-            new = ServerProcess(cmd, f"http://127.0.0.1:{port}", names, log_path=log_path).start()
-            self.current = new
-            if cur is not None:
-                self.restarts += 1
-                self._retire(cur)
-            log.info("llama-server on %s with adapters %s", new.url, list(names) or "none")
-            return new
+        cur = self.current
+        if cur is not None and cur.alive() and cur.loras == names:
+            return cur
+        binary = llama_build.server_binary()
+        if not binary.exists():
+            llama_build.require()
+        port = free_port()
+        log_path = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / "llama-server.log"
+        cmd = server_command(binary, self.gguf, [loras[n] for n in names], port=port, parallel=self.parallel,
+                             threads=self.threads, ctx_per_slot=self.ctx_per_slot, extra=self.extra)
+        new = ServerProcess(cmd, f"http://127.0.0.1:{port}", names, log_path=log_path).start()
+        self.current = new
+        if cur is not None:
+            self.restarts += 1
+            self._retire(cur)
+        log.info("llama-server on %s with adapters %s", new.url, list(names) or "none")
+        return new
 
     def _retire(self, old: ServerProcess) -> None:
         """Stop `old` once its answers in flight are done (checked in a short-lived thread)."""

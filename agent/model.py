@@ -237,10 +237,16 @@ class Decoding:
 
 
 # ---------------------------------------------------------------------------------------------- the engines' prompts
-class Prompting:
-    """Prompt rendering shared by every engine: the model's own chat template through its HF tokenizer, so the
-    transformers, llama.cpp and OpenAI-compatible engines see the same token ids. Needs `self.tok` and
-    `self.max_context`."""
+class EngineBase:
+    """What every engine shares: prompts rendered with the model's own chat template through its HF tokenizer (so
+    the transformers, llama.cpp and OpenAI-compatible engines see the same token ids), and the choice of the
+    adapter new requests get. Needs `self.tok`, `self.max_context`, `self.adapters` and `self.active`."""
+
+    def use(self, name: str | None) -> None:
+        """Make `name` (or None: the bare base) the default for new requests."""
+        if name is not None and name not in self.adapters:
+            raise KeyError(f"unknown adapter {name!r}; attached: {sorted(self.adapters)}")
+        self.active = name
 
     # -- prompts ------------------------------------------------------------------------------------
     def count(self, messages: list[dict]) -> int:
@@ -264,7 +270,7 @@ class Prompting:
 
 
 # ---------------------------------------------------------------------------------------------- the model
-class ChatModel(Prompting):
+class ChatModel(EngineBase):
     """A base model plus any number of named LoRA adapters, one generation at a time."""
 
     def __init__(self, model, tokenizer, device: str = "cpu", name: str = "model", max_context: int = MAX_CONTEXT):
@@ -311,12 +317,6 @@ class ChatModel(Prompting):
             del self.adapters[name]
             if self.active == name:
                 self.active = None
-
-    def use(self, name: str | None) -> None:
-        """Make `name` (or None: the bare base) the default for new requests."""
-        if name is not None and name not in self.adapters:
-            raise KeyError(f"unknown adapter {name!r}; attached: {sorted(self.adapters)}")
-        self.active = name
 
     def _select(self, name: str | None):
         """Inside the lock: route this request to adapter `name` or to the bare base. Returns a context."""
