@@ -16,14 +16,31 @@ from adapters.ui import build_adapters_tab
 from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.engine import describe
-from agent.ui_chat import (LOCAL_USER, ChatLogic, can_continue, cut_off_notice, is_sources_note, new_state,
-                           pick_texts, to_chatbot)
+from agent.ui_chat import (LOCAL_USER, ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note,
+                           new_state, pick_texts, to_chatbot)
 from agent.ui_docs import build_docs_tab
 from feedback.authz import Authz
 from feedback.ui import build_feedback_tab
 
 log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
+# Phone-sized screens: the chat fills the screen height so the message box is on screen at load, and the
+# settings row and table headers stay readable (the Chatbot's own height is for desktops).
+CSS = """
+@media (max-width: 768px) {
+  #chatbot { height: 52vh !important; min-height: 240px; }
+  #why-panel { position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 50; max-height: 70vh; overflow: auto;
+               box-shadow: 0 -4px 16px rgba(0, 0, 0, 0.25); }  /* a bottom sheet next to the thumb just pressed */
+  table th, table td { word-break: normal !important; overflow-wrap: normal !important; min-width: 4.5em; }
+}
+"""
+# The history sidebar and the chat settings start open on a desktop and closed on a phone, where they would push
+# the message box off the screen.
+CLOSE_PANELS_ON_PHONES = """() => { if (window.innerWidth < 768) {
+  const bar = document.querySelector('#history-sidebar');
+  if (bar && bar.classList.contains('open')) bar.querySelector('.toggle-button')?.click();
+  const opts = document.querySelector('#chat-settings');
+  if (opts && opts.querySelector('.label-wrap.open')) opts.querySelector('.label-wrap').click(); } }"""
 _stops: dict[str, threading.Event] = {}  # session hash -> stop flag of its running generation
 
 
@@ -112,8 +129,19 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         gr.Markdown("## Kaizen Chat\nA chat that learns from your feedback: thumbs up or down, corrections, "
                     f"and picks between retries. <small>Answering: {describe(model)}</small>")
         state = gr.State(new_state())
-        with gr.Tab("Chat"):
+        # The open conversation's id, kept in the browser (localStorage, encrypted) so a reload or a theme switch
+        # reopens it; the id is only a hint: the store checks that it is the caller's before anything is read.
+        open_conv = gr.BrowserState("", storage_key="kaizen-open-conversation")
+        with gr.Sidebar(label="Conversations", open=True, elem_id="history-sidebar"):
+            history = gr.Radio([], label="Your conversations", elem_id="history", show_label=True)
             with gr.Row():
+                rename_box = gr.Textbox(placeholder="A new title", show_label=False, max_lines=1, scale=3,
+                                        elem_id="history-title")
+                rename_btn = gr.Button("Rename", size="sm", scale=1, elem_id="history-rename")
+            delete_btn = gr.Button("Delete from the list", size="sm", variant="stop", elem_id="history-delete")
+        with gr.Tab("Chat"):
+            with gr.Accordion("Settings: template, documents, adapter", open=True, elem_id="chat-settings"), \
+                    gr.Row():
                 template = gr.Dropdown(sorted(answerer.templates()), value=settings.template, label="Template",
                                        elem_id="template", scale=2)
                 rag = gr.Radio(list(RAG_MODES), value="auto", label="Use documents", elem_id="rag", scale=2)
@@ -190,7 +218,71 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 ev.set()
 
         def on_new():
-            return [new_state(), [], gr.update(visible=False)] + view(new_state())
+            return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False)] + view(new_state())
+
+        # -- the history sidebar: the caller's own conversations (the store checks every id's owner) -----------
+        def history_list(user: int, selected=None):
+            return gr.update(choices=logic.conversations(user), value=selected)
+
+        def opened(st):
+            return [st, gr.update(value=to_chatbot(st), feedback_value=feedback_values(st)), gr.update(visible=False)]
+
+        def history_open(conv_id, request: gr.Request):
+            user = uid(request)
+            if conv_id in (None, ""):
+                return [gr.skip()] * (4 + len(view_outputs))
+            try:
+                st = logic.open(user, conv_id)
+            except (LookupError, ValueError) as e:  # another user's, deleted or forged id: nothing is read
+                gr.Warning(f"cannot open that conversation: {e}")
+                return [gr.skip()] * (3 + len(view_outputs)) + [f"⚠️ cannot open that conversation: {e}"]
+            return opened(st) + [st["conversation"]] + view(st)
+
+        def history_restore(saved, request: gr.Request):
+            """Page load: reopen the conversation the browser had open (if it is still the caller's) and list the
+            caller's conversations."""
+            user = uid(request)
+            st = None
+            if saved not in (None, ""):
+                try:
+                    st = logic.open(user, saved)
+                except (LookupError, ValueError):
+                    st = None  # gone, or not this user's: start fresh
+            if st is None:
+                return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False), "",
+                        history_list(user)] + view(new_state())
+            return opened(st) + [st["conversation"], history_list(user, st["conversation"])] + view(st)
+
+        def history_saved(st, request: gr.Request):  # after an answer: remember the conversation, refresh the list
+            return st.get("conversation"), history_list(uid(request), st.get("conversation"))
+
+        def history_rename(conv_id, title, request: gr.Request):
+            user = uid(request)
+            try:
+                if conv_id in (None, ""):
+                    raise ValueError("choose a conversation in the list first")
+                logic.store.rename_conversation(int(conv_id), user, title)
+            except (LookupError, ValueError, TypeError) as e:
+                gr.Warning(str(e))
+                return gr.update(), gr.update()
+            gr.Info("Renamed.")
+            return history_list(user, int(conv_id)), ""
+
+        def history_delete(conv_id, st, request: gr.Request):
+            user = uid(request)
+            try:
+                if conv_id in (None, ""):
+                    raise ValueError("choose a conversation in the list first")
+                logic.store.hide_conversation(int(conv_id), user)
+            except (LookupError, ValueError, TypeError) as e:
+                gr.Warning(str(e))
+                return [gr.skip()] * (5 + len(view_outputs))
+            gr.Info("Deleted from your list (the record is kept for training unless you opt out).")
+            if st.get("conversation") == int(conv_id):
+                return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False), "",
+                        history_list(user)] + view(new_state())
+            return [gr.skip()] * 3 + [gr.skip(), history_list(user, st.get("conversation"))] + [
+                gr.skip()] * len(view_outputs)
 
         chat_inputs = [box, state, template, rag, adapter]
         view_outputs = [pick_row, pick_first_text, pick_second_text, cont, status]
@@ -204,12 +296,28 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         # in the fair gate, agent/fair.py, which hands free slots to the user with the fewest answers running).
         gen_queue = dict(concurrency_id="generate", concurrency_limit=4 * answerer.gate.slots)
         box.submit(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue).then(
-            on_view, [state], view_outputs[:-1], api_visibility="private")
+            on_view, [state], view_outputs[:-1], api_visibility="private").then(
+            history_saved, [state], [open_conv, history], api_visibility="private")
         send.click(on_send, chat_inputs, chat_outputs, api_visibility="private", **gen_queue).then(
-            on_view, [state], view_outputs[:-1], api_visibility="private")
+            on_view, [state], view_outputs[:-1], api_visibility="private").then(
+            history_saved, [state], [open_conv, history], api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
-        new.click(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
-        chatbot.clear(on_new, None, [state, chatbot, why_panel] + view_outputs, api_visibility="private")
+        new_outputs = [state, chatbot, why_panel] + view_outputs
+        def history_cleared():  # a new chat: nothing open, nothing selected in the list
+            return "", gr.update(value=None)
+
+        new.click(on_new, None, new_outputs, api_visibility="private").then(
+            history_cleared, None, [open_conv, history], api_visibility="private")
+        chatbot.clear(on_new, None, new_outputs, api_visibility="private").then(
+            history_cleared, None, [open_conv, history], api_visibility="private")
+        history.input(history_open, [history], [state, chatbot, why_panel, open_conv] + view_outputs,
+                      api_visibility="private")
+        rename_btn.click(history_rename, [history, rename_box], [history, rename_box], api_visibility="private")
+        delete_btn.click(history_delete, [history, state], [state, chatbot, why_panel, open_conv, history] + view_outputs,
+                         api_visibility="private")
+        demo.load(None, None, None, js=CLOSE_PANELS_ON_PHONES)
+        demo.load(history_restore, [open_conv], [state, chatbot, why_panel, open_conv, history] + view_outputs,
+                  api_visibility="private")
         chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot] + view_outputs,
                       api_visibility="private", **gen_queue)
         cont.click(on_continue, [state, template, rag, adapter], [state, chatbot] + view_outputs,
@@ -314,7 +422,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 def launch_kwargs(settings: Settings, demo: gr.Blocks | None = None) -> dict:
     """`demo.launch(...)` arguments; with `demo` (from build_app) its /v1 API routes join Gradio's FastAPI app."""
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
-              max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False)
+              max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False, css=CSS)
     from feedback.webguard import guard_app_kwargs
 
     kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers

@@ -93,6 +93,27 @@ def to_chatbot(state: dict) -> list[dict]:
     return out
 
 
+def feedback_values(state: dict) -> list[str | None]:
+    """The Chatbot's `feedback_value`: one entry per answer, "Like" / "Dislike" as the user last rated it, so
+    the thumbs of a restored conversation show what was stored."""
+    marks = {1: "Like", -1: "Dislike"}
+    return [marks.get(m.get("rating")) for m in state["shown"] if m["role"] == "assistant"]
+
+
+def restored_state(rows: list[dict], conversation_id: int, owner: int) -> dict:
+    """A session state showing a stored conversation (`Store.branch` rows): every message with its store id, so
+    ratings, edits and retries on a restored answer go to that answer; an edited answer shows the edit."""
+    st = new_state()
+    st["conversation"], st["owner"] = conversation_id, owner
+    for r in rows:
+        m = {"role": r["role"], "content": r.get("edited") or r["content"], "id": r["id"]}
+        if r["role"] == "assistant":
+            m["sources"] = r.get("sources") or []
+            m["rating"] = r.get("rating")
+        st["shown"].append(m)
+    return st
+
+
 def is_sources_note(state: dict, index) -> bool:
     """The Chatbot index points at the Sources note under an answer (not at a message of the chat)."""
     if isinstance(index, (list, tuple)):
@@ -146,6 +167,20 @@ class ChatLogic:
         server also binds each session to its user: feedback/webguard.py)."""
         if state.setdefault("owner", user_id) != user_id:
             raise PermissionError("this chat belongs to another user")
+
+    # -- the history sidebar ---------------------------------------------------------------------------
+    def open(self, user_id: int, conversation_id) -> dict:
+        """A new session state showing one of the user's stored conversations; NotFoundError (a LookupError)
+        for another user's id or a forged one: nothing of theirs is read."""
+        if isinstance(conversation_id, str) and conversation_id.strip().isdigit():
+            conversation_id = int(conversation_id)
+        return restored_state(self.store.branch(conversation_id, user_id), conversation_id, user_id)
+
+    def conversations(self, user_id: int) -> list[tuple[str, int]]:
+        """(label, id) choices for the sidebar: the user's own conversations, newest first."""
+        from feedback.history import list_label
+
+        return [(list_label(c), c["id"]) for c in self.store.conversations(user_id)]
 
     # -- answering ---------------------------------------------------------------------------------------
     def history(self, state: dict, upto: int | None = None) -> list[dict]:
@@ -266,10 +301,12 @@ class ChatLogic:
         if liked is True or liked is False:
             value = 1 if liked else -1
             self.store.rate(mid, user_id, value, list(reasons), comment or "")
+            state["shown"][chat_index_to_shown(state, index)]["rating"] = value
             extra = f" ({', '.join(reasons)})" if reasons else ""
             return f"Saved: {'👍' if value > 0 else '👎'} on answer #{mid}{extra}."
         if liked in ("", None):
             self.store.retract(mid, user_id)
+            state["shown"][chat_index_to_shown(state, index)]["rating"] = None
             return f"Saved: your rating of answer #{mid} is taken back."
         raise ValueError(f"unknown feedback {liked!r}")
 

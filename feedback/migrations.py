@@ -162,7 +162,28 @@ def m003_api(db: Database) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api]
+def m004_conversation_changes(db: Database) -> None:
+    """The history sidebar: a user renames or deletes (hides) a conversation. Append-only, like every event: the
+    latest change per conversation wins; a hidden conversation leaves the list but its messages and feedback stay
+    on record (for training, unless the user opts out)."""
+    for sql in (
+        """CREATE TABLE conversation_changes (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    action TEXT NOT NULL CHECK (action IN ('rename', 'hide')),
+    title TEXT,
+    created TEXT NOT NULL
+)""",
+        "CREATE INDEX idx_conversation_changes ON conversation_changes(conversation_id, action)",
+        "CREATE TRIGGER conversation_changes_append_only BEFORE UPDATE ON conversation_changes\n"
+        "BEGIN SELECT RAISE(ABORT, 'conversation_changes are append-only'); END",
+    ):
+        db.execute(sql)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api,
+                                                 m004_conversation_changes]
 
 
 def _now() -> str:

@@ -363,12 +363,53 @@ class Store:
         rows = self._rows("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
         return self._decorate(rows, user_id)
 
-    def conversations(self, user_id: int) -> list[dict]:
-        """The user's conversations, newest first: id, title, created, messages, last_message."""
-        return self._rows(
-            "SELECT c.id, c.title, c.created, count(m.id) AS messages, max(m.created) AS last_message "
+    def conversations(self, user_id: int, include_hidden: bool = False) -> list[dict]:
+        """The user's conversations, newest first: id, title (the latest rename), created, messages, last_message,
+        adapter (of the latest answer), hidden. Hidden (deleted) ones only with `include_hidden`."""
+        rows = self._rows(
+            "SELECT c.id, coalesce((SELECT title FROM conversation_changes WHERE conversation_id = c.id "
+            "AND action = 'rename' ORDER BY id DESC LIMIT 1), c.title) AS title, c.created, count(m.id) AS messages, "
+            "max(m.created) AS last_message, (SELECT adapter FROM messages WHERE conversation_id = c.id "
+            "AND role = 'assistant' ORDER BY id DESC LIMIT 1) AS adapter, EXISTS (SELECT 1 FROM conversation_changes "
+            "WHERE conversation_id = c.id AND action = 'hide') AS hidden "
             "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id WHERE c.user_id = ? "
-            "GROUP BY c.id ORDER BY c.id DESC", (_id(user_id, "user_id"),))
+            "GROUP BY c.id ORDER BY coalesce(max(m.id), 0) DESC, c.id DESC", (_id(user_id, "user_id"),))
+        for r in rows:
+            r["hidden"] = bool(r["hidden"])
+        return rows if include_hidden else [r for r in rows if not r["hidden"]]
+
+    def rename_conversation(self, conversation_id: int, user_id: int, title: str) -> int:
+        """A new title for one of the user's conversations (append-only: the latest rename wins)."""
+        title = _text(title, "title", MAX_META_CHARS)
+        return self._change_conversation(conversation_id, user_id, "rename", title)
+
+    def hide_conversation(self, conversation_id: int, user_id: int) -> int:
+        """Delete from the user's list. Its messages and feedback stay on record: they are training data unless
+        the user opts out (`set_opt_out`)."""
+        return self._change_conversation(conversation_id, user_id, "hide", None)
+
+    def _change_conversation(self, conversation_id, user_id, action: str, title: str | None) -> int:
+        with self._write() as conn:
+            self._owned_conversation(conn, conversation_id, user_id)
+            return conn.execute("INSERT INTO conversation_changes (conversation_id, user_id, action, title, created) "
+                                "VALUES (?, ?, ?, ?, ?)",
+                                (conversation_id, user_id, action, title, now_iso())).lastrowid
+
+    def branch(self, conversation_id: int, user_id: int) -> list[dict]:
+        """The messages of the user's conversation as last shown (feedback.history.current_branch), each with
+        the user's latest `edited` text and `rating`; NotFoundError for another user's, a deleted or a missing id."""
+        from feedback.history import current_branch
+
+        conn = self._conn()
+        self._owned_conversation(conn, conversation_id, user_id)
+        if conn.execute("SELECT 1 FROM conversation_changes WHERE conversation_id = ? AND action = 'hide'",
+                        (conversation_id,)).fetchone():
+            raise NotFoundError(f"conversation {conversation_id} was deleted")
+        rows = self._rows("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+        picks = {r["prompt_message_id"]: r["picked_id"] for r in self._rows(
+            "SELECT prompt_message_id, picked_id FROM choices WHERE user_id = ? AND prompt_message_id IN "
+            "(SELECT id FROM messages WHERE conversation_id = ?) ORDER BY id", (user_id, conversation_id))}
+        return self._decorate(current_branch(rows, picks), user_id)
 
     # --- feedback events ------------------------------------------------------------------------------------
     def rate(self, message_id: int, user_id: int, value: int, reasons: Sequence[str] = (), comment: str = "") -> int:

@@ -24,6 +24,8 @@ NON_ADMIN_OK = {
     "on_like", "on_why", "on_edit", "handler", "handler_1", "on_undo",  # feedback on one's own answers
     "on_upload", "on_delete", "on_refresh", "on_select", "on_refresh_1",  # one's own documents
     "refresh", "refresh_1",  # the Feedback tab (scoped to the viewer): its button and its tab select
+    "history_open", "history_restore", "history_saved", "history_saved_1", "history_rename", "history_delete",
+    "history_cleared", "history_cleared_1",  # the history sidebar: the caller's own conversations
     "on_load",
 }
 # Page-load fills of admin views: a non-admin's page calls them too, so they answer with no change at all (every
@@ -228,6 +230,18 @@ def test_documents_are_per_user_through_the_running_app(login_app):
     sources = {name: json.loads(src or "[]") for name, src in rows}
     assert sources["bob"] == []
     assert [s["doc_id"] for s in sources["alice"]] == [doc_id]
+
+    # B names A's conversation to the history sidebar (a forged localStorage value on page load, or a forged
+    # pick in the list): nothing of A's comes back, and A's conversation is not listed for B
+    with sqlite3.connect(login_app["db"]) as db:
+        (alice_conv,), = db.execute("select c.id from conversations c join users u on u.id = c.user_id "
+                                    "where u.name = 'alice' order by c.id desc limit 1").fetchall()
+    for name in ("history_restore", "history_open"):
+        r = R.call(bob, endpoint(cfg, name)["fn_index"], [alice_conv])
+        seen = json.dumps(r.get("output") or {}) + R.error_text(r)
+        assert "Quillfeather" not in seen and "7-19-33" not in seen, (name, seen[:500])
+    r = R.call(alice, endpoint(cfg, "history_restore")["fn_index"], [alice_conv])
+    assert "Quillfeather" in json.dumps(r["output"]), "the owner gets her conversation back"
 
 
 def test_a_session_is_bound_to_its_user(login_app):

@@ -93,6 +93,15 @@ EXPECTED_TABLES = {
     created TEXT NOT NULL,
     PRIMARY KEY (user_id, thread_key)
 )""",
+    # m004_conversation_changes: the history sidebar's renames and deletes (append-only; the latest wins)
+    "conversation_changes": """CREATE TABLE conversation_changes (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    action TEXT NOT NULL CHECK (action IN ('rename', 'hide')),
+    title TEXT,
+    created TEXT NOT NULL
+)""",
 }
 EXPECTED_INDEXES = {
     "idx_api_completions_message": "CREATE INDEX idx_api_completions_message ON api_completions(message_id)",
@@ -102,6 +111,7 @@ EXPECTED_INDEXES = {
     "sqlite_autoindex_api_threads_1": None,  # PRIMARY KEY (user_id, thread_key)
     "idx_choices_created": "CREATE INDEX idx_choices_created ON choices(created)",
     "idx_choices_prompt": "CREATE INDEX idx_choices_prompt ON choices(prompt_message_id, user_id)",
+    "idx_conversation_changes": "CREATE INDEX idx_conversation_changes ON conversation_changes(conversation_id, action)",
     "idx_conversations_user": "CREATE INDEX idx_conversations_user ON conversations(user_id)",
     "idx_edits_created": "CREATE INDEX idx_edits_created ON edits(created)",
     "idx_edits_message": "CREATE INDEX idx_edits_message ON edits(message_id, user_id)",
@@ -115,7 +125,7 @@ EXPECTED_INDEXES = {
 EXPECTED_TRIGGERS = {
     f"{t}_append_only": f"CREATE TRIGGER {t}_append_only BEFORE UPDATE ON {t}\n"
                         f"BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END"
-    for t in ("choices", "edits", "messages", "opt_outs", "ratings", "api_completions")
+    for t in ("choices", "edits", "messages", "opt_outs", "ratings", "api_completions", "conversation_changes")
 }
 
 
@@ -147,7 +157,7 @@ def test_blank_database_has_exactly_this_schema(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
-            "m001_initial", "m002_rating_retraction", "m003_api"]
+            "m001_initial", "m002_rating_retraction", "m003_api", "m004_conversation_changes"]
         assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
                    for t in EXPECTED_TABLES if t != "_migrations")
 
