@@ -41,13 +41,32 @@ CLOSE_PANELS_ON_PHONES = """() => { if (window.innerWidth < 768) {
   if (bar && bar.classList.contains('open')) bar.querySelector('.toggle-button')?.click();
   const opts = document.querySelector('#chat-settings');
   if (opts && opts.querySelector('.label-wrap.open')) opts.querySelector('.label-wrap').click(); } }"""
-_stops: dict[str, threading.Event] = {}  # session hash -> stop flag of its running generation
 
 
-def _stop_for(request: gr.Request) -> threading.Event:
-    ev = threading.Event()
-    _stops[request.session_hash or "default"] = ev
-    return ev
+class StopFlags:
+    """The Stop button's flags: one per browser session, for its running generation. A flag is dropped when its
+    generation ends, so none pile up; Stop in one session never reaches another's answer."""
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+
+    def run(self, request: gr.Request, generation):
+        """Iterate `generation(stop_event)` with this session's flag set up, and dropped at the end."""
+        key, ev = request.session_hash or "default", threading.Event()
+        self._flags[key] = ev
+        try:
+            yield from generation(ev)
+        finally:
+            if self._flags.get(key) is ev:
+                del self._flags[key]
+
+    def stop(self, request: gr.Request) -> None:
+        ev = self._flags.get(request.session_hash or "default")
+        if ev is not None:
+            ev.set()
+
+    def __len__(self) -> int:
+        return len(self._flags)
 
 
 def serve_registry(registry, model, ab_state: dict | None = None, interval_s: float = 3.0) -> threading.Thread:
@@ -100,6 +119,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     registry = registry or Registry(settings)
     authz = Authz(settings.auth_file)  # the one check for admin-only handlers (feedback/authz.py)
     ab_state: dict = {}
+    stops = StopFlags()
     serve_registry(registry, model, ab_state)
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
     # The OpenAI-compatible API (agent/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
@@ -180,10 +200,9 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             return [gr.update(visible=bool(first)), first, second, gr.update(visible=can_continue(st)), status_text]
 
         def on_send(message, st, tmpl, rag_mode, adapter_choice, request: gr.Request):
-            stop_ev = _stop_for(request)
             try:
-                for st in logic.respond(st, uid(request), message, tmpl, rag_mode, adapter_arg(adapter_choice),
-                                        stop_ev):
+                for st in stops.run(request, lambda ev: logic.respond(st, uid(request), message, tmpl, rag_mode,
+                                                                      adapter_arg(adapter_choice), ev)):
                     yield st, to_chatbot(st), "", view(st)[-1]
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
@@ -193,29 +212,25 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             return view(st)[:-1]
 
         def on_retry(st, tmpl, rag_mode, adapter_choice, data: gr.RetryData, request: gr.Request):
-            stop_ev = _stop_for(request)
             try:
-                for st in logic.retry(st, uid(request), data.index, tmpl, rag_mode, adapter_arg(adapter_choice),
-                                      stop_ev):
+                for st in stops.run(request, lambda ev: logic.retry(st, uid(request), data.index, tmpl, rag_mode,
+                                                                    adapter_arg(adapter_choice), ev)):
                     yield [st, to_chatbot(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
                 yield [st, to_chatbot(st)] + view(st, str(e))
 
         def on_continue(st, tmpl, rag_mode, adapter_choice, request: gr.Request):
-            stop_ev = _stop_for(request)
             try:
-                for st in logic.continue_answer(st, uid(request), tmpl, rag_mode, adapter_arg(adapter_choice),
-                                                stop_ev):
+                for st in stops.run(request, lambda ev: logic.continue_answer(st, uid(request), tmpl, rag_mode,
+                                                                              adapter_arg(adapter_choice), ev)):
                     yield [st, to_chatbot(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
                 yield [st, to_chatbot(st)] + view(st, str(e))
 
         def on_stop(request: gr.Request):
-            ev = _stops.get(request.session_hash or "default")
-            if ev:
-                ev.set()
+            stops.stop(request)
 
         def on_new():
             return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False)] + view(new_state())
@@ -350,9 +365,9 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 return
             try:
                 if logic.is_question(st, data.index):  # an edited question is asked again (a new branch)
-                    stop_ev = _stop_for(request)
-                    for st in logic.reask(st, uid(request), data.index, data.value, tmpl, rag_mode,
-                                          adapter_arg(adapter_choice), stop_ev):
+                    for st in stops.run(request, lambda ev: logic.reask(st, uid(request), data.index, data.value,
+                                                                        tmpl, rag_mode, adapter_arg(adapter_choice),
+                                                                        ev)):
                         yield [st, to_chatbot(st)] + view(st)
                     return
                 msg = logic.edit(st, uid(request), data.index, data.value)
