@@ -419,16 +419,26 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         with gr.Tab("Lab") as lab_tab:
             build_lab_tab(settings, authz=authz)
         admin_tabs = [adapters_tab, lab_tab]
+        adapters_shown = gr.State(None)  # per session: the chat's Adapter choices last sent
+        adapters_timer = gr.Timer(10)  # a version attached meanwhile (promoted, A/B, another process) is listed
+
+        def on_adapters_tick(shown):
+            now = adapter_choices()
+            return (gr.skip(), shown) if now == shown else (gr.update(choices=now), now)
+
+        adapters_timer.tick(on_adapters_tick, [adapters_shown], [adapter, adapters_shown], queue=False,
+                            show_progress="hidden", api_visibility="private")
 
         def on_load(request: gr.Request):
             """Training controls are shown to admins (everyone is, in anonymous single-user mode); their handlers
             check the role themselves (feedback/authz.py), so hiding them is only for the eye."""
             uid(request)
             admin = authz.is_admin(request)
-            return ([gr.update(choices=adapter_choices())] + [gr.update(visible=admin) for _ in admin_tabs]
-                    + [gr.update(active=admin)])
+            return ([gr.update(choices=adapter_choices()), adapter_choices()]
+                    + [gr.update(visible=admin) for _ in admin_tabs] + [gr.update(active=admin)])
 
-        demo.load(on_load, None, [adapter, *admin_tabs, adapter_parts["timer"]], api_visibility="private")
+        demo.load(on_load, None, [adapter, adapters_shown, *admin_tabs, adapter_parts["timer"]],
+                  api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
     demo.kaizen_api = api
     return demo

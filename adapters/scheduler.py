@@ -65,6 +65,32 @@ def choose_method(rows: dict[str, int], min_rows: int = MIN_ROWS) -> str | None:
     return methods[0] if methods else None
 
 
+# what each method learns from, in words: (a row, rows, where they come from)
+DATA_WORDS = {
+    "sft": ("gold answer", "gold answers", "corrected answers and 👍 answers"),
+    "dpo": ("preference pair", "preference pairs", "picks between two answers, corrections, and a 👍 and a 👎 on two "
+                                                   "answers to one question"),
+    "kto": ("rated answer", "rated answers", "👍 or 👎 on answers that were not corrected"),
+}
+
+
+def _there_are(n: int, one: str, many: str) -> str:
+    return "there are none yet" if n <= 0 else (f"there is 1 {one}" if n == 1 else f"there are {n} {many}")
+
+
+def data_needs(counts: dict[str, int], method: str | None = None, min_rows: int = MIN_ROWS) -> str:
+    """Why a run trained nothing, in words: for a chosen method, what it needs and what is there; for an automatic
+    run, a sentence per method (an automatic run needs `min_rows` training rows of one kind, a chosen method one)."""
+    if method:
+        kind = "sft" if method == "full" else method
+        one, many, source = DATA_WORDS.get(kind, (f"{kind} row", f"{kind} rows", "feedback"))
+        return (f"Not enough feedback to train {method.upper()}: it needs at least one {one} ({source}); "
+                f"{_there_are(counts.get(kind, 0), one, many)}.")
+    lines = [f"{kind.upper()} needs at least {min_rows} {many} ({source}); "
+             f"{_there_are(counts.get(kind, 0), one, many)}." for kind, (one, many, source) in DATA_WORDS.items()]
+    return "Not enough feedback to train yet. " + " ".join(lines)
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -156,8 +182,7 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
             if not methods or counts.get("sft" if methods[0] == "full" else methods[0], 0) == 0:
                 state.update(last_run=started, last_status="skipped")
                 _save_state(settings, state)
-                return {"status": "skipped", "new_events": new, "rows": counts,
-                        "reason": f"not enough training rows for {method or 'any method'} ({counts})"}
+                return {"status": "skipped", "new_events": new, "rows": counts, "reason": data_needs(counts, method)}
             run_dir = registry.tmp_folder(f"run-{methods[0]}")
             data_dir = run_dir / "data"
             write_datasets(data_dir, files, manifest)
@@ -271,6 +296,40 @@ def _brief(report: dict) -> dict:
     return {k: report.get(k) for k in ("pref", "similarity", "general")}
 
 
+PHASES = {"datasets": "datasets", "training": "training", "saving": "saving", "evaluating": "evaluating",
+          "promoted": "gate", "refused": "gate"}
+
+
+def merge_progress(prev: dict | None, event: dict, now: float) -> dict:
+    """The run's progress so far, folded from its events (pure): phase (datasets, training, saving, evaluating,
+    gate), method, step / max_steps, the latest loss, first_step / first_step_time / step_time (for the step
+    rate), stage of the evaluation, version and status at the gate; "event" is the latest event's name."""
+    kind = event.get("event")
+    p = {} if prev is None or kind == "datasets" else dict(prev)
+    p.setdefault("run_started", now)
+    p["event"], p["time"] = kind, now
+    if kind in PHASES:
+        p["phase"] = PHASES[kind]
+    if kind == "datasets":
+        p["new_events"] = event.get("new_events")
+    elif kind == "training":  # a new attempt: its own steps and loss
+        p.update(method=event.get("method"), step=None, max_steps=None, loss=None, first_step=None,
+                 first_step_time=None, step_time=None, stage=None)
+    elif kind == "step" and event.get("step") is not None:
+        p.update(step=event["step"], max_steps=event.get("max_steps") or p.get("max_steps"), step_time=now)
+        if p.get("first_step") is None:
+            p.update(first_step=event["step"], first_step_time=now)
+    elif kind == "log" and isinstance(event.get("loss"), (int, float)):
+        p["loss"] = event["loss"]
+    elif kind == "evaluating":
+        p.update(against=event.get("against"), stage=None)
+    elif kind == "eval":
+        p["stage"] = event.get("stage")
+    elif kind in ("promoted", "refused"):
+        p.update(version=event.get("version"), status=kind)
+    return p
+
+
 # ---------------------------------------------------------------------------------------------- in the app
 class Scheduler:
     """Runs `run_once` in a background thread: every `interval_s` (skipped when not due), or at once after
@@ -325,7 +384,7 @@ class Scheduler:
                 "last": self.last, "progress": self.progress}
 
     def _on_progress(self, event: dict) -> None:
-        self.progress = {**event, "time": time.time()}
+        self.progress = merge_progress(self.progress, event, time.time())
         if self.on_progress is not None:
             self.on_progress(event)
 
@@ -334,15 +393,17 @@ class Scheduler:
             with self._guard:
                 forced, self._forced = self._forced, None
                 self.running = True
+                self.progress = None
             try:
                 result = run_once(self.settings, store=self.store, force=forced is not None,
                                   method=(forced or {}).get("method"), progress=self._on_progress,
                                   on_promote=self.on_promote, stop=self._stop, **self.run_kwargs)
                 if result["status"] != "skipped" or forced is not None or self.last is None:
-                    self.last = {**result, "finished": now_iso()}
+                    self.last = {**result, "finished": now_iso(), "manual": forced is not None}
             except Exception as e:  # the loop must survive anything one run throws
                 log.exception("scheduler run crashed")
-                self.last = {"status": "failed", "error": repr(e), "finished": now_iso()}
+                self.last = {"status": "failed", "error": repr(e), "reason": repr(e), "finished": now_iso(),
+                             "manual": forced is not None}
             finally:
                 with self._guard:
                     self.running = False

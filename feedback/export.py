@@ -101,6 +101,69 @@ def write_datasets(out_dir: str | Path, files: dict[str, list[dict]], manifest: 
     return paths
 
 
+# ---------------------------------------------------------------------------------------------- one user's record
+MESSAGE_FIELDS = ("id", "conversation_id", "parent_id", "role", "content", "template", "model", "adapter", "sources",
+                  "latency_ms", "prompt_tokens", "completion_tokens", "created", "rating", "edited")
+EXPORT_MAX_AGE_S = 3600  # a downloaded export's temporary copy is removed at a later export after this long
+
+
+def _event_row(e: dict) -> dict:
+    common = {"id": e["id"], "created": e["created"], "superseded": e["superseded"]}
+    if e["kind"] == "rating":  # value 0: the thumb was taken back
+        return {"type": "rating", "message_id": e["message_id"], "value": e["value"], "reasons": e["reasons"],
+                "comment": e["comment"], **common}
+    if e["kind"] == "edit":
+        return {"type": "edit", "message_id": e["message_id"], "original": e["answer"], "edited": e["edited"],
+                **common}
+    return {"type": "pick", "prompt_message_id": e["parent_id"], "candidate_ids": e["candidate_ids"],
+            "picked_id": e["picked_id"], **common}
+
+
+def user_export_rows(store, user_id: int) -> list[dict]:
+    """Everything `user_id` wrote, as JSONL rows: a header ("export": user, time, counts), their conversations
+    (oldest first) each followed by its messages (answers with the latest rating and edit), then every rating
+    (reasons, comment; value 0 = taken back), edit and pick they made, oldest first. Read through the store's own
+    per-user readers (`conversations`, `conversation`) and its training events kept to this user's own
+    conversations: never another user's row."""
+    from feedback.store import now_iso
+
+    user = store.user(user_id)
+    rows, own = [], set()
+    for c in reversed(store.conversations(user_id)):
+        own.add(c["id"])
+        rows.append({"type": "conversation", "id": c["id"], "title": c["title"], "created": c["created"]})
+        rows += [{"type": "message", **{k: m.get(k) for k in MESSAGE_FIELDS}}
+                 for m in store.conversation(c["id"], user_id)]
+    rows += [_event_row(e) for e in store.training_events()
+             if e["user_id"] == user_id and e["conversation_id"] in own]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["type"]] = counts.get(r["type"], 0) + 1
+    return [{"type": "export", "user": user["name"], "exported": now_iso(), "counts": counts}] + rows
+
+
+def write_user_export(store, user_id: int, folder: str | Path) -> tuple[Path, int]:
+    """Write `user_export_rows` to <folder>/<fresh dir>/kaizen-feedback-<user>-<time>.jsonl (a folder of its own:
+    two users' exports never share a path); exports older than EXPORT_MAX_AGE_S are removed first.
+    Returns (path, rows without the header)."""
+    import re
+    import shutil
+    import tempfile
+    import time
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("export-*"):
+        if old.is_dir() and time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
+            shutil.rmtree(old, ignore_errors=True)
+    rows = user_export_rows(store, user_id)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", rows[0]["user"])[:40].strip("._") or "user"
+    path = Path(tempfile.mkdtemp(prefix="export-", dir=root)) / \
+        f"kaizen-feedback-{name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    _atomic_write(path, jsonl_bytes(rows))
+    return path, len(rows) - 1
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def _cmd_export(args) -> int:
     from agent.settings import Settings

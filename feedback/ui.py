@@ -4,12 +4,16 @@ Call `build_feedback_tab(store, user_id_fn)` inside `with gr.Tab("Feedback"):` o
 components, refreshes them when the tab is selected and on its Refresh button, and returns a `FeedbackTab`
 (to also fill it when the page opens: `demo.load(tab.refresh, None, tab.outputs)`). `user_id_fn(request: gr.Request) -> int | None` names the viewer:
 an admin (or None, anonymous single-user mode) sees everyone's feedback, a user only their own.
+"Export my feedback (JSONL)" writes the caller's own record (`feedback.export.write_user_export`: their
+conversations, messages, ratings, edits and picks, never another user's) behind a Download button.
 `frames(stats)` (pure) turns `Store.stats()` into the DataFrames shown.
 """
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -77,13 +81,20 @@ class FeedbackTab:
     refresh: Callable  # (request: gr.Request) -> tuple of values for `outputs`
     outputs: list
     refresh_button: gr.Button
+    export_button: gr.Button | None = None
+    download: gr.DownloadButton | None = None
 
 
 def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
     """Build the Feedback view in the current Blocks context (no launching)."""
     parent = get_render_context()
     summary = gr.Markdown("Press **Refresh** to load the feedback statistics.")
-    refresh_button = gr.Button("Refresh", variant="secondary", size="sm")
+    with gr.Row():
+        refresh_button = gr.Button("Refresh", variant="secondary", size="sm")
+        export_button = gr.Button("Export my feedback (JSONL)", variant="secondary", size="sm",
+                                  elem_id="feedback-export")
+        download = gr.DownloadButton("Download", visible=False, size="sm", variant="primary",
+                                     elem_id="feedback-download")
     per_day = gr.LinePlot(x="day", y="count", color="series", title="Answers and feedback per day", x_title="day",
                           y_title="count")
     with gr.Row():
@@ -108,8 +119,22 @@ def build_feedback_tab(store, user_id_fn: Callable) -> FeedbackTab:
         return (summary_markdown(stats, scope), f["per_day"], f["ratio"], f["by_adapter"], f["by_template"],
                 f["by_model"], f["edits"], f["reasons"])
 
+
+    def export(request: gr.Request = None):
+        """The caller's own record (theirs only, admins included) as a JSONL file behind the Download button."""
+        user_id = user_id_fn(request)
+        if user_id is None:
+            raise gr.Error("Log in first: the export holds your own feedback.", title="Refused")
+        from feedback.export import write_user_export
+
+        path, n = write_user_export(store, user_id, Path(tempfile.gettempdir()) / "kaizen-exports")
+        # the button is the notice (a toast would cover it): the file, and how many records it holds
+        return gr.update(value=str(path), visible=True, label=f"Download {path.name} ({n} records)")
+
     outputs = [summary, per_day, ratio, by_adapter, by_template, by_model, edits, reasons]
     refresh_button.click(refresh, None, outputs, api_visibility="private")
+    export_button.click(export, None, download, api_visibility="private")
     if isinstance(parent, gr.Tab):
         parent.select(refresh, None, outputs, api_visibility="private")
-    return FeedbackTab(refresh=refresh, outputs=outputs, refresh_button=refresh_button)
+    return FeedbackTab(refresh=refresh, outputs=outputs, refresh_button=refresh_button, export_button=export_button,
+                       download=download)
