@@ -214,6 +214,36 @@ class _Bm25:
                                             for (i, cid, cos, dr, br), b in zip(cands, bm)], depth)
 
 
+def _collection(client, name: str):
+    return client.get_or_create_collection(name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+
+
+def open_local_collection(folder: Path, name: str, uploads_dir: Path, chroma_settings=None):
+    """Collection `name` of the persistent Chroma store in `folder`. A damaged store fails here, at start, naming its
+    path and what to do (feedback.integrity.CorruptStoreError): SQLite's quick_check on `chroma.sqlite3` first,
+    then the open itself and a count (Chroma reads its segments there)."""
+    import chromadb
+
+    from feedback.integrity import CorruptStoreError, quick_check
+
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "chroma.sqlite3"
+    hint = (f"Stop the app, move the folder {folder} aside (keep it: `sqlite3 {db} .recover` may save its chunks) and "
+            f"start again: a new, empty document store is made there. Then upload the documents again (the app kept "
+            f"a copy of each original in {uploads_dir}).")
+    problems = quick_check(db)
+    if problems:
+        raise CorruptStoreError(f"the document store {db} is damaged: {'; '.join(problems[:5])}. {hint}")
+    try:
+        client = chromadb.PersistentClient(path=str(folder), settings=chroma_settings)
+        col = _collection(client, name)
+        col.count()
+    except Exception as e:  # noqa: BLE001  chromadb raises InternalError, sqlite3 and Rust-side errors alike
+        raise CorruptStoreError(f"the document store {folder} cannot be opened ({type(e).__name__}: {e}). "
+                                f"{hint}") from e
+    return col
+
+
 class KnowledgeBase:
     """The user's documents: add / list / remove / search. Thread-safe."""
 
@@ -251,11 +281,10 @@ class KnowledgeBase:
                 raise ValueError(f"KAIZEN_CHROMA_URL={settings.chroma_url!r} is not a URL like http://host:8000")
             client = chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
                                          ssl=url.scheme == "https", settings=chroma_settings)
+            col = _collection(client, collection)
         else:
-            Path(settings.chroma_dir).mkdir(parents=True, exist_ok=True)
-            client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
-        col = client.get_or_create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
-                                              embedding_function=None)
+            col = open_local_collection(Path(settings.chroma_dir), collection, Path(settings.uploads_dir),
+                                        chroma_settings)
         kwargs.setdefault("device", settings.device)
         kwargs.setdefault("hybrid", HybridConfig(method=settings.retriever))
         return cls(col, settings.uploads_dir, max_upload_mb=settings.max_upload_mb, **kwargs)

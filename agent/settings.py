@@ -70,6 +70,8 @@ class Settings:
     retriever: str = "learned"  # how hybrid search ranks the BM25 + dense pool: learned | convex | rrf
     auth_file: str = ""  # users file (JSON) for login; empty = anonymous single-user mode
     max_body_kb: int = 1024  # largest JSON / form request body (uploads are capped by max_upload_mb)
+    max_db_mb: float = 0  # > 0: kaizen.db stops growing at this size; writes past it are refused as on a full disk
+    allowed_origins: str = ""  # other sites whose pages may send writes (CSRF check): "https://a.example,http://b:8080"
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app
@@ -98,6 +100,9 @@ class Settings:
             raise ValueError(f"KAIZEN_ENGINE={s.engine!r}: use auto, llamacpp, transformers or openai")
         if s.retriever not in ("learned", "convex", "rrf"):
             raise ValueError(f"KAIZEN_RETRIEVER={s.retriever!r}: use learned, convex or rrf")
+        from feedback.webguard import parse_allowed
+
+        parse_allowed(s.allowed_origins)  # a malformed KAIZEN_ALLOWED_ORIGINS fails at start, in words
         return s
 
     # Paths inside the data dir -------------------------------------------------
