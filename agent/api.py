@@ -176,8 +176,13 @@ class KaizenAPI:
         from agent.templates import TemplateError
         from feedback.store import FeedbackError, StoreFullError
 
+        from agent.fair import Busy
+
         try:
-            self._run(req, user, stop, emit)
+            with self.answerer.gate.admit(user["name"]):  # at most KAIZEN_USER_MAX_GENERATIONS per user
+                self._run(req, user, stop, emit)
+        except Busy as e:
+            emit("error", ApiError(429, str(e), type="rate_limit_error", code="user_busy"))
         except ApiError as e:
             emit("error", e)
         except StoreFullError as e:  # logged once by the store; the client gets the sentence

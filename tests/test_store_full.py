@@ -14,10 +14,10 @@ from feedback.store import STORE_FULL, Store, StoreFullError, is_disk_full
 
 
 def fill_until_full(store: Store, uid: int, conv: int) -> int:
-    """Write 4 KB answers until the store refuses one; the number written."""
+    """Write 4 KB messages until the store refuses one; the number written."""
     for n in range(10_000):
         try:
-            store.add_message(conv, "assistant", f"answer {n} " + "x" * 4000, user_id=uid)
+            store.add_message(conv, "user", f"message {n} " + "x" * 3900, user_id=uid)
         except StoreFullError:
             return n
     raise AssertionError("the store never filled up")
@@ -35,7 +35,12 @@ def test_a_full_store_refuses_in_words_keeps_what_it_had_and_logs_one_line(tmp_p
     records = [r for r in caplog.records if r.name == "kaizen.store"]
     assert len(records) == 1 and str(path) in records[0].getMessage() and "disk is full" in records[0].getMessage()
     assert records[0].exc_info is None  # one line, no traceback
-    a = store.conversation(conv, uid)[-1]["id"]
+    a = store.add_message(conv, "assistant", "a short answer", user_id=uid, parent_id=q)  # fits in a page's room
+    for _ in range(200):
+        try:
+            a = store.add_message(conv, "assistant", "a short answer", user_id=uid, parent_id=q)
+        except StoreFullError:
+            break
     with pytest.raises(StoreFullError) as err:  # a rating needs a page too once every page is taken
         for _ in range(200):
             store.rate(a, uid, 1, ["other"], "c" * 1500)
@@ -43,8 +48,8 @@ def test_a_full_store_refuses_in_words_keeps_what_it_had_and_logs_one_line(tmp_p
     assert isinstance(err.value, ValueError)  # the chat handlers' `except ValueError` shows it as a warning
     store.close()
     with sqlite3.connect(path) as db:  # what was acknowledged is all there; the refused answer is not
-        rows = db.execute("SELECT content FROM messages WHERE role = 'assistant' ORDER BY id").fetchall()
-        assert len(rows) == written and rows[-1][0].startswith(f"answer {written - 1} ")
+        rows = db.execute("SELECT content FROM messages WHERE content LIKE 'message %' ORDER BY id").fetchall()
+        assert len(rows) == written and rows[-1][0].startswith(f"message {written - 1} ")
         assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     reopened = Store(path)  # no cap: the same file takes writes again (space freed)
     assert reopened.add_message(conv, "user", "after", user_id=uid, parent_id=q)
