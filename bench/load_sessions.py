@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -230,17 +231,16 @@ def main() -> None:
     users = [f"u{i:02d}" for i in range(1, args.sessions + 1)]
     new = [f"new{i}" for i in range(1, args.newcomers + 1)]
     users_file = write_users(root / "users.json", ["idle", *users, *new])
-    base = Settings.from_env().base_model
-    if base == Settings().base_model:
-        from agent.model import convert_bundled
+    from agent.model import resolve_base
 
-        base = str(convert_bundled(Settings.from_env().models_dir))
+    settings = Settings.from_env()  # the bundled default is converted once, in KAIZEN_TEST_MODELS_DIR or the data dir
+    base = resolve_base(settings.base_model, Path(os.environ.get("KAIZEN_TEST_MODELS_DIR") or settings.models_dir))
     with running_app(root / "data", Path(base), KAIZEN_AUTH_FILE=str(users_file),
                      KAIZEN_MAX_NEW_TOKENS=str(args.new_tokens)) as server:
         result = run_load(server["url"], session_users=users, newcomer_users=new)
         result["stored"] = check_stored(server["db"], result["records"])
     result.pop("records")
-    result["new_tokens"] = args.new_tokens
+    result.update(bench="load_sessions", new_tokens=args.new_tokens, cpu_count=os.cpu_count())
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
