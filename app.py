@@ -307,9 +307,11 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         for trigger in (box.submit, send.click):
             trigger(clear_view, None, view_outputs[:-1], queue=False, api_visibility="private")
-        # Every listener that generates shares one queue sized to the engine's decode slots (x4: the extra wait
-        # in the fair gate, agent/fair.py, which hands free slots to the user with the fewest answers running).
-        gen_queue = dict(concurrency_id="generate", concurrency_limit=4 * answerer.gate.slots)
+        # Every listener that generates shares one queue, wide enough (16 per decode slot, as the API's bound) that
+        # waiting answers wait in the fair gate (agent/fair.py: a free slot goes to the user with the fewest answers
+        # running, a newcomer first), not in Gradio's first-come queue; KAIZEN_USER_MAX_GENERATIONS bounds each user.
+        gen_queue = dict(concurrency_id="generate", concurrency_limit=16 * answerer.gate.slots)
+        demo.kaizen_max_threads = 40 + 16 * answerer.gate.slots  # a waiting answer holds a worker thread
         box.submit(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue).then(
             on_view, [state], view_outputs[:-1], api_visibility="private").then(
             history_saved, [state], [open_conv, history], api_visibility="private")
@@ -447,7 +449,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 def launch_kwargs(settings: Settings, demo: gr.Blocks | None = None) -> dict:
     """`demo.launch(...)` arguments; with `demo` (from build_app) its /v1 API routes join Gradio's FastAPI app."""
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
-              max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False, css=CSS)
+              max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False, css=CSS,
+              max_threads=getattr(demo, "kaizen_max_threads", 40))
     from feedback.webguard import guard_app_kwargs
 
     kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers

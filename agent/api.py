@@ -174,12 +174,19 @@ class KaizenAPI:
         answer is under way, ("piece", text) per text piece, then ("done", result) or ("error", ApiError)."""
         from adapters.registry import RegistryError
         from agent.templates import TemplateError
-        from feedback.store import FeedbackError
+        from feedback.store import FeedbackError, StoreFullError
+
+        from agent.fair import Busy
 
         try:
-            self._run(req, user, stop, emit)
+            with self.answerer.gate.admit(user["name"]):  # at most KAIZEN_USER_MAX_GENERATIONS per user
+                self._run(req, user, stop, emit)
+        except Busy as e:
+            emit("error", ApiError(429, str(e), type="rate_limit_error", code="user_busy"))
         except ApiError as e:
             emit("error", e)
+        except StoreFullError as e:  # logged once by the store; the client gets the sentence
+            emit("error", ApiError(507, str(e), type="server_error", code="disk_full"))
         except RegistryError as e:
             emit("error", ApiError(404, str(e), param="model", code="model_not_found"))
         except KeyError as e:  # an adapter that is not (or no longer) attached
@@ -260,7 +267,7 @@ class KaizenAPI:
     def feedback(self, body, user: dict) -> dict:
         """Store one feedback event for the caller's completion; ApiError 404 for an unknown (or another
         user's) id and 400 for a refused event: nothing is written either way."""
-        from feedback.store import FeedbackError, NotFoundError
+        from feedback.store import FeedbackError, NotFoundError, StoreFullError
 
         fb = schema.check_feedback(body, max_comment_chars=self.store.max_comment_chars,
                                    max_edit_chars=self.settings.max_edit_chars)
@@ -280,6 +287,8 @@ class KaizenAPI:
                 event = store.choose(prompt, uid, ids, mid)
         except NotFoundError as e:
             raise ApiError(404, str(e), param="id", code="not_found") from None
+        except StoreFullError as e:
+            raise ApiError(507, str(e), type="server_error", code="disk_full") from None
         except FeedbackError as e:
             raise ApiError(400, str(e)) from None
         return {"ok": True, "kind": fb.kind, "id": fb.id or api_store.completion_of(store, mid, uid),

@@ -38,7 +38,8 @@ class Answerer:
         self.model = model
         self.settings = settings
         self.kb = kb
-        self.gate = FairGate(slots_of(model, settings))  # decode slots, shared fairly between users
+        # decode slots, shared fairly between users; at most settings.user_max_generations per user
+        self.gate = FairGate(slots_of(model, settings), per_user=getattr(settings, "user_max_generations", 0))
 
     @classmethod
     def from_settings(cls, settings: Settings, with_retrieval: bool = True) -> "Answerer":

@@ -18,6 +18,7 @@ also the owner the lab and the benchmarks use by default) the first time the sto
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -214,11 +215,42 @@ class _Bm25:
                                             for (i, cid, cos, dr, br), b in zip(cands, bm)], depth)
 
 
+def _collection(client, name: str):
+    return client.get_or_create_collection(name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+
+
+def open_local_collection(folder: Path, name: str, uploads_dir: Path, chroma_settings=None):
+    """Collection `name` of the persistent Chroma store in `folder`. A damaged store fails here, at start, naming its
+    path and what to do (feedback.integrity.CorruptStoreError): SQLite's quick_check on `chroma.sqlite3` first,
+    then the open itself and a count (Chroma reads its segments there)."""
+    import chromadb
+
+    from feedback.integrity import CorruptStoreError, quick_check
+
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "chroma.sqlite3"
+    hint = (f"Stop the app, move the folder {folder} aside (keep it: `sqlite3 {db} .recover` may save its chunks) and "
+            f"start again: a new, empty document store is made there. Then upload the documents again (the app kept "
+            f"a copy of each original in {uploads_dir}).")
+    problems = quick_check(db)
+    if problems:
+        raise CorruptStoreError(f"the document store {db} is damaged: {'; '.join(problems[:5])}. {hint}")
+    try:
+        client = chromadb.PersistentClient(path=str(folder), settings=chroma_settings)
+        col = _collection(client, name)
+        col.count()
+    except Exception as e:  # noqa: BLE001  chromadb raises InternalError, sqlite3 and Rust-side errors alike
+        raise CorruptStoreError(f"the document store {folder} cannot be opened ({type(e).__name__}: {e}). "
+                                f"{hint}") from e
+    return col
+
+
 class KnowledgeBase:
     """The user's documents: add / list / remove / search. Thread-safe."""
 
     def __init__(self, collection, uploads_dir: Path, max_upload_mb: float = 20, embedder=None,
-                 chunk_size: int = ingest.CHUNK_SIZE, hybrid: HybridConfig = HybridConfig(), device: str = "cpu"):
+                 chunk_size: int = ingest.CHUNK_SIZE, hybrid: HybridConfig = HybridConfig(), device: str = "cpu",
+                 max_chunks: int = 0):
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
         self.collection = collection
@@ -237,6 +269,9 @@ class KnowledgeBase:
         self._scopes: dict[tuple, tuple] = {}  # owner keys -> (chunks, bm25, by_id) of those owners' chunks
         self._seen = -1  # collection.count() the caches were built from
         self.write_batch: int | None = None  # chunks per Chroma add; None = the client's maximum
+        self.max_chunks = max_chunks  # per document (KAIZEN_MAX_DOC_CHUNKS); 0 = no limit
+        self._ingesting: dict[str, str] = {}  # user -> the upload they have being embedded (one at a time)
+        self._ingest_guard = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, collection: str = COLLECTION, **kwargs) -> "KnowledgeBase":
@@ -251,13 +286,13 @@ class KnowledgeBase:
                 raise ValueError(f"KAIZEN_CHROMA_URL={settings.chroma_url!r} is not a URL like http://host:8000")
             client = chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
                                          ssl=url.scheme == "https", settings=chroma_settings)
+            col = _collection(client, collection)
         else:
-            Path(settings.chroma_dir).mkdir(parents=True, exist_ok=True)
-            client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
-        col = client.get_or_create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
-                                              embedding_function=None)
+            col = open_local_collection(Path(settings.chroma_dir), collection, Path(settings.uploads_dir),
+                                        chroma_settings)
         kwargs.setdefault("device", settings.device)
         kwargs.setdefault("hybrid", HybridConfig(method=settings.retriever))
+        kwargs.setdefault("max_chunks", settings.max_doc_chunks)
         return cls(col, settings.uploads_dir, max_upload_mb=settings.max_upload_mb, **kwargs)
 
     @property
@@ -401,7 +436,12 @@ class KnowledgeBase:
     def add_texts(self, items: list[tuple], progress: Callable[[float, str], None] | None = None,
                   owner: str = DEFAULT_OWNER, shared: bool = False) -> list[dict]:
         """Bulk ingest of (text, name[, doc_id]) items as `owner`'s (or the shared library's): one embedding pass,
-        one write. All or nothing. A given doc_id that another owner already uses is refused."""
+        one write. All or nothing. A given doc_id that another owner already uses is refused.
+
+        Bounded work: one ingest per user at a time (a second one is refused in words while the first runs), at
+        most `max_chunks` chunks per document (refused before any embedding), and the embedding runs outside the
+        store's lock, so searches and other users' uploads go on meanwhile (the embedder takes turns batch by
+        batch)."""
         from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
         key = owner_key(owner, shared)
@@ -410,14 +450,9 @@ class KnowledgeBase:
             text, name = item[0], ingest.display_name(item[1])
             doc_id = (item[2] if len(item) > 2 else None) or self.doc_id_for(text, owner, shared)
             docs.append((text, name, doc_id))
-        with self._lock:
-            self._refresh()
-            known = {}
-            for c in self._chunks:
-                if c["owner"] == key:
-                    d = known.setdefault(c["doc_id"], {"name": c["name"], "chunks": 0})
-                    d["chunks"] += 1
-            taken = {c["doc_id"] for c in self._chunks if c["owner"] != key}
+        label = docs[0][1] if len(docs) == 1 else f"{len(docs)} documents"
+        with self._one_ingest(owner or key, label):
+            known, taken = self._known(key)
             clash = [doc_id for _, _, doc_id in docs if doc_id in taken and doc_id not in known]
             if clash:
                 raise IngestError(f"document id {clash[0]} is already used; choose another id")
@@ -431,6 +466,10 @@ class KnowledgeBase:
                 chunks = ingest.chunk_text(text, self.splitter)
                 if not chunks:
                     raise IngestError(f"{name} contains no text to index")
+                if self.max_chunks and len(chunks) > self.max_chunks:
+                    raise IngestError(f"{name} makes {len(chunks):,} chunks; the limit is {self.max_chunks:,} per "
+                                      "document (KAIZEN_MAX_DOC_CHUNKS): split it into smaller files. Nothing was "
+                                      "stored.")
                 known[doc_id] = {"name": name, "chunks": len(chunks)}
                 results.append({"doc_id": doc_id, "name": name, "chunks": len(chunks), "duplicate": False})
                 fresh.append(doc_id)
@@ -443,22 +482,49 @@ class KnowledgeBase:
             if not nodes:
                 return results
             label = docs[0][1] if len(docs) == 1 else f"{len(fresh)} documents"
-            for start in range(0, len(texts), 64):
+            for start in range(0, len(texts), 64):  # outside the lock: the long part
                 for node, vec in zip(nodes[start:start + 64], self.embedder.embed(texts[start:start + 64])):
                     node.embedding = vec
                 if progress:
                     progress(min(1.0, (start + 64) / len(texts)), f"embedding {label}")
-            try:  # in batches: Chroma refuses more than its max batch size (5,461 locally) in one add
-                step = self.write_batch or self._max_batch()
-                for start in range(0, len(nodes), step):
-                    self.store.add(nodes[start:start + step])
-            except BaseException:
-                for doc_id in fresh:  # no half-indexed document
-                    self.collection.delete(where={"$and": [{"document_id": doc_id}, {"owner": key}]})
-                raise
-            finally:
-                self._seen = -1  # caches rebuilt lazily, on the next read
+            with self._lock:
+                try:  # in batches: Chroma refuses more than its max batch size (5,461 locally) in one add
+                    step = self.write_batch or self._max_batch()
+                    for start in range(0, len(nodes), step):
+                        self.store.add(nodes[start:start + step])
+                except BaseException:
+                    for doc_id in fresh:  # no half-indexed document
+                        self.collection.delete(where={"$and": [{"document_id": doc_id}, {"owner": key}]})
+                    raise
+                finally:
+                    self._seen = -1  # caches rebuilt lazily, on the next read
         return results
+
+    def _known(self, key: str) -> tuple[dict[str, dict], set[str]]:
+        """({doc_id: {"name", "chunks"}} of owner key `key`, the doc ids other owners use)."""
+        with self._lock:
+            self._refresh()
+            known: dict[str, dict] = {}
+            for c in self._chunks:
+                if c["owner"] == key:
+                    d = known.setdefault(c["doc_id"], {"name": c["name"], "chunks": 0})
+                    d["chunks"] += 1
+            return known, {c["doc_id"] for c in self._chunks if c["owner"] != key}
+
+    @contextlib.contextmanager
+    def _one_ingest(self, who: str, label: str):
+        """One ingest at a time per user (`who`): a second one is refused while the first is embedding."""
+        with self._ingest_guard:
+            running = self._ingesting.get(who)
+            if running is not None:
+                raise IngestError(f"you already have an upload being indexed ({running}): wait for it to finish, "
+                                  "then upload again. Nothing was stored.")
+            self._ingesting[who] = label
+        try:
+            yield
+        finally:
+            with self._ingest_guard:
+                self._ingesting.pop(who, None)
 
     def _max_batch(self) -> int:
         try:

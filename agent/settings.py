@@ -48,6 +48,7 @@ class Settings:
     max_input_chars: int = 4000  # longest user message accepted
     max_edit_chars: int = 8000  # longest edited answer accepted
     max_upload_mb: int = 20
+    max_doc_chunks: int = 1000  # chunks one document may make (~1 MB of text); more is refused before embedding
     temperature: float = 0.0  # 0 = greedy (deterministic)
     top_p: float = 0.95  # nucleus sampling when temperature > 0
     repetition_penalty: float = 1.0  # > 1: the answer is discouraged from repeating its own tokens (prompt exempt)
@@ -60,6 +61,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "auto"  # auto | llamacpp | transformers | openai (agent/engine.py)
     parallel: int = 4  # llamacpp: llama-server slots decoding at once (continuous batching)
+    user_max_generations: int = 2  # answers one user may have running or waiting at once (UI and API); 0 = no limit
     llama_args: str = ""  # llamacpp: extra llama-server arguments, e.g. "--no-repack"
     llama_quant: str = "q8_0"  # llamacpp: q8_0 | bundled (the Q4_1 file as is) | f16 | bf16 (agent/gguf.py)
     engine_url: str = ""  # openai: base URL of an OpenAI-compatible server (vLLM, SGLang, llama-server)
@@ -70,6 +72,8 @@ class Settings:
     retriever: str = "learned"  # how hybrid search ranks the BM25 + dense pool: learned | convex | rrf
     auth_file: str = ""  # users file (JSON) for login; empty = anonymous single-user mode
     max_body_kb: int = 1024  # largest JSON / form request body (uploads are capped by max_upload_mb)
+    max_db_mb: float = 0  # > 0: kaizen.db stops growing at this size; writes past it are refused as on a full disk
+    allowed_origins: str = ""  # other sites whose pages may send writes (CSRF check): "https://a.example,http://b:8080"
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app
@@ -94,10 +98,15 @@ class Settings:
             raise ValueError("KAIZEN_RETRY_TEMPERATURE must be > 0 and KAIZEN_RETRY_ATTEMPTS >= 1")
         if s.max_new_tokens < 1 or s.threads < 1 or s.parallel < 1:
             raise ValueError("KAIZEN_MAX_NEW_TOKENS, KAIZEN_THREADS and KAIZEN_PARALLEL must be >= 1")
+        if s.user_max_generations < 0:
+            raise ValueError("KAIZEN_USER_MAX_GENERATIONS must be >= 0 (0: no limit)")
         if s.engine not in ("auto", "llamacpp", "transformers", "openai"):
             raise ValueError(f"KAIZEN_ENGINE={s.engine!r}: use auto, llamacpp, transformers or openai")
         if s.retriever not in ("learned", "convex", "rrf"):
             raise ValueError(f"KAIZEN_RETRIEVER={s.retriever!r}: use learned, convex or rrf")
+        from feedback.webguard import parse_allowed
+
+        parse_allowed(s.allowed_origins)  # a malformed KAIZEN_ALLOWED_ORIGINS fails at start, in words
         return s
 
     # Paths inside the data dir -------------------------------------------------

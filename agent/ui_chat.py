@@ -7,6 +7,7 @@ browser sends is never trusted: every handler re-renders the chat from the state
 """
 from __future__ import annotations
 
+import functools
 import html
 import threading
 import time
@@ -150,6 +151,17 @@ def chat_index_to_shown(state: dict, index) -> int:
     raise ValueError(f"message index {index} is outside this chat")
 
 
+def admitted(method):
+    """An answering generator (respond, retry, continue, reask) counted against its user's limit of answers running
+    or waiting (agent/fair.py `FairGate.admit`), from before it stores anything to its end: past the limit it raises
+    Busy (a ValueError the handlers show in words) and nothing is stored."""
+    @functools.wraps(method)
+    def wrapper(self, state, user_id, *args, **kwargs):
+        with self.answerer.gate.admit(self.store.user(user_id)["name"]):
+            yield from method(self, state, user_id, *args, **kwargs)
+    return wrapper
+
+
 @dataclass
 class ChatLogic:
     answerer: Answerer
@@ -187,6 +199,7 @@ class ChatLogic:
         shown = state["shown"] if upto is None else state["shown"][:upto]
         return [{"role": m["role"], "content": m["content"]} for m in shown]
 
+    @admitted
     def respond(self, state: dict, user_id: int, question: str, template: str, rag: str, adapter,
                 stop: threading.Event):
         """Generator: stores the user message, streams the answer (yielding the state), stores the answer.
@@ -205,6 +218,7 @@ class ChatLogic:
         state["pending"], state["notice"] = None, ""
         yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop)
 
+    @admitted
     def retry(self, state: dict, user_id: int, index, template: str, rag: str, adapter, stop: threading.Event):
         """Generator: a sibling answer to the user message at `index`, sampled (a new seed each retry) so that it
         differs; the previous answer is kept for the pick. A sample that repeats the first answer (after
@@ -245,6 +259,7 @@ class ChatLogic:
             state["pending"] = {"prompt_id": msg["id"], "first": first, "second": second}
         yield state
 
+    @admitted
     def continue_answer(self, state: dict, user_id: int, template: str, rag: str, adapter, stop: threading.Event):
         """Generator: the latest answer was cut off at the token cap; generate on from its end. The whole text
         (old + new) is stored as a new answer to the same question (messages are append-only) and takes its place
@@ -313,6 +328,7 @@ class ChatLogic:
     def is_question(self, state, index) -> bool:
         return state["shown"][chat_index_to_shown(state, index)]["role"] == "user"
 
+    @admitted
     def reask(self, state: dict, user_id: int, index, question: str, template: str, rag: str, adapter,
               stop: threading.Event):
         """Generator: the user edited their question at `index`: a new branch. The edited question is stored as a

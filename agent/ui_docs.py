@@ -144,7 +144,10 @@ def build_docs_tab(kb, authz=None) -> dict:
         row = evt.row_value if evt is not None else None
         return gr.update(value=row[0]) if row else gr.update()
 
-    upload.upload(on_upload, [upload, shared], [status, table, pick, upload], api_visibility="private")
+    # Several users' uploads go on at once (each user has one at a time: KnowledgeBase.add_texts), so one big file
+    # does not hold the others back; the embedder serves them batch by batch.
+    upload.upload(on_upload, [upload, shared], [status, table, pick, upload], api_visibility="private",
+                  concurrency_id="ingest", concurrency_limit=4)
     delete.click(on_delete, pick, [status, table, pick], api_visibility="private")
     refresh.click(on_refresh, None, [table, pick, shared], api_visibility="private")
     table.select(on_select, None, pick, api_visibility="private")

@@ -18,7 +18,9 @@ nothing. Text is stored verbatim (HTML is not stripped; escaping is the UI's job
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -47,6 +49,24 @@ class FeedbackError(ValueError):
 
 class NotFoundError(FeedbackError, LookupError):
     """No such user / conversation / message for this user (others' ids look exactly like missing ones)."""
+
+
+class StoreFullError(FeedbackError):
+    """The disk that holds the store is full (or the store reached KAIZEN_MAX_DB_MB): the write was rolled back,
+    nothing of it was saved, and everything saved before is intact. The message is for the user; the operator gets
+    one log line (`kaizen.store`) naming the file."""
+
+
+STORE_FULL = ("the server's disk is full: your feedback was not saved (nor this chat turn). Everything saved before "
+              "is kept; please tell the person who runs this server.")
+log = logging.getLogger("kaizen.store")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") or an OSError for a full disk or quota."""
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(e)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def now_iso() -> str:
@@ -114,7 +134,8 @@ class Store:
     """Feedback store over a SQLite file. See the module docstring for the concurrency design."""
 
     def __init__(self, path: str | Path, *, max_user_chars: int = 4000, max_answer_chars: int = 8000,
-                 max_comment_chars: int = 2000, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000):
+                 max_comment_chars: int = 2000, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000,
+                 max_db_mb: float = 0):
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise FeedbackError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
         self.path = Path(path)
@@ -124,6 +145,7 @@ class Store:
         self.max_comment_chars = max_comment_chars
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
+        self.max_db_mb = max_db_mb  # > 0: SQLite's max_page_count, so the file stops growing there (as a full disk)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_guard = threading.Lock()
@@ -131,7 +153,7 @@ class Store:
         conn = self._conn()
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise FeedbackError(f"{self.path}: could not switch to WAL journal mode")
-        with self._lock.hold():
+        with self._full_in_words(), self._lock.hold():
             migrations.apply(self.db)
         self._checkpointer = Checkpointer(self)
         self._checkpointer.start()
@@ -139,6 +161,7 @@ class Store:
     @classmethod
     def from_settings(cls, settings, **kwargs) -> "Store":
         """The Store at `settings.db_path` with the length limits of `settings` (max_input_chars, max_edit_chars)."""
+        kwargs.setdefault("max_db_mb", getattr(settings, "max_db_mb", 0))
         return cls(settings.db_path, max_user_chars=settings.max_input_chars,
                    max_answer_chars=settings.max_edit_chars, **kwargs)
 
@@ -152,6 +175,9 @@ class Store:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            if self.max_db_mb and self.max_db_mb > 0:
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count={max(1, int(self.max_db_mb * 1048576 // page))}")
             self._local.conn = conn
             self._local.db = Database(conn)
             with self._conns_guard:
@@ -177,9 +203,22 @@ class Store:
         self._local = threading.local()
 
     @contextmanager
+    def _full_in_words(self) -> Iterator[None]:
+        """A full disk becomes StoreFullError (a sentence for the user) and one log line for the operator."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as e:
+            if not is_disk_full(e):
+                raise
+            cap = f" or its {self.max_db_mb:g} MB cap (KAIZEN_MAX_DB_MB)" if self.max_db_mb else ""
+            log.error("feedback store %s: the disk is full%s (%s): a write was refused and nothing of it saved; "
+                      "free space on that disk", self.path, cap, e)
+            raise StoreFullError(STORE_FULL) from None
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        with self._lock.hold():
+        with self._full_in_words(), self._lock.hold():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

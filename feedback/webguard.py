@@ -12,6 +12,12 @@ pure logic behind it.
 - **Bodies are capped**: a JSON or form body over `max_body_kb` gets 413 before it is read whole.
 - **Lone surrogates** (`"\\ud800"` in a JSON body, which no UTF-8 can carry: one broke a session's stream for
   good) are replaced by U+FFFD before any handler sees the text.
+- **Cross-site writes are refused** (CSRF): a POST, PUT, PATCH or DELETE whose `Origin` (or, without one, `Referer`)
+  names another site than the server's own (its `Host`, or `X-Forwarded-Host` behind a proxy, or one of
+  `allowed_origins`) gets 403 with a sentence, before anything reads it: a web page the user happens to visit cannot
+  upload files to, chat with or train a local anonymous instance (no login: nothing else stops it), nor ride a
+  login cookie (Gradio's is `SameSite=None`). Same-origin pages and clients that send no Origin (gradio_client,
+  curl, the openai SDK) are untouched.
 - **Headers** on every response: a Content-Security-Policy (no remote scripts, images or frames; no framing),
   `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`.
 
@@ -116,6 +122,75 @@ def clean_json_body(body: bytes) -> bytes:
     return json.dumps(clean_text(data)).encode()
 
 
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def _host_port(netloc: str, scheme: str = "") -> str:
+    """'host:port' lower-cased, the scheme's default port made explicit ('' for an empty netloc)."""
+    netloc = netloc.strip().lower().rsplit("@", 1)[-1]
+    if not netloc:
+        return ""
+    if netloc.startswith("["):  # IPv6 literal
+        host, _, rest = netloc.partition("]")
+        host, port = host + "]", rest.lstrip(":")
+    else:
+        host, _, port = netloc.partition(":")
+    return f"{host}:{port or _DEFAULT_PORTS.get(scheme, '80')}"
+
+
+def origin_of(value: str) -> tuple[str, str] | None:
+    """(scheme, 'host:port') of an Origin or Referer header; None for 'null' and anything that is not a URL."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(value.strip())
+    except ValueError:
+        return None
+    if not u.scheme or not u.netloc:
+        return None
+    return u.scheme.lower(), _host_port(u.netloc, u.scheme.lower())
+
+
+def foreign_origin(headers: dict[bytes, bytes], allowed: frozenset[str] = frozenset()) -> str | None:
+    """The other site a request comes from, or None when it is the server's own or names none.
+
+    `headers`: lower-cased names -> values. The request's site is its Origin header, else its Referer (absent for
+    CLI clients; this app's pages send no Referer). It is the server's own when its host:port is the `Host` header's
+    or the `X-Forwarded-Host` header's (a reverse proxy; the scheme may differ there: TLS ends at the proxy), or when
+    it is in `allowed` (normalised 'scheme://host:port' strings, see `parse_allowed`). 'null' (a sandboxed frame, a
+    file:// page) is never the server's own."""
+    raw = headers.get(b"origin") or headers.get(b"referer")
+    if raw is None:
+        return None
+    text = raw.decode("latin-1")
+    got = origin_of(text)
+    if got is None:
+        return text.strip() or "null"
+    scheme, hostport = got
+    if f"{scheme}://{hostport}" in allowed:
+        return None
+    for name in (b"host", b"x-forwarded-host"):
+        for value in headers.get(name, b"").decode("latin-1").split(","):
+            if value.strip() and _host_port(value, scheme) == hostport:
+                return None
+    return text.split("?")[0].strip()
+
+
+def parse_allowed(spec: str) -> frozenset[str]:
+    """KAIZEN_ALLOWED_ORIGINS ('https://a.example, http://b:8080') as normalised 'scheme://host:port' strings;
+    ValueError for an entry that is not an origin."""
+    out = set()
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        got = origin_of(item)
+        if got is None:
+            raise ValueError(f"KAIZEN_ALLOWED_ORIGINS: {item.strip()!r} is not an origin like https://host:port")
+        out.add(f"{got[0]}://{got[1]}")
+    return frozenset(out)
+
+
 def login_keys(username: str | None, address: str | None) -> list[str]:
     return [f"user:{(username or '').strip()[:200]}", f"addr:{address or '?'}"]
 
@@ -126,8 +201,9 @@ class Guard:
     session binding: there is one user)."""
 
     def __init__(self, app, users_file: str | Path | None = None, max_body_kb: int = 1024,
-                 limiter: LoginLimiter | None = None, clock=time.monotonic):
+                 limiter: LoginLimiter | None = None, clock=time.monotonic, allowed_origins: str = ""):
         self.app = app
+        self.allowed_origins = parse_allowed(allowed_origins)
         self.users_file = Path(users_file) if users_file else None
         self.max_body = max(1, int(max_body_kb)) * 1024
         self.limiter = limiter or LoginLimiter()
@@ -196,6 +272,13 @@ class Guard:
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        if method in STATE_CHANGING:
+            foreign = foreign_origin(headers, self.allowed_origins)
+            if foreign is not None:
+                return await self._send_json(send, 403, {
+                    "error": f"refused: this request comes from another site ({foreign[:200]}), not from this "
+                             "app's own page. If that site is yours (a proxy or a front end), name it in "
+                             "KAIZEN_ALLOWED_ORIGINS."})
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         declared = headers.get(b"content-length")
         buffered = method in ("POST", "PUT", "PATCH") and ctype in (b"application/json",
@@ -290,4 +373,4 @@ def guard_app_kwargs(settings) -> dict:
     from starlette.middleware import Middleware
 
     return {"middleware": [Middleware(Guard, users_file=settings.auth_file or None,
-                                      max_body_kb=settings.max_body_kb)]}
+                                      max_body_kb=settings.max_body_kb, allowed_origins=settings.allowed_origins)]}

@@ -1,6 +1,7 @@
 """The engine seam's pure parts: the llama-server command and request, GGUF refusals, the fair gate."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -141,3 +142,24 @@ def test_parity_compare_and_verdict():
     assert not ok and any("top-1" in r for r in reasons) and any("KL" in r for r in reasons)
     with pytest.raises(ValueError, match="shapes"):
         compare(ref, ref[:3])
+
+
+def test_fair_gate_admits_at_most_per_user_requests_and_frees_them_at_the_end():
+    from agent.fair import Busy
+
+    gate = FairGate(1, per_user=2)
+    with gate.admit("alice"), gate.admit("alice"):
+        with pytest.raises(Busy, match="limit is 2 per user"):
+            with gate.admit("alice"):
+                pass
+        with gate.admit("bob"):  # another user is not affected
+            assert gate.admitted == {"alice": 2, "bob": 1}
+    assert not gate.admitted
+    with pytest.raises(RuntimeError):  # a failing request frees its place too
+        with gate.admit("alice"):
+            raise RuntimeError("boom")
+    assert not gate.admitted
+    unlimited = FairGate(1)
+    with contextlib.ExitStack() as stack:
+        for _ in range(10):
+            stack.enter_context(unlimited.admit("alice"))

@@ -79,3 +79,29 @@ def test_lone_surrogates_are_replaced_and_pairs_kept():
     cleaned_text.encode("utf-8")  # encodable now
     assert clean_json_body(b'{"a": "plain"}') == b'{"a": "plain"}'
     assert clean_json_body(b"not json \\ud800") == b"not json \\ud800"
+
+
+def test_a_write_from_another_site_is_foreign_and_the_apps_own_or_none_is_not():
+    from feedback.webguard import foreign_origin, parse_allowed
+
+    def h(**kw):
+        return {k.replace("_", "-").encode(): v.encode() for k, v in kw.items()}
+
+    assert foreign_origin(h(host="127.0.0.1:7860", origin="http://127.0.0.1:7860")) is None
+    assert foreign_origin(h(host="127.0.0.1:7860")) is None  # gradio_client, curl: no Origin, no Referer
+    assert foreign_origin(h(host="chat.example", origin="https://chat.example:443")) is None  # default port
+    assert foreign_origin(h(host="127.0.0.1:7860", origin="http://evil.example")) == "http://evil.example"
+    assert foreign_origin(h(host="127.0.0.1:7860", origin="http://127.0.0.1:7861")) == "http://127.0.0.1:7861"
+    assert foreign_origin(h(host="127.0.0.1:7860", origin="null")) == "null"  # a sandboxed frame, a file:// page
+    assert foreign_origin(h(host="127.0.0.1:7860", referer="http://evil.example/page?x=1")) == "http://evil.example/page"
+    assert foreign_origin(h(host="127.0.0.1:7860", referer="http://127.0.0.1:7860/")) is None
+    # behind a TLS proxy: the app sees its own address in Host and the public one in X-Forwarded-Host
+    assert foreign_origin(h(host="127.0.0.1:7860", x_forwarded_host="chat.example",
+                            origin="https://chat.example")) is None
+    allowed = parse_allowed("https://front.example, http://10.0.0.2:3000")
+    assert foreign_origin(h(host="127.0.0.1:7860", origin="https://front.example"), allowed) is None
+    assert foreign_origin(h(host="127.0.0.1:7860", origin="http://front.example"), allowed) == "http://front.example"
+    import pytest
+
+    with pytest.raises(ValueError, match="KAIZEN_ALLOWED_ORIGINS"):
+        parse_allowed("front.example")

@@ -1,0 +1,38 @@
+"""The 20-session load test of issue 14's Proof, on the real app (subprocess, login mode, the real default model,
+24-token answers): 20 users ask one question after another through Gradio's queue while three users who never asked
+join one at a time. Every answer is stored in SQLite once, for its user, with the text shown; and a newcomer's
+first token comes within 2 idle answer-lengths of an idle first token, measured in the same run (relative, not an
+absolute time). The measurement is bench/load_sessions.py's."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, running_app
+
+sys.path.insert(0, str(ROOT / "bench"))
+import load_sessions as L  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SESSIONS, NEWCOMERS = 20, 3
+
+
+def test_twenty_sessions_every_answer_stored_and_a_newcomer_served_within_two_answer_lengths(tmp_path,
+                                                                                            base_model_dir):
+    users = [f"u{i:02d}" for i in range(1, SESSIONS + 1)]
+    new = [f"new{i}" for i in range(1, NEWCOMERS + 1)]
+    users_file = L.write_users(tmp_path / "users.json", ["idle", *users, *new])
+    with running_app(tmp_path / "data", base_model_dir, KAIZEN_AUTH_FILE=str(users_file),
+                     KAIZEN_MAX_NEW_TOKENS="24") as server:
+        result = L.run_load(server["url"], session_users=users, newcomer_users=new)
+        stored = L.check_stored(server["db"], result["records"])
+    records = result.pop("records")
+    print(json.dumps({**result, "stored": stored}, indent=2))
+    assert not result["failed"], result["failed"][:3]
+    assert {r["user"] for r in records} == {"idle", *users, *new}
+    assert stored["problems"] == [] and stored["answers"] == len(records) == stored["stored"]
+    assert result["load"]["answers"] >= 2 * SESSIONS  # every session had answers while the newcomers came
+    assert result["met"], (f"a newcomer's first token took {result['newcomer_ratio_max']} idle answer-lengths "
+                           f"(goal <= 2): {result['newcomer_first_token_s']} s vs idle {result['idle']}")
