@@ -16,11 +16,12 @@ from adapters.ui import build_adapters_tab
 from adapters.ui_lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.engine import describe
-from agent.ui_chat import (LOCAL_USER, ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note,
+from agent.ui_chat import (ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note,
                            new_state, pick_texts, to_chatbot)
 from agent.ui_docs import build_docs_tab
 from feedback.authz import Authz
 from feedback.ui import build_feedback_tab
+from feedback.visitors import build_public_header
 
 log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
@@ -117,7 +118,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     model = answerer.model
     log.info("answering with %s", describe(model))
     registry = registry or Registry(settings)
-    authz = Authz(settings.auth_file)  # the one check for admin-only handlers (feedback/authz.py)
+    authz = Authz.from_settings(settings)  # the one check for admin-only handlers (feedback/authz.py)
     ab_state: dict = {}
     stops = StopFlags()
     serve_registry(registry, model, ab_state)
@@ -131,13 +132,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         if settings.adapt_watch:
             scheduler.start()
 
-    def uid(request: gr.Request) -> int:
-        name = getattr(request, "username", None)
-        if not name:  # anonymous single-user mode: the local user owns the app
-            return store.ensure_user(LOCAL_USER, "admin")
-        from feedback.auth import role_of
-
-        return store.ensure_user(name, role_of(settings.auth_file, name) or "user")
+    def uid(request: gr.Request) -> int:  # the local user, the logged-in user, or the public Space's visitor
+        return authz.store_user(store, request)
 
     def adapter_choices() -> list[str]:
         return ["active", "base"] + sorted(model.adapters)
@@ -148,6 +144,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     with gr.Blocks(title="Kaizen Chat", analytics_enabled=False) as demo:
         gr.Markdown("## Kaizen Chat\nA chat that learns from your feedback: thumbs up or down, corrections, "
                     f"and picks between retries. <small>Answering: {describe(model)}</small>")
+        build_public_header(settings)  # public Space mode: Sign in with HF, the not-persistent notice
         state = gr.State(new_state())
         # The open conversation's id, kept in the browser (localStorage, encrypted) so a reload or a theme switch
         # reopens it; the id is only a hint: the store checks that it is the caller's before anything is read.

@@ -255,7 +255,7 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
     if authz is None:
         from feedback.authz import Authz
 
-        authz = Authz(registry.settings.auth_file)
+        authz = Authz.from_settings(registry.settings)
     admin = authz.admin_only
     parent = get_render_context()
 

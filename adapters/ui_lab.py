@@ -111,7 +111,7 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
 
     from feedback.authz import Authz
 
-    authz = authz or Authz(settings.auth_file)
+    authz = authz or Authz.from_settings(settings)
 
     gr.Markdown("Which technique should you use? Run the same evaluation through the base model, prompt "
                 "engineering, RAG, SFT / DPO / KTO LoRA and a full fine-tune, with equal training budgets. "

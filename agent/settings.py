@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def _env(name: str, default, cast=str):
         return cast(raw)
     except ValueError as e:
         raise ValueError(f"{name}={raw!r}: expected {cast.__name__}") from e
+
+
+def writable_dir(path) -> bool:
+    """An existing directory this process may write in."""
+    p = Path(path)
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class Settings:
     max_body_kb: int = 1024  # largest JSON / form request body (uploads are capped by max_upload_mb)
     max_db_mb: float = 0  # > 0: kaizen.db stops growing at this size; writes past it are refused as on a full disk
     allowed_origins: str = ""  # other sites whose pages may send writes (CSRF check): "https://a.example,http://b:8080"
+    public: bool = False  # public Space mode: every visitor is their own user, none is admin (feedback/visitors.py)
+    admins: str = ""  # public mode: comma-separated Hugging Face user names (signed in with OAuth) who are admins
+    persistent_dir: Path = Path("/data")  # public mode: a Space's persistent storage; the data dir defaults into it
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app
@@ -92,6 +102,9 @@ class Settings:
         # Hugging Face Spaces and gradio conventions win for the bind address.
         values["host"] = os.environ.get("GRADIO_SERVER_NAME", values["host"])
         values["port"] = int(os.environ.get("GRADIO_SERVER_PORT", values["port"]))
+        if values["public"] and not os.environ.get("KAIZEN_DATA_DIR") and "data_dir" not in overrides and \
+                writable_dir(values["persistent_dir"]):
+            values["data_dir"] = Path(values["persistent_dir"]) / "kaizen"  # persistent storage is attached
         values.update(overrides)
         s = cls(**values)
         if s.retry_temperature <= 0 or s.retry_attempts < 1:
@@ -107,7 +120,30 @@ class Settings:
         from feedback.webguard import parse_allowed
 
         parse_allowed(s.allowed_origins)  # a malformed KAIZEN_ALLOWED_ORIGINS fails at start, in words
+        if s.public and s.auth_file:
+            raise ValueError("KAIZEN_PUBLIC and KAIZEN_AUTH_FILE exclude each other: public mode has no users file "
+                             "(visitors sign in with Hugging Face or stay anonymous)")
+        bad = [a for a in s.admin_names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", a)]
+        if bad:
+            raise ValueError(f"KAIZEN_ADMINS: {', '.join(map(repr, bad))} is not a Hugging Face user name "
+                             "(letters, digits, '-', '_', '.'; names are separated by commas)")
         return s
+
+    @property
+    def admin_names(self) -> frozenset[str]:
+        """The names in KAIZEN_ADMINS (public mode's admins)."""
+        return frozenset(a.strip() for a in self.admins.split(",") if a.strip())
+
+    @property
+    def persistent(self) -> bool:
+        """True when the data dir lies in a writable persistent storage (`persistent_dir`, a Space's /data)."""
+        if not writable_dir(self.persistent_dir):
+            return False
+        try:
+            Path(self.data_dir).resolve().relative_to(Path(self.persistent_dir).resolve())
+        except ValueError:
+            return False
+        return True
 
     # Paths inside the data dir -------------------------------------------------
     @property

@@ -1,14 +1,17 @@
 """The one authorization point: who may change adapters, train, run the lab or delete shared data.
 
-    authz = Authz(settings.auth_file)
+    authz = Authz.from_settings(settings)
     authz.is_admin(request)          # bool
     authz.require_admin(request)     # raises gr.Error(REFUSAL ...) for anyone else; nothing has been done yet
     btn.click(authz.admin_only(fn), ...)   # the same check around a handler, before it runs
 
 Without a users file (anonymous single-user mode) the local user is the admin. With one (login mode) the role
 is read from the users file on every call, so a demoted or removed user loses admin rights at the next request;
-a request without a logged-in user is refused. What the UI shows or hides decides nothing: a handler is reached by
-its `fn_index` whatever its visibility, so the check runs on the server, inside the handler.
+a request without a logged-in user is refused. In public Space mode (`Authz.from_settings` with KAIZEN_PUBLIC) each
+visitor is their own user (feedback.visitors: a Hugging Face login, else a signed cookie, else the page session)
+and only a signed-in Hugging Face user named in KAIZEN_ADMINS is an admin. What the UI shows or hides decides
+nothing: a handler is reached by its `fn_index` whatever its visibility, so the check runs on the server, inside
+the handler.
 
 `admin_only(fn)` keeps `fn`'s signature for Gradio (its inputs, its gr.Progress default) and adds a trailing
 `gr.Request` parameter when `fn` has none, so Gradio passes the request in; generator handlers stay generators.
@@ -41,15 +44,31 @@ def _request_param(sig: inspect.Signature, hints: dict) -> str | None:
 class Authz:
     """Roles from the users file (`feedback.auth`); `auth_file` empty or None = single local user, who is admin."""
 
-    def __init__(self, auth_file: str | Path | None):
+    def __init__(self, auth_file: str | Path | None, visitors=None):
         self.auth_file = Path(auth_file) if auth_file else None
+        self.visitors = visitors  # feedback.visitors.Visitors in public mode
+
+    @classmethod
+    def from_settings(cls, settings) -> "Authz":
+        if settings.public:
+            from feedback.visitors import Visitors
+
+            return cls(None, Visitors.from_settings(settings))
+        return cls(settings.auth_file)
+
+    @property
+    def public(self) -> bool:
+        return self.visitors is not None
 
     @property
     def login_mode(self) -> bool:
-        return self.auth_file is not None
+        """Several users (a users file, or public mode's visitors): nobody is admin just for being there."""
+        return self.auth_file is not None or self.public
 
     def role(self, username: str | None) -> str | None:
         """'admin' / 'user' / None (unknown or anonymous in login mode)."""
+        if self.public:
+            return self.visitors.role(username)
         if not self.login_mode:
             return "admin"
         if not username:
@@ -63,7 +82,9 @@ class Authz:
 
     def user(self, request) -> str | None:
         """Who is calling: the logged-in user's name in login mode (None when there is none, or when the name is
-        no longer in the users file); LOCAL_USER ("local") in single-user mode."""
+        no longer in the users file); the visitor's name in public mode; LOCAL_USER ("local") in single-user mode."""
+        if self.public:
+            return self.visitors.of_request(request)
         name = getattr(request, "username", None)
         if not self.login_mode:
             return name or LOCAL_USER
@@ -78,13 +99,18 @@ class Authz:
             raise gr.Error("Log in first: this needs a user.", title="Refused")
         return name
 
+    def store_user(self, store, request) -> int:
+        """The caller's user id in the feedback store (created on first sight, its role kept in step)."""
+        name = self.require_user(request)
+        return store.ensure_user(name, self.role(name) or "user")
+
     def is_admin(self, request) -> bool:
-        return self.role(getattr(request, "username", None)) == "admin"
+        return self.role(self.user(request)) == "admin"
 
     def check(self, request, action: str = "") -> None:
         """NotAdmin unless the caller is an admin."""
         if not self.is_admin(request):
-            who = getattr(request, "username", None) or "an anonymous client"
+            who = self.user(request) or getattr(request, "username", None) or "an anonymous client"
             raise NotAdmin(f"{REFUSAL}{': ' + action if action else ''} ({who} is not an admin). "
                            "Nothing was changed.")
 

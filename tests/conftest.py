@@ -71,8 +71,9 @@ def shared_data() -> Path:
 
 
 @contextlib.contextmanager
-def running_app(data: Path, base_model_dir: Path, **env_extra):
-    """Start `kaizen serve` as a subprocess on a free loopback port; yields a dict with url, data_dir, db."""
+def running_app(data: Path, base_model_dir: Path, argv: list[str] | None = None, cwd: Path = ROOT, **env_extra):
+    """Start `kaizen serve` (or `argv` in `cwd`: the Space bundle's entry) as a subprocess on a free loopback port;
+    yields a dict with url, data_dir, db."""
     port = free_port()
     env = {**os.environ, "KAIZEN_DATA_DIR": str(data), "KAIZEN_BASE_MODEL": str(base_model_dir),
            "KAIZEN_PORT": str(port), "KAIZEN_HOST": "127.0.0.1", "KAIZEN_MAX_NEW_TOKENS": "40", **env_extra}
@@ -80,7 +81,7 @@ def running_app(data: Path, base_model_dir: Path, **env_extra):
     env.pop("GRADIO_SERVER_NAME", None)
     data.mkdir(parents=True, exist_ok=True)
     log = open(data / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve"], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen(argv or [sys.executable, "-m", "agent.cli", "serve"], cwd=cwd, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

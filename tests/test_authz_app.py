@@ -34,8 +34,9 @@ QUIET_FOR_NON_ADMINS = {"quiet_admin_fill_the_adapters_tab", "quiet_admin_fill_t
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password"}
 
 
-@pytest.fixture(scope="module")
-def login_app(tmp_path_factory, tokenizer):
+def admin_things(root, tokenizer, data) -> tuple:
+    """A tiny base in `root` and, in the data dir `data`, what only admins may touch: a registered adapter version
+    and a lab report. Returns (base folder, settings, version)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -43,9 +44,7 @@ def login_app(tmp_path_factory, tokenizer):
     from agent.settings import Settings
     from tests.test_train_support import save_tiny_base
 
-    root = tmp_path_factory.mktemp("authz")
     base = save_tiny_base(root / "base", tokenizer)
-    data = root / "data"
     settings = Settings(data_dir=data, base_model=str(base))
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
@@ -54,6 +53,14 @@ def login_app(tmp_path_factory, tokenizer):
     report = data / "lab" / "squad-20260101-000000"
     report.mkdir(parents=True)
     (report / "report.json").write_text(json.dumps({"task": {"title": "SQuAD"}, "techniques": []}))
+    return base, settings, version
+
+
+@pytest.fixture(scope="module")
+def login_app(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("authz")
+    data = root / "data"
+    base, settings, version = admin_things(root, tokenizer, data)
     users = root / "users.json"
     auth.add_user(users, "alice", PASSWORDS["alice"], "admin", iterations=1000)
     auth.add_user(users, "bob", PASSWORDS["bob"], "user", iterations=1000)
@@ -73,29 +80,31 @@ def registry_state(data) -> dict:
     return files
 
 
-def test_every_endpoint_refuses_a_non_admin_unless_allowlisted(login_app):
-    url, data = login_app["url"], login_app["data_dir"]
-    bob = R.client(url, "bob", PASSWORDS["bob"])
-    cfg = R.config(bob)
+def assert_admin_endpoints_refuse(c, data, also_ok: frozenset = frozenset()) -> list[dict]:
+    """Every endpoint of `c`'s page not on NON_ADMIN_OK (| `also_ok`) refuses `c` with the admin refusal and changes
+    nothing in `data`; the quiet ones answer with skips only; the allowlisted ones answer without a refusal.
+    Returns the endpoints. Used for login mode's users and public mode's visitors (tests/test_public.py)."""
+    allowed = NON_ADMIN_OK | also_ok
+    cfg = R.config(c)
     eps = R.endpoints(cfg)
     names = [e["api_name"] for e in eps]
     assert len(names) == len(set(names)), f"api names must be unique to key the allowlist: {names}"
-    stale = (NON_ADMIN_OK | QUIET_FOR_NON_ADMINS) - set(names)
+    stale = (allowed | QUIET_FOR_NON_ADMINS) - set(names)
     assert not stale, f"allowlisted endpoints that no longer exist (update NON_ADMIN_OK): {stale}"
-    info = bob.get("gradio_api/info").json()
+    info = c.get("gradio_api/info").json()
     assert {k.lstrip("/") for k in info["named_endpoints"]} <= set(names)  # the documented API is in the table
 
     before = registry_state(data)
-    admin_eps = [e for e in eps if e["api_name"] not in NON_ADMIN_OK | QUIET_FOR_NON_ADMINS]
+    admin_eps = [e for e in eps if e["api_name"] not in allowed | QUIET_FOR_NON_ADMINS]
     assert len(admin_eps) >= 12, [e["label"] for e in admin_eps]  # adapters tab (10), lab (3), ...
     labels = " ".join(e["label"] for e in admin_eps)
     for needed in ("Promote", "Roll back", "Pin", "Start A/B test", "Stop A/B test", "Train now", "Run the lab"):
         assert needed in labels, f"{needed} is not among the admin endpoints: {labels}"
     not_refused = []
     for e in admin_eps:
-        # the page's own values (no version is chosen: B's page lists none; Gradio itself refuses a version that is
-        # not among the dropdown's choices of B's session, so the role check is what answers here)
-        result = R.call(bob, e["fn_index"], R.default_inputs(cfg, e))
+        # the page's own values (no version is chosen: the page lists none; Gradio itself refuses a version that is
+        # not among the dropdown's choices of the session, so the role check is what answers here)
+        result = R.call(c, e["fn_index"], R.default_inputs(cfg, e))
         text = R.error_text(result)
         if result["success"] is not False or REFUSAL not in text:
             not_refused.append(f"{e['api_name']} ({e['label']}): success={result['success']} {text[:200]}")
@@ -104,17 +113,25 @@ def test_every_endpoint_refuses_a_non_admin_unless_allowlisted(login_app):
     assert registry_state(data) == before  # nothing changed: no promotion, pin, A/B test, run or lab report
     for e in eps:
         if e["api_name"] in QUIET_FOR_NON_ADMINS:
-            result = R.call(bob, e["fn_index"], R.default_inputs(cfg, e))
+            result = R.call(c, e["fn_index"], R.default_inputs(cfg, e))
             assert result["success"] is True, R.error_text(result)
             assert all(isinstance(d, dict) and d.get("__type__") == "update" and set(d) <= {"__type__"}
                        for d in result["output"]["data"]), (e, result["output"]["data"])
 
-    # the allowlisted ones answer B (with B's own data) and change nothing of the admin's either
+    # the allowlisted ones answer (with the caller's own data) and change nothing of the admin's either
     for e in eps:
-        if e["api_name"] in NON_ADMIN_OK:
-            result = R.call(bob, e["fn_index"], R.default_inputs(cfg, e))
+        if e["api_name"] in allowed:
+            result = R.call(c, e["fn_index"], R.default_inputs(cfg, e))
             assert REFUSAL not in R.error_text(result), e
     assert registry_state(data) == before
+    return eps
+
+
+def test_every_endpoint_refuses_a_non_admin_unless_allowlisted(login_app):
+    url, data = login_app["url"], login_app["data_dir"]
+    bob = R.client(url, "bob", PASSWORDS["bob"])
+    eps = assert_admin_endpoints_refuse(bob, data)
+    admin_eps = [e for e in eps if e["api_name"] not in NON_ADMIN_OK | QUIET_FOR_NON_ADMINS]
 
     # the same call as the admin goes through: the check is on the role, not on the endpoint
     alice = R.client(url, "alice", PASSWORDS["alice"])

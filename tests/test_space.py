@@ -32,6 +32,14 @@ def test_front_matter(bundle):
     assert fm["app_file"] == "space_app.py" and (bundle / fm["app_file"]).is_file()
     assert str(fm["python_version"]) == "3.11"
     assert fm["title"]
+    assert fm["hf_oauth"] is True  # visitors sign in with Hugging Face (gr.LoginButton); admins: KAIZEN_ADMINS
+
+
+def test_the_entry_runs_in_public_mode(bundle):
+    text = (bundle / "space_app.py").read_text()
+    setdefault = text.index('os.environ.setdefault("KAIZEN_PUBLIC", "1")')
+    assert setdefault < text.index("from agent.settings import Settings")
+    assert 'gradio[oauth]' in (bundle / "pyproject.toml").read_text()  # authlib, itsdangerous for the login
 
 
 def test_bundle_holds_the_project_and_installs_it(bundle):

@@ -105,3 +105,27 @@ def test_a_write_from_another_site_is_foreign_and_the_apps_own_or_none_is_not():
 
     with pytest.raises(ValueError, match="KAIZEN_ALLOWED_ORIGINS"):
         parse_allowed("front.example")
+
+
+def test_only_huggingface_may_frame_a_public_space_and_nobody_frames_the_app_otherwise(tmp_path):
+    """A public Space is shown inside huggingface.co's page: there the CSP names that framer (and no
+    X-Frame-Options: DENY, which would blank the Space); everywhere else no page may frame the app."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from agent.settings import Settings
+    from feedback.visitors import Visitors
+    from feedback.webguard import Guard
+
+    inner = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    private = TestClient(Guard(inner)).get("/")
+    assert private.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in private.headers["content-security-policy"]
+    visitors = Visitors.from_settings(Settings(data_dir=tmp_path / "data", public=True))
+    public = TestClient(Guard(inner, visitors=visitors)).get("/")
+    csp = public.headers["content-security-policy"]
+    assert "x-frame-options" not in public.headers
+    assert "frame-ancestors 'self' https://huggingface.co;" in csp and "frame-ancestors 'none'" not in csp
+    assert public.headers["x-content-type-options"] == "nosniff"
