@@ -243,10 +243,13 @@ def test_only_signed_in_admins_may_train_or_promote(oauth_app):
     promote = next(e for e in eps if "button:Promote:click" in e["label"])
     fill = next(e for e in eps if e["api_name"] == "quiet_admin_fill_the_adapters_tab")
     session = "alicepublic1"
-    filled = R.call(alice, fill["fn_index"], [None], session_hash=session)
+    filled = R.call(alice, fill["fn_index"], [None, None], session_hash=session)  # what the page load does
     assert filled["success"] and oauth_app["version"] in json.dumps(filled["output"]["data"])
     before = registry_state(data)
-    r = R.call(alice, promote["fn_index"], [oauth_app["version"]], session_hash=session)
+    r = R.call(alice, promote["fn_index"], [oauth_app["version"], None], session_hash=session)
+    assert r["success"] is True and "never checked by the gate" in R.error_text(r), R.error_text(r)  # asks first
+    confirm = next(e for e in eps if "button:Yes, do it:click" in e["label"])
+    r = R.call(alice, confirm["fn_index"], [oauth_app["version"], None, None], session_hash=session)
     assert r["success"] is True, R.error_text(r)
     assert (data / "adapters" / "ACTIVE").read_text().strip() == oauth_app["version"] != before["ACTIVE"]
 
