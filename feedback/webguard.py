@@ -225,8 +225,7 @@ class Guard:
         self.clock = clock
 
     # -- helpers -------------------------------------------------------------------------------------
-    @staticmethod
-    async def _send_json(send, status: int, body: dict, extra: list | None = None) -> None:
+    async def _send_json(self, send, status: int, body: dict, extra: list | None = None) -> None:
         data = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),

@@ -129,3 +129,6 @@ def test_only_huggingface_may_frame_a_public_space_and_nobody_frames_the_app_oth
     assert "x-frame-options" not in public.headers
     assert "frame-ancestors 'self' https://huggingface.co;" in csp and "frame-ancestors 'none'" not in csp
     assert public.headers["x-content-type-options"] == "nosniff"
+    refused = TestClient(Guard(inner, visitors=visitors)).post("/", headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403 and "x-frame-options" not in refused.headers  # the guard's own answers too
+    assert "https://huggingface.co" in refused.headers["content-security-policy"]
