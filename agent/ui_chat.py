@@ -101,6 +101,12 @@ def feedback_values(state: dict) -> list[str | None]:
     return [marks.get(m.get("rating")) for m in state["shown"] if m["role"] == "assistant"]
 
 
+def answer_name(state: dict, shown_index: int) -> str:
+    """How messages name an answer: by its position in the chat ("answer 2"), never by a database id."""
+    n = sum(1 for m in state["shown"][: shown_index + 1] if m["role"] == "assistant")
+    return f"answer {n}"
+
+
 def restored_state(rows: list[dict], conversation_id: int, owner: int) -> dict:
     """A session state showing a stored conversation (`Store.branch` rows): every message with its store id, so
     ratings, edits and retries on a restored answer go to that answer; an edited answer shows the edit."""
@@ -318,11 +324,12 @@ class ChatLogic:
             self.store.rate(mid, user_id, value, list(reasons), comment or "")
             state["shown"][chat_index_to_shown(state, index)]["rating"] = value
             extra = f" ({', '.join(reasons)})" if reasons else ""
-            return f"Saved: {'👍' if value > 0 else '👎'} on answer #{mid}{extra}."
+            name = answer_name(state, chat_index_to_shown(state, index))
+            return f"Saved: {'👍' if value > 0 else '👎'} on {name}{extra}."
         if liked in ("", None):
             self.store.retract(mid, user_id)
             state["shown"][chat_index_to_shown(state, index)]["rating"] = None
-            return f"Saved: your rating of answer #{mid} is taken back."
+            return f"Saved: your rating of {answer_name(state, chat_index_to_shown(state, index))} is taken back."
         raise ValueError(f"unknown feedback {liked!r}")
 
     def is_question(self, state, index) -> bool:
@@ -369,7 +376,7 @@ class ChatLogic:
             raise ValueError(f"the corrected answer is too long ({len(edited):,} characters; the limit is {limit:,})")
         self.store.edit(m["id"], user_id, edited)
         m["content"] = edited
-        return f"Saved: your correction of answer #{m['id']}."
+        return f"Saved: your correction of {answer_name(state, i)}."
 
     def pick(self, state, user_id, which: str) -> str:
         """The user prefers the first or the second answer of a retry → a choice event; the pick stays shown."""
@@ -387,7 +394,7 @@ class ChatLogic:
         self.store.choose(p["prompt_id"], user_id, [a["id"], b["id"]], picked["id"])
         state["shown"][-1] = picked
         state["pending"] = None
-        return f"Saved: you preferred the {which} answer (#{picked['id']})."
+        return f"Saved: you preferred the {which} answer."
 
     def undo(self, state, index) -> str:
         """Remove the question at `index` and what follows from the display (the store keeps them: append-only).

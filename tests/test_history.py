@@ -83,6 +83,9 @@ def test_a_rating_on_a_restored_answer_is_stored_against_that_answer(store):
     cid, (a1, a2) = chat(store, alice, "t", [("q1", "one"), ("q2", "two")])
     logic = ChatLogic(None, store)
     st = logic.open(alice, cid)
+    said = logic.rate(st, alice, 3, False)  # Chatbot index 3: the second answer
+    assert said == "Saved: 👎 on answer 2." and str(a2) not in said  # by position, never a database id
+    logic.rate(st, alice, 3, "")
     logic.rate(st, alice, 1, False)  # Chatbot index 1: the first answer
     assert store.message(a1, alice)["rating"] == -1 and store.message(a2, alice)["rating"] is None
     assert feedback_values(st) == ["Dislike", None]
