@@ -37,13 +37,20 @@ def daily_frame(daily: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["day", "series", "count"])
 
 
+def shown_name(model) -> str | None:
+    """A model as the tab names it: the last part of a path ("smollm2-135m-instruct"), never the server's folders."""
+    if not model:
+        return model
+    return str(model).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def frames(stats: dict) -> dict[str, pd.DataFrame]:
     """Long-format DataFrames for the plots: per_day, by_template/by_model/by_adapter, ratio, edits, reasons.
     The by_* frames put each kind of count (answers, 👍, 👎, edits) on its own bar, split by template / model /
     adapter: bars of different quantities are never stacked on each other."""
     out = {"per_day": daily_frame(stats.get("daily", []))}
     for g in ("template", "model", "adapter"):
-        rows = [{"kind": kind, g: r[g], "count": int(r[col] or 0)}
+        rows = [{"kind": kind, g: shown_name(r[g]) if g == "model" else r[g], "count": int(r[col] or 0)}
                 for kind, col in (("answers", "answers"), ("thumbs up", "up"), ("thumbs down", "down"),
                                   ("edits", "edits"))
                 for r in stats[f"by_{g}"]]

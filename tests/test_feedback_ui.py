@@ -84,3 +84,15 @@ def test_a_retracted_thumb_leaves_its_reason_out(tmp_path):
     store.rate(a, uid, 1)
     assert {r["series"]: r["count"] for r in store.stats()["daily"]} == {"answers": 1, "thumbs up": 1}
     store.close()
+
+
+def test_the_tab_names_a_model_without_the_servers_folders():
+    from feedback.ui import frames, shown_name
+
+    assert shown_name("/srv/data/models/smollm2-135m-instruct/") == "smollm2-135m-instruct"
+    assert shown_name("serve.q8_0.gguf") == "serve.q8_0.gguf" and shown_name(None) is None
+    stats = {"daily": [], "by_template": [], "by_adapter": [], "thumbs_ratio": None, "latest_edits": [],
+             "latest_reasons": [],
+             "by_model": [{"model": "/tmp/secret/dir/smollm2", "answers": 1, "up": 0, "down": 0, "edits": 0}]}
+    f = frames(stats)
+    assert set(f["by_model"]["model"]) == {"smollm2"}
