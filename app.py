@@ -230,13 +230,13 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             stops.stop(request)
 
         def on_new():
-            return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False)] + view(new_state())
+            return opened(new_state()) + view(new_state())
 
         # -- the history sidebar: the caller's own conversations (the store checks every id's owner) -----------
         def history_list(user: int, selected=None):
             return gr.update(choices=logic.conversations(user), value=selected)
 
-        def opened(st):
+        def opened(st):  # [state, chatbot, reason panel] showing `st` (a new chat: an empty one, no thumbs)
             return [st, gr.update(value=to_chatbot(st), feedback_value=feedback_values(st)), gr.update(visible=False)]
 
         def history_open(conv_id, request: gr.Request):
@@ -254,16 +254,13 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             """Page load: reopen the conversation the browser had open (if it is still the caller's) and list the
             caller's conversations."""
             user = uid(request)
-            st = None
+            st = new_state()
             if saved not in (None, ""):
                 try:
                     st = logic.open(user, saved)
                 except (LookupError, ValueError):
-                    st = None  # gone, or not this user's: start fresh
-            if st is None:
-                return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False), "",
-                        history_list(user)] + view(new_state())
-            return opened(st) + [st["conversation"], history_list(user, st["conversation"])] + view(st)
+                    pass  # gone, or not this user's: start fresh
+            return opened(st) + [st["conversation"] or "", history_list(user, st["conversation"])] + view(st)
 
         def history_saved(st, request: gr.Request):  # after an answer: remember the conversation, refresh the list
             return st.get("conversation"), history_list(uid(request), st.get("conversation"))
@@ -291,8 +288,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 return [gr.skip()] * (5 + len(view_outputs))
             gr.Info("Deleted from your list (the record is kept for training unless you opt out).")
             if st.get("conversation") == int(conv_id):
-                return [new_state(), gr.update(value=[], feedback_value=[]), gr.update(visible=False), "",
-                        history_list(user)] + view(new_state())
+                return opened(new_state()) + ["", history_list(user)] + view(new_state())
             return [gr.skip()] * 3 + [gr.skip(), history_list(user, st.get("conversation"))] + [
                 gr.skip()] * len(view_outputs)
 

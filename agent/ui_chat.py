@@ -307,29 +307,31 @@ class ChatLogic:
         yield state
 
     # -- feedback ----------------------------------------------------------------------------------------
-    def answer_id(self, state: dict, index) -> int:
+    @staticmethod
+    def finished_answer(state: dict, index) -> int:
+        """The index into state['shown'] of the finished answer at Chatbot `index`; ValueError otherwise."""
         i = chat_index_to_shown(state, index)
         m = state["shown"][i]
         if m["role"] != "assistant" or m["id"] is None:
             raise ValueError("feedback applies to a finished answer")
-        return m["id"]
+        return i
 
     def rate(self, state, user_id, index, liked, reasons=(), comment="") -> str:
         """`liked` as Gradio's LikeData gives it: True (👍), False (👎), or "" / None when the user un-clicks the
         selected thumb: that is a retraction (an append-only rating of 0; the latest rating wins in datasets)."""
         self.own(state, user_id)
-        mid = self.answer_id(state, index)
+        i = self.finished_answer(state, index)
+        m, name = state["shown"][i], answer_name(state, i)
         if liked is True or liked is False:
             value = 1 if liked else -1
-            self.store.rate(mid, user_id, value, list(reasons), comment or "")
-            state["shown"][chat_index_to_shown(state, index)]["rating"] = value
+            self.store.rate(m["id"], user_id, value, list(reasons), comment or "")
+            m["rating"] = value
             extra = f" ({', '.join(reasons)})" if reasons else ""
-            name = answer_name(state, chat_index_to_shown(state, index))
             return f"Saved: {'👍' if value > 0 else '👎'} on {name}{extra}."
         if liked in ("", None):
-            self.store.retract(mid, user_id)
-            state["shown"][chat_index_to_shown(state, index)]["rating"] = None
-            return f"Saved: your rating of {answer_name(state, chat_index_to_shown(state, index))} is taken back."
+            self.store.retract(m["id"], user_id)
+            m["rating"] = None
+            return f"Saved: your rating of {name} is taken back."
         raise ValueError(f"unknown feedback {liked!r}")
 
     def is_question(self, state, index) -> bool:
