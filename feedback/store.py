@@ -130,6 +130,10 @@ _OWNED_ANSWER = ("SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conv
                  "WHERE m.id = ? AND c.user_id = ? AND m.role = 'assistant'")
 
 
+# A conversation its owner deleted from their list (append-only `conversation_changes`); {} is its id's SQL
+_HIDDEN = "EXISTS (SELECT 1 FROM conversation_changes WHERE conversation_id = {} AND action = 'hide')"
+
+
 class Store:
     """Feedback store over a SQLite file. See the module docstring for the concurrency design."""
 
@@ -409,8 +413,7 @@ class Store:
             "SELECT c.id, coalesce((SELECT title FROM conversation_changes WHERE conversation_id = c.id "
             "AND action = 'rename' ORDER BY id DESC LIMIT 1), c.title) AS title, c.created, count(m.id) AS messages, "
             "max(m.created) AS last_message, (SELECT adapter FROM messages WHERE conversation_id = c.id "
-            "AND role = 'assistant' ORDER BY id DESC LIMIT 1) AS adapter, EXISTS (SELECT 1 FROM conversation_changes "
-            "WHERE conversation_id = c.id AND action = 'hide') AS hidden "
+            "AND role = 'assistant' ORDER BY id DESC LIMIT 1) AS adapter, " + _HIDDEN.format("c.id") + " AS hidden "
             "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id WHERE c.user_id = ? "
             "GROUP BY c.id ORDER BY coalesce(max(m.id), 0) DESC, c.id DESC", (_id(user_id, "user_id"),))
         for r in rows:
@@ -441,8 +444,7 @@ class Store:
 
         conn = self._conn()
         self._owned_conversation(conn, conversation_id, user_id)
-        if conn.execute("SELECT 1 FROM conversation_changes WHERE conversation_id = ? AND action = 'hide'",
-                        (conversation_id,)).fetchone():
+        if conn.execute("SELECT " + _HIDDEN.format("?"), (conversation_id,)).fetchone()[0]:
             raise NotFoundError(f"conversation {conversation_id} was deleted")
         rows = self._rows("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
         picks = {r["prompt_message_id"]: r["picked_id"] for r in self._rows(
