@@ -5,23 +5,27 @@ import logging
 import threading
 import time
 
-from agent.settings import Settings  # first: sets the offline / no-telemetry environment
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import Settings  # noqa: E402
 
 import gradio as gr
 
 from adapters import ab
 from adapters.registry import Registry, RegistryError, sync_model
 from adapters.scheduler import Scheduler
-from adapters.ui import build_adapters_tab
-from adapters.ui_lab import build_lab_tab
+from ui.adapters import build_adapters_tab
+from ui.lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.engine import describe
-from agent.ui_chat import (ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note,
+from ui.chat import (ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note,
                            new_state, pick_texts, to_chatbot)
-from agent.ui_docs import build_docs_tab
-from feedback.authz import Authz
-from feedback.ui import build_feedback_tab
-from feedback.visitors import build_public_header
+from ui.docs import build_docs_tab
+from ui.authz import Authz
+from ui.feedback import build_feedback_tab
+from ui.public import build_public_header
 
 log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
@@ -118,13 +122,13 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     model = answerer.model
     log.info("answering with %s", describe(model))
     registry = registry or Registry(settings)
-    authz = Authz.from_settings(settings)  # the one check for admin-only handlers (feedback/authz.py)
+    authz = Authz.from_settings(settings)  # the one check for admin-only handlers (ui/authz.py)
     ab_state: dict = {}
     stops = StopFlags()
     serve_registry(registry, model, ab_state)
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
-    # The OpenAI-compatible API (agent/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
-    from agent.api import KaizenAPI
+    # The OpenAI-compatible API (web/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
+    from web.api import KaizenAPI
 
     api = KaizenAPI(settings, answerer, store, registry, ab_state)
     if scheduler is None:
@@ -426,7 +430,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         def on_load(request: gr.Request):
             """Training controls are shown to admins (everyone is, in anonymous single-user mode); their handlers
-            check the role themselves (feedback/authz.py), so hiding them is only for the eye."""
+            check the role themselves (ui/authz.py), so hiding them is only for the eye."""
             uid(request)
             admin = authz.is_admin(request)
             return ([gr.update(choices=adapter_choices()), adapter_choices()]
@@ -444,12 +448,12 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks | None = None) -> dict:
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
               max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False, css=CSS,
               max_threads=getattr(demo, "kaizen_max_threads", 40))
-    from feedback.webguard import guard_app_kwargs
+    from web.guard import guard_app_kwargs
 
     kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers
     api = getattr(demo, "kaizen_api", None)
-    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (agent/api.py)
-        from agent.api import build_router
+    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (web/api.py)
+        from web.api import build_router
 
         kw["app_kwargs"]["routes"] = build_router(api).routes
     if settings.auth_file:

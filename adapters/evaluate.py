@@ -149,7 +149,7 @@ def general_summary(answers: list[str], nll: float | None, base_nll: float | Non
 
 def qa_summary(answers: list[str], golds: list[list[str]]) -> dict:
     """Questions about a passage given in the prompt: share of answers containing a gold answer, with its CI."""
-    from adapters.lab_tasks import contains_gold
+    from adapters.scoring import contains_gold
 
     if not answers:
         return {"n": 0, "contains_gold": None}

@@ -1,4 +1,4 @@
-"""What the OpenAI-compatible API (agent/api.py) keeps in kaizen.db beside the feedback store (tables of
+"""What the OpenAI-compatible API (web/api.py) keeps in kaizen.db beside the feedback store (tables of
 migration m003_api): API keys, completion ids and conversation threads.
 
 - **API keys** map a bearer token to a store user (the same users the UI has: `Store.ensure_user`). A key is 32
@@ -6,7 +6,7 @@ migration m003_api): API keys, completion ids and conversation threads.
   and it is shown once, when made. A revoked key stops working at once.
 - **Completion ids** (`chatcmpl-...`) name one stored assistant message of one user. Feedback names a completion
   id; it is looked up together with the caller, so another user's id reads exactly like an unknown one.
-- **Threads** map a client's conversation (a stable key: agent.api_schema.thread_key) to one stored conversation,
+- **Threads** map a client's conversation (a stable key: web.schema.thread_key) to one stored conversation,
   created once even when two requests race (the lookup and the insert are one write transaction).
 
 Every write goes through the Store's write lock (`Store._write`), like the Store's own writes.

@@ -8,10 +8,10 @@ The applied check happens inside the write transaction, so two processes opening
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 
 from sqlite_utils import Database
 
+from agent.files import now_iso
 MIGRATIONS_TABLE = "_migrations"
 
 
@@ -129,7 +129,7 @@ def m002_rating_retraction(db: Database) -> None:
 
 
 def m003_api(db: Database) -> None:
-    """The OpenAI-compatible API (agent/api.py): API keys (sha256 of the key; the key itself is shown once and
+    """The OpenAI-compatible API (web/api.py): API keys (sha256 of the key; the key itself is shown once and
     never stored), the completion ids it hands out (each names one stored assistant message of one user), and the
     threads that map a client's resent history to one stored conversation."""
     for sql in (
@@ -186,10 +186,6 @@ MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retrac
                                                  m004_conversation_changes]
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
 def applied(db: Database) -> list[str]:
     """Names of the applied migrations, in order."""
     if not db[MIGRATIONS_TABLE].exists():
@@ -220,7 +216,7 @@ def apply(db: Database, migrations: Sequence[Callable[[Database], None]] = MIGRA
                 conn.execute("COMMIT")
                 continue
             fn(db)
-            conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)", (name, _now()))
+            conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)", (name, now_iso()))
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from agent.files import now_iso
 from feedback import migrations
 from feedback.curate import normalize_text
 from feedback.locking import Checkpointer, lock_for
@@ -67,11 +68,6 @@ def is_disk_full(e: BaseException) -> bool:
     if isinstance(e, sqlite3.Error):
         return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(e)
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def now_iso() -> str:
-    """UTC timestamp, fixed-width ISO format, so text order is time order."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def normalize_since(since: str | None) -> str:

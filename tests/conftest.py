@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import DEFAULT_BASE, Settings  # noqa: F401  (sets the offline environment first)
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import DEFAULT_BASE, Settings  # noqa: E402,F401
 from agent.llama_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +85,7 @@ def running_app(data: Path, base_model_dir: Path, argv: list[str] | None = None,
     env.pop("GRADIO_SERVER_NAME", None)
     data.mkdir(parents=True, exist_ok=True)
     log = open(data / "server.log", "w")
-    proc = subprocess.Popen(argv or [sys.executable, "-m", "agent.cli", "serve"], cwd=cwd, env=env, stdout=log,
+    proc = subprocess.Popen(argv or [sys.executable, "-m", "cli.main", "serve"], cwd=cwd, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

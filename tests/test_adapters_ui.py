@@ -10,7 +10,7 @@ import pytest
 
 from adapters import ab
 from adapters import scheduler as S
-from adapters import ui
+from ui import adapters as ui
 from adapters.registry import Registry
 from tests.test_train_support import fill_store_with_edits, save_tiny_base, tiny_settings
 

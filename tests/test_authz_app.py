@@ -9,7 +9,7 @@ import json
 import pytest
 
 from feedback import auth
-from feedback.authz import REFUSAL
+from ui.authz import REFUSAL
 from tests import raw_client as R
 from tests.conftest import running_app
 

@@ -128,7 +128,7 @@ def test_versions_from_another_process_appear_without_a_click(page, app_server, 
 
     page.get_by_role("tab", name="Chat").click()
     assert version not in adapter_options(page)  # registered, not served: not attached
-    kaizen(app_server, base_model_dir, "-m", "agent.cli", "adapters", "promote", version)  # another process
+    kaizen(app_server, base_model_dir, "-m", "cli.main", "adapters", "promote", version)  # another process
     deadline = time.time() + 60
     while version not in adapter_options(page):  # the app attaches it (serve_registry) and the list follows
         assert time.time() < deadline, "the chat's Adapter list never listed the promoted version"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from cli.main import main
 from agent.settings import Settings
 from feedback import auth
 from feedback.store import Store

@@ -71,7 +71,7 @@ EXPECTED_TABLES = {
     picked_id INTEGER NOT NULL REFERENCES messages(id),
     created TEXT NOT NULL
 )""",
-    # m003_api: the OpenAI-compatible API (agent/api.py)
+    # m003_api: the OpenAI-compatible API (web/api.py)
     "api_keys": """CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY,
     user_id INTEGER NOT NULL REFERENCES users(id),

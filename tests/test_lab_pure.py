@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adapters import lab_report as rep
-from adapters import lab_tasks as lt
+from lab import report as rep
+from lab import tasks as lt
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -160,7 +160,7 @@ def test_report_files_are_complete(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- options and UI helpers
 def test_technique_list_budget_and_equal_examples():
-    from adapters.lab import Budget, parse_techniques, training_examples
+    from lab.run import Budget, parse_techniques, training_examples
 
     assert parse_techniques("full, rag,BASE") == ["base", "rag", "full"]  # the lab's order
     with pytest.raises(ValueError, match="unknown technique"):
@@ -181,13 +181,13 @@ def test_technique_list_budget_and_equal_examples():
 
 
 def test_ui_helpers(tmp_path):
-    from adapters import ui_lab
+    from ui import lab as ui_lab
     from agent.settings import Settings
 
     assert ui_lab.parse_progress("[ 42.9%] RAG: done") == (pytest.approx(0.429), "RAG: done")
     assert ui_lab.parse_progress("some library warning") is None
     cmd = ui_lab.lab_command("style", ["base", "sft"], 5, 7, tmp_path / "o")
-    assert cmd[1:4] == ["-m", "agent.cli", "lab"] and "base,sft" in cmd and "--budget-steps" in cmd
+    assert cmd[1:4] == ["-m", "cli.main", "lab"] and "base,sft" in cmd and "--budget-steps" in cmd
     with pytest.raises(ValueError):
         ui_lab.lab_command("style", [], 5, 7, tmp_path)
     with pytest.raises(ValueError):
@@ -209,7 +209,7 @@ def test_ui_helpers(tmp_path):
 def test_lab_tab_builds(tmp_path):
     import gradio as gr
 
-    from adapters.ui_lab import build_lab_tab
+    from ui.lab import build_lab_tab
     from agent.settings import Settings
 
     with gr.Blocks() as demo:
@@ -227,7 +227,7 @@ def test_lab_tab_builds(tmp_path):
 
 
 def test_cli_refuses_bad_input_before_loading_anything(tmp_path, monkeypatch, capsys):
-    from agent.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("KAIZEN_DATA_DIR", str(tmp_path))
     out = tmp_path / "out"
@@ -241,7 +241,7 @@ def test_cli_refuses_bad_input_before_loading_anything(tmp_path, monkeypatch, ca
 
 
 def test_every_method_gets_the_same_budget():
-    from adapters.lab import TRAINED, Budget, lab_recipe
+    from lab.run import TRAINED, Budget, lab_recipe
 
     budget = Budget(steps=7, batch_size=3, max_length=128)
     recipes = {m: lab_recipe(m, budget) for m in TRAINED}
@@ -255,7 +255,7 @@ def test_pin_weights_copies_and_keeps_ties():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adapters.lab_measure import pin_weights
+    from lab.measure import pin_weights
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)

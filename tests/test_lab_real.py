@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adapters.lab import TECHNIQUES, Budget, run_lab
-from adapters.lab_report import REPORT_FILES
+from lab.run import TECHNIQUES, Budget, run_lab
+from lab.report import REPORT_FILES
 from agent.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_every_technique_really_runs_on_squad(tmp_path, base_model_dir, shared_d
 
 def test_preference_task_scores_adapters_against_the_base(tmp_path, base_model_dir, shared_data, monkeypatch, capsys):
     """`kaizen lab` on the oasst pairs: the base's reward is its raw margin, an adapter's is relative to the base."""
-    from agent.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("KAIZEN_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("KAIZEN_BASE_MODEL", str(base_model_dir))
@@ -90,7 +90,7 @@ def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, share
     """The Lab tab's Run handler: `kaizen lab` in a child process, progress streamed, the report shown."""
     import gradio as gr
 
-    from adapters.ui_lab import build_lab_tab, past_reports
+    from ui.lab import build_lab_tab, past_reports
 
     settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
     with gr.Blocks():

@@ -243,7 +243,7 @@ def test_full_model_versions_register_but_are_not_hot_swapped(reg, tiny_base, tm
 
 
 def test_cli_list_promote_rollback_pin(reg, adapter, monkeypatch, capsys):
-    from agent.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("KAIZEN_DATA_DIR", str(reg.settings.data_dir))
     monkeypatch.setenv("KAIZEN_BASE_MODEL", reg.settings.base_model)

@@ -8,7 +8,7 @@ import pytest
 from agent.chat import Answerer
 from agent.model import ChatModel
 from agent.settings import Settings
-from agent.ui_chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display,
+from ui.chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display,
                            is_sources_note, new_state, pick_texts, to_chatbot, unescape_display)
 from feedback.store import Store
 

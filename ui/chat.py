@@ -182,7 +182,7 @@ class ChatLogic:
     @staticmethod
     def own(state: dict, user_id: int) -> None:
         """The session state belongs to the first user who acts in it; PermissionError for anyone else (the web
-        server also binds each session to its user: feedback/webguard.py)."""
+        server also binds each session to its user: web/guard.py)."""
         if state.setdefault("owner", user_id) != user_id:
             raise PermissionError("this chat belongs to another user")
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.lab import TECHNIQUES
-from adapters.lab_report import LABELS, table_rows
-from adapters.lab_tasks import TASKS
+from lab.run import TECHNIQUES
+from lab.report import LABELS, table_rows
+from lab.tasks import TASKS
 from agent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def lab_command(task: str, techniques: list[str], steps: int, limit: int, out: P
         raise ValueError(f"choose a task: {', '.join(TASKS)}")
     if not techniques:
         raise ValueError("choose at least one technique")
-    return [sys.executable, "-m", "agent.cli", "lab", "--task", task, "--techniques", ",".join(techniques),
+    return [sys.executable, "-m", "cli.main", "lab", "--task", task, "--techniques", ",".join(techniques),
             "--budget-steps", str(int(steps)), "--limit", str(int(limit)), "--out", str(out)]
 
 
@@ -105,11 +105,11 @@ class LabTab:
 
 def build_lab_tab(settings: Settings, authz=None) -> LabTab:
     """Build the Lab view in the current Blocks context (no launching); returns its handlers for wiring/tests.
-    Every handler runs only for an admin (`authz`, a feedback.authz.Authz; default from `settings`), checked on
+    Every handler runs only for an admin (`authz`, a ui.authz.Authz; default from `settings`), checked on
     the server; an earlier report is opened only from under <data_dir>/lab."""
     import gradio as gr
 
-    from feedback.authz import Authz
+    from ui.authz import Authz
 
     authz = authz or Authz.from_settings(settings)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from adapters import lab_measure as lm
-from adapters.lab_report import LABELS, write_report
-from adapters.lab_tasks import TASKS, LabTask, load_task
+from lab import measure as lm
+from lab.report import LABELS, write_report
+from lab.tasks import TASKS, LabTask, load_task
 from agent.chat import Answerer
 from agent.settings import Settings
 from agent.templates import Template

@@ -4,7 +4,7 @@ A task is an evaluation set plus what each technique needs to run on it:
 
 - `items`: what is measured. `kind="generate"` items have a `question` (and gold `answers` for QA); the answer the
   technique generates is scored by `score_answer`. `kind="preference"` items have `prompt`, `chosen`, `rejected`
-  (TRL conversational format); they are scored by the model's log-probabilities (adapters.lab).
+  (TRL conversational format); they are scored by the model's log-probabilities (lab.run).
 - `train`: TRL rows `{"sft", "dpo", "kto"}` for the training techniques (the lab takes the same number of them for
   every method: equal budgets). The eval items are never among them.
 - `documents`: (name, text) pairs the RAG technique indexes.
@@ -17,17 +17,14 @@ OpenAssistant, replayed through the feedback store; preference accuracy).
 from __future__ import annotations
 
 import json
-import re
-import string
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.scoring import HOUSE_PHRASE, contains_gold, follows_style, house_style, normalize_answer, token_f1  # noqa: F401
 from agent.templates import Template, parse
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HOUSE_PHRASE = "Kaizen here:"
 TASKS = ("squad", "style", "oasst")
 
 
@@ -59,38 +56,6 @@ def _need(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- metrics (pure)
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = (text or "").lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD token F1 between one prediction and one gold answer."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def contains_gold(prediction: str, golds: list[str]) -> bool:
-    """The (normalised) answer contains one of the (normalised) gold answers."""
-    pred = f" {normalize_answer(prediction)} "
-    return any(g and f" {g} " in pred for g in (normalize_answer(x) for x in golds))
-
-
-def follows_style(answer: str, phrase: str = HOUSE_PHRASE) -> bool:
-    """The answer opens with the house phrase (case, surrounding quotes/markdown and the colon forgiven)."""
-    head = (answer or "").lstrip(" \t\n\"'*_#>`").lower()
-    return head.startswith(phrase.lower().rstrip(":"))
-
-
 def score_answer(task: LabTask, item: dict, answer: str) -> dict[str, float]:
     """Per-item quality of a generated answer, as metric -> value in [0, 1]."""
     if task.name == "squad":
@@ -194,20 +159,6 @@ system: >-
   "{HOUSE_PHRASE}" and then answer in one or two short sentences.
 user: "{{question}}"
 """)
-
-
-def house_style(answer: str, max_chars: int = 220) -> str:
-    """The house style every editor applies: the fixed opening phrase, then the answer's first sentence(s),
-    at most `max_chars`, on one line."""
-    text = " ".join((answer or "").split())
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    out = ""
-    for s in sentences:
-        if out and len(out) + len(s) + 1 > max_chars:
-            break
-        out = f"{out} {s}".strip()
-    out = out[:max_chars].rstrip()
-    return f"{HOUSE_PHRASE} {out}"
 
 
 def oasst_first_turns(trees: list[dict]) -> list[tuple[str, str]]:
