@@ -118,10 +118,6 @@ def _json_default(o):
     return str(o)
 
 
-def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
-    return {d[0]: v for d, v in zip(cursor.description, row)}
-
-
 _OWNED_ANSWER = ("SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id "
                  "WHERE m.id = ? AND c.user_id = ? AND m.role = 'assistant'")
 
@@ -229,12 +225,13 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _rows(self, sql: str, params: Sequence = (), conn: sqlite3.Connection | None = None) -> list[dict]:
-        cur = (conn or self._conn()).execute(sql, params)
-        return [_row_dict(cur, r) for r in cur.fetchall()]
+    def _rows(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """Rows as dicts (sqlite-utils' db.query) on this thread's connection, inside its write transaction if one
+        is open (`_write` yields the same connection)."""
+        return list(self.db.query(sql, params))
 
-    def _one(self, sql: str, params: Sequence = (), conn: sqlite3.Connection | None = None) -> dict | None:
-        rows = self._rows(sql, params, conn)
+    def _one(self, sql: str, params: Sequence = ()) -> dict | None:
+        rows = self._rows(sql, params)
         return rows[0] if rows else None
 
     # --- users ----------------------------------------------------------------------------------------------
@@ -248,7 +245,7 @@ class Store:
         if row and role in (None, row["role"]):
             return row["id"]
         with self._write() as conn:
-            row = self._one("SELECT id, role FROM users WHERE name = ?", (name,), conn)
+            row = self._one("SELECT id, role FROM users WHERE name = ?", (name,))
             if row is None:
                 return conn.execute("INSERT INTO users (name, role, opted_out, created) VALUES (?, ?, 0, ?)",
                                     (name, role or "user", now_iso())).lastrowid
@@ -301,7 +298,7 @@ class Store:
         _id(message_id, "message_id")
         _id(user_id, "user_id")
         row = self._one("SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                        "WHERE m.id = ? AND c.user_id = ?", (message_id, user_id), conn)
+                        "WHERE m.id = ? AND c.user_id = ?", (message_id, user_id))
         if row is None:
             raise NotFoundError(f"message {message_id} not found")
         if role and row["role"] != role:
@@ -318,7 +315,7 @@ class Store:
                 raise FeedbackError("an assistant message needs a user message to reply to")
             return row[0]
         last = self._one("SELECT id, role, parent_id FROM messages WHERE conversation_id = ? AND role != 'system' "
-                         "ORDER BY id DESC LIMIT 1", (conversation_id,), conn)
+                         "ORDER BY id DESC LIMIT 1", (conversation_id,))
         if last is None or last["role"] == "user":
             return last and last["id"]
         picked = conn.execute("SELECT picked_id FROM choices WHERE prompt_message_id = ? AND user_id = ? "
@@ -530,13 +527,13 @@ class Store:
         """Every feedback event created after `since`, with its prompt and answers; see feedback.events."""
         from feedback.events import load_training_events
 
-        return load_training_events(self._conn(), normalize_since(since))
+        return load_training_events(self.db, normalize_since(since))
 
     def stats(self, user_id: int | None = None) -> dict:
         """Counts and ratios for the Feedback view (all users, or only `user_id`'s); see feedback.stats."""
         from feedback.stats import compute
 
-        return compute(self._conn(), None if user_id is None else _id(user_id, "user_id"))
+        return compute(self.db, None if user_id is None else _id(user_id, "user_id"))
 
     def backup(self, path: str | Path) -> None:
         """A consistent copy of the database through `VACUUM INTO` (refuses an existing target)."""
