@@ -110,7 +110,7 @@ def thread(store: Store, user_id: int, key: str, title: str | None = None) -> tu
     title = None if title is None else title[:200]
     with store._write() as conn:
         row = store._one("SELECT conversation_id FROM api_threads WHERE user_id = ? AND thread_key = ?",
-                         (user_id, key), conn)
+                         (user_id, key))
         if row:
             return row["conversation_id"], False
         if not conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():

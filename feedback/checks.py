@@ -3,6 +3,7 @@ before touching the database, the full-disk test, and the `since` format of the 
 from __future__ import annotations
 
 import errno
+import json
 import sqlite3
 from datetime import datetime, timezone
 
@@ -80,3 +81,18 @@ def json_default(o):
     if hasattr(o, "item"):  # numpy scalars
         return o.item()
     return str(o)
+
+
+DECODING_KEYS = ("temperature", "top_p", "seed", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
+
+
+def check_decoding(value) -> str | None:
+    """An answer's decoding as stored (JSON), or None: a dict of the known keys, each a number or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - set(DECODING_KEYS):
+        raise FeedbackError(f"decoding must be a dict of {', '.join(DECODING_KEYS)}, got {value!r}"[:300])
+    for k, v in value.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise FeedbackError(f"decoding {k} must be a number, got {v!r}"[:200])
+    return json.dumps({k: value[k] for k in DECODING_KEYS if k in value}, sort_keys=False)

@@ -185,8 +185,14 @@ def m004_conversation_changes(db: Database) -> None:
         db.execute(sql)
 
 
+def m005_answer_decoding(db: Database) -> None:
+    """How each answer was decoded (JSON: temperature, top_p, seed, max_new_tokens): a per-chat temperature or a
+    retry's sampling is part of the answer's provenance, as its template and adapter are."""
+    db.execute("ALTER TABLE messages ADD COLUMN decoding TEXT")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api,
-                                                 m004_conversation_changes]
+                                                 m004_conversation_changes, m005_answer_decoding]
 
 
 def migration_set(functions: Sequence[Callable[[Database], None]] = MIGRATIONS) -> Migrations:

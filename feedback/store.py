@@ -31,7 +31,7 @@ from sqlite_utils import Database
 from agent.files import now_iso
 from feedback import migrations
 from feedback.checks import (MAX_META_CHARS, STORE_FULL, FeedbackError, NotFoundError,  # noqa: F401 (re-exported)
-                             StoreFullError, check_id, check_text, is_disk_full, json_default, normalize_since,
+                             StoreFullError, check_decoding, check_id, check_text, is_disk_full, json_default, normalize_since,
                              optional_number, optional_text)
 from feedback.curate import normalize_text
 from feedback.locking import Checkpointer, lock_for
@@ -255,14 +255,15 @@ class Store:
                     parent_id: int | None = None, template: str | None = None, model: str | None = None,
                     adapter: str | None = None, sources: list[dict] | None = None, latency_ms: float | None = None,
                     prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                    root: bool = False) -> int:
+                    decoding: dict | None = None, root: bool = False) -> int:
         """Store one message of `user_id`'s conversation; returns its id.
 
         `parent_id`: for an assistant message the user message it answers (a retry is a sibling: same parent);
         for a user message the answer it follows. When None: assistant -> the latest user message; user -> the
         latest message, or the picked candidate if that turn had a regenerate-and-pick choice. Pass it explicitly
         when the UI knows better. `root=True`: a user message that starts the conversation over (no parent: an
-        edited first question), whatever came before.
+        edited first question), whatever came before. `decoding`: how an answer was decoded (temperature, top_p,
+        seed, max_new_tokens: numbers or None), stored as JSON.
         """
         if role not in MESSAGE_ROLES:
             raise FeedbackError(f"role must be one of {MESSAGE_ROLES}, got {role!r}")
@@ -275,6 +276,7 @@ class Store:
             sources = json.dumps(list(sources), ensure_ascii=False, default=json_default)
             if len(sources) > MAX_SOURCES_CHARS:
                 raise FeedbackError(f"sources are too large: {len(sources)} characters (limit {MAX_SOURCES_CHARS})")
+        decoding = check_decoding(decoding)
         values = (optional_number(latency_ms, "latency_ms", float), optional_number(prompt_tokens, "prompt_tokens", int),
                   optional_number(completion_tokens, "completion_tokens", int))
         with self._write() as conn:
@@ -296,12 +298,13 @@ class Store:
                     raise FeedbackError(f"a {role} message cannot reply to a {parent['role']} message")
             return conn.execute(
                 "INSERT INTO messages (conversation_id, parent_id, role, content, template, model, adapter, sources, "
-                "latency_ms, prompt_tokens, completion_tokens, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "latency_ms, prompt_tokens, completion_tokens, decoding, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conversation_id, parent_id, role, content, meta["template"], meta["model"], meta["adapter"],
-                 sources, *values, now_iso())).lastrowid
+                 sources, *values, decoding, now_iso())).lastrowid
 
     def _decorate(self, rows: list[dict], user_id: int) -> list[dict]:
-        """Parse sources; add this user's latest `edited` text and `rating` (value) for each message."""
+        """Parse sources and decoding; add this user's latest `edited` text and `rating` (value) for each message."""
         if not rows:
             return rows
         ids = [r["id"] for r in rows]
@@ -314,6 +317,7 @@ class Store:
             f"AND message_id IN ({marks}) GROUP BY message_id)", (user_id, *ids))}
         for r in rows:
             r["sources"] = json.loads(r["sources"]) if r["sources"] else None
+            r["decoding"] = json.loads(r["decoding"]) if r.get("decoding") else None
             r["edited"] = edited.get(r["id"])
             r["rating"] = rated.get(r["id"]) or None  # 0: the thumb was taken back
         return rows

@@ -28,6 +28,7 @@ NON_ADMIN_OK = {
     "history_cleared", "history_cleared_1",  # the history sidebar: the caller's own conversations
     "export",  # the Feedback tab's export: the caller's own record
     "on_load", "on_adapters_tick",  # the page load; the chat's Adapter list kept current
+    "on_details", *(f"on_details_{i}" for i in range(1, 10)),  # "Answer details" of one's own latest answer
 }
 # Page-load fills of admin views: a non-admin's page calls them too, so they answer with no change at all (every
 # output a skip) instead of an error; checked below like the admin ones.

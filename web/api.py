@@ -29,9 +29,9 @@ import time
 
 from fastapi import Request  # at module level: the routes' annotations are resolved against these globals
 
+from feedback import api_store
 from web import schema
 from web.schema import ApiError
-from feedback import api_store
 
 log = logging.getLogger("kaizen.api")
 LOCAL_USER = "local"  # the UI's user in anonymous single-user mode (ui.chat.LOCAL_USER)
@@ -211,6 +211,8 @@ class KaizenAPI:
             adapter = ab.route(self.ab_state.get("experiment"), conv, adapter)
         if adapter not in (None, "default"):
             self._attach(adapter)
+        from agent.chat import answer_decoding  # here: importing web.api loads no model library
+
         decoding = self.answerer.decoding(**req.decoding) if req.decoding else None
         started = time.perf_counter()
         reply = self.answerer.answer(req.history, req.question, template=req.template, rag=req.rag,
@@ -251,7 +253,8 @@ class KaizenAPI:
                     conv, "assistant", gen.text, user_id=uid, parent_id=question_id, template=reply.template,
                     model=gen.model, adapter=gen.adapter, sources=reply.sources,
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),
-                    prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+                    prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                    decoding=answer_decoding(decoding or self.answerer.decoding(), gen.max_new_tokens))
                 api_store.record_completion(store, cid, message_id, uid)
         emit("done", {
             "id": cid, "text": gen.text, "finish": schema.finish_reason(gen.truncated),
