@@ -409,6 +409,26 @@ def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answe
     page.wait_for_function("document.querySelector('#answer-details').innerText.includes('greedy')", timeout=15_000)
 
 
+def test_a_forged_temperature_or_length_is_refused_in_words_and_stores_nothing(app_server):
+    """The sliders' ranges hold on the server: the /chat endpoint called directly with temperature 9.9 or a
+    million tokens answers with the allowed range, and no message is stored (Gradio's Slider checks its bounds
+    first; ui/chat.py chat_options checks again for every other caller)."""
+    from tests import raw_client as R
+
+    c = R.client(app_server["url"])
+    cfg = R.config(c)
+    [chat] = [e for e in R.endpoints(cfg) if e["api_name"] == "chat"]
+    (before,), = db_rows(app_server, "select count(*) from messages")
+    for temp, length, bound in ((9.9, 64, "1.5"), (0.5, 10**6, "1024")):
+        data = R.default_inputs(cfg, chat)
+        data[0], data[-2], data[-1] = "hello", temp, length
+        result = R.call(c, chat["fn_index"], data)
+        said = R.error_text(result).replace(",", "")
+        assert result["success"] is False and bound in said and ("maximum" in said or "must be" in said), result
+    (after,), = db_rows(app_server, "select count(*) from messages")
+    assert after == before
+
+
 def history_item(page, title):
     return page.locator("#history label", has_text=title)
 
