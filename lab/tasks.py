@@ -26,6 +26,8 @@ from agent.templates import Template, parse
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TASKS = ("squad", "style", "oasst")
+TASK_METRICS = {"squad": ("contains", "f1"), "style": ("style", "phrase_anywhere"),  # each task's metrics, headline first
+                "oasst": ("pref_acc", "pref_acc_raw")}
 
 
 @dataclass
@@ -138,7 +140,7 @@ def build_squad(dev: dict, test: dict | None, limit: int, distractors: int | Non
     if test is not None and n_dis:
         extra = [(f"{art['title']} #{i}", p["context"]) for art in test["data"] for i, p in enumerate(art["paragraphs"])]
         docs += extra[:n_dis]
-    return LabTask("squad", "Document QA (SQuAD 2.0 paragraphs)", "generate", "contains", ("contains", "f1"),
+    return LabTask("squad", "Document QA (SQuAD 2.0 paragraphs)", "generate", "contains", TASK_METRICS["squad"],
                    items, {"sft": sft, "dpo": dpo, "kto": unpair(dpo)}, docs, SQUAD_PROMPT, max_new_tokens=48,
                    info={"paragraphs": len(paras), "documents": len(docs)})
 
@@ -215,7 +217,7 @@ def build_style(train_pairs: list[tuple[str, str]], eval_prompts: list[str], lim
     items = [{"id": f"style-{i}", "question": p} for i, p in enumerate(prompts[:limit])]
     docs = [(f"house-style example {i}", f"Question: {r['messages'][-2]['content']}\nAnswer: {r['messages'][-1]['content']}")
             for i, r in enumerate(files["sft"])]
-    return LabTask("style", "House style learned from edits", "generate", "style", ("style", "phrase_anywhere"),
+    return LabTask("style", "House style learned from edits", "generate", "style", TASK_METRICS["style"],
                    items, {"sft": files["sft"], "dpo": files["dpo"], "kto": unpair(files["dpo"])}, docs,
                    STYLE_PROMPT, max_new_tokens=40,
                    info={"edits": edits, "phrase": HOUSE_PHRASE, "dataset_stages": manifest.get("stages", {})})
@@ -251,7 +253,7 @@ def build_oasst(files: dict[str, list[dict]], limit: int, info: dict | None = No
     docs = [(f"oasst answer {i}", f"Question: {r['messages'][-2]['content']}\nAnswer: {r['messages'][-1]['content']}")
             for i, r in enumerate(files["sft"]) if len(r["messages"]) >= 2]
     return LabTask("oasst", "Human preference (OpenAssistant pairs)", "preference", "pref_acc",
-                   ("pref_acc", "pref_acc_raw"), items, {k: files[k] for k in ("sft", "dpo", "kto")}, docs,
+                   TASK_METRICS["oasst"], items, {k: files[k] for k in ("sft", "dpo", "kto")}, docs,
                    OASST_PROMPT, max_new_tokens=32, info=info or {})
 
 

@@ -105,3 +105,30 @@ def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, share
     assert {p.rsplit("/", 1)[-1] for p in files} >= {"report.md", "report.json"}
     assert previous["value"] == past_reports(settings)[0]
     assert tab.on_open(previous["value"])[1] == verdict  # reopening shows the same report
+
+
+def test_lab_stop_keeps_the_finished_rows_and_progress_never_goes_back(tmp_path, base_model_dir, shared_data):
+    """Stop in the middle of a run: the techniques that finished stay in the table (a partial report), and the
+    progress shown on the way only ever went up."""
+    import re
+
+    import gradio as gr
+
+    from ui.lab import build_lab_tab
+
+    settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
+    with gr.Blocks():
+        tab = build_lab_tab(settings)
+    shown, stopped = [], False
+    for update in tab.on_run("squad", ["base", "prompt", "sft"], 2, 1):
+        status = update[0]
+        if m := re.match(r"Running: (\d+)%", status or ""):
+            shown.append(int(m.group(1)))
+        if not stopped and "SFT LoRA:" in (status or ""):  # base and prompt are done: stop during SFT
+            assert tab.on_stop() == "Stopping…"
+            stopped = True
+    status, verdict, table, *_ = update
+    assert stopped and status == "Stopped after 2 of 3 techniques; their results are kept below.", status
+    assert [row[0] for row in table["value"]] == ["Base model", "Prompt engineering"]
+    assert "**Partial report:** 2 of 3 techniques finished" in verdict and "Prompt: " in verdict
+    assert shown and shown == sorted(shown), shown
