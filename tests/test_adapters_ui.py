@@ -12,7 +12,7 @@ from adapters import ab
 from adapters import scheduler as S
 from adapters import ui
 from adapters.registry import Registry
-from tests.test_train_support import fill_store_with_edits, save_tiny_base, tiny_settings
+from tests.train_support import fill_store_with_edits, save_tiny_base, tiny_settings
 
 INTERNAL = ("datasets", "training", "loaded", "started", "step", "log", "eval", "evaluating", "saving", "event")
 

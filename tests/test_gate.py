@@ -7,7 +7,7 @@ import pytest
 from adapters import evaluate as E
 from adapters import train as T
 from adapters.registry import Registry
-from tests.test_train_support import dpo_rows, save_tiny_base, sft_rows, tiny_settings, write_data
+from tests.train_support import dpo_rows, save_tiny_base, sft_rows, tiny_settings, write_data
 
 
 def report(acc=0.5, sim=0.2, nonempty=1.0, degenerate=0, repetition=0.0, ppl_ratio=1.0):

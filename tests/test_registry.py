@@ -13,7 +13,7 @@ import torch
 
 from adapters import train as T
 from adapters.registry import Registry, RegistryError, sync_model
-from tests.test_train_support import save_tiny_base, sft_rows, tiny_settings, write_data
+from tests.train_support import save_tiny_base, sft_rows, tiny_settings, write_data
 
 
 @pytest.fixture(scope="session")

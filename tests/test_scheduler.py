@@ -12,7 +12,7 @@ from adapters import scheduler as S
 from adapters.evaluate import EvalConfig
 from adapters.registry import Registry
 from adapters.train import recipe_for
-from tests.test_train_support import fill_store_with_edits, save_tiny_base, tiny_settings
+from tests.train_support import fill_store_with_edits, save_tiny_base, tiny_settings
 
 FAST = dict(recipe=recipe_for("sft", steps=3, batch_size=2, max_length=128, lr=5e-3),
             eval_config=EvalConfig(max_new_tokens=4, general=2, max_generate=2), timeout=600)
@@ -130,7 +130,7 @@ def adapter_version(base):
         import shutil
 
         from adapters import train as T
-        from tests.test_train_support import sft_rows, write_data
+        from tests.train_support import sft_rows, write_data
 
         settings, store = env
         fill_store_with_edits(store, 12)
