@@ -92,6 +92,7 @@ def trained(tmp_path_factory, tokenizer):
     return settings, out, held
 
 
+@pytest.mark.slow
 def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(trained):
     settings, adapters, held = trained
     reports = E.evaluate(settings, held, {"good": str(adapters["good"]), "swapped": str(adapters["swapped"]),
@@ -104,6 +105,7 @@ def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(
     assert reports["good"]["general"]["n"] == len(E.GENERAL)
 
 
+@pytest.mark.slow
 def test_gate_refuses_the_swapped_candidate_and_the_active_one_stays(trained):
     settings, adapters, held = trained
     reg = Registry(settings)
