@@ -65,6 +65,14 @@ def tokenizer(base_model_dir):
     return AutoTokenizer.from_pretrained(base_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama with the real tokenizer, saved as a base-model folder once per session (read-only use)."""
+    from tests.train_support import save_tiny_base
+
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
+
+
 @pytest.fixture
 def tiny_llama(tokenizer):
     """A tiny random Llama built in code (no checkpoint) with the real tokenizer: for plumbing tests."""

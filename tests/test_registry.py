@@ -11,14 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from adapters import train as T
 from adapters.registry import Registry, RegistryError, sync_model
 from tests.train_support import random_lora, save_tiny_base, tiny_settings
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, tokenizer):
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
 
 
 @pytest.fixture(scope="session")

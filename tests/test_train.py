@@ -9,14 +9,9 @@ import torch
 
 from adapters import train as T
 from adapters.config import FullFTRecipe, SFTRecipe, load_recipe, recipe_from_dict
-from tests.train_support import dpo_rows, kto_rows, save_tiny_base, sft_rows, tiny_settings, write_data
+from tests.train_support import dpo_rows, kto_rows, sft_rows, tiny_settings, write_data
 
 FORBIDDEN = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, tokenizer):
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
 
 
 @pytest.fixture
