@@ -45,7 +45,7 @@ def admin_things(root, tokenizer, data) -> tuple:
 
     from adapters.registry import Registry
     from agent.settings import Settings
-    from tests.test_train_support import save_tiny_base
+    from tests.train_support import save_tiny_base
 
     base = save_tiny_base(root / "base", tokenizer)
     settings = Settings(data_dir=data, base_model=str(base))

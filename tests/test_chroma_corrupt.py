@@ -37,6 +37,7 @@ def make_store(data: Path) -> Path:
     return data / "chroma" / "chroma.sqlite3"
 
 
+@pytest.mark.slow
 def test_damaged_pages_are_refused_with_the_path_and_what_to_do(tmp_path):
     from agent.retrieval import COLLECTION, open_local_collection
     from feedback.integrity import CorruptStoreError
