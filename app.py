@@ -413,10 +413,10 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 return [st, to_chatbot(st)] + view(st)[:-1] + [msg]
             return handler
 
-        def on_undo(st, data: gr.UndoData):
+        def on_undo(st, data: gr.UndoData, request: gr.Request):
             try:
-                text = logic.undo(st, data.index)
-            except ValueError as e:
+                text = logic.undo(st, uid(request), data.index)
+            except (ValueError, LookupError, PermissionError) as e:
                 gr.Warning(str(e))
                 return [st, to_chatbot(st), gr.update()] + view(st, str(e))
             return [st, to_chatbot(st), text] + view(st)[:-1] + [

@@ -8,10 +8,17 @@ to the root; where that newest message is an answer whose question had a pick, t
 from __future__ import annotations
 
 
-def current_branch(messages: list[dict], picks: dict[int, int] | None = None) -> list[dict]:
+def current_branch(messages: list[dict], picks: dict[int, int] | None = None, undone=()) -> list[dict]:
     """`messages`: one conversation's rows (id, parent_id, role, ...) in any order; `picks`: question id ->
-    the answer id the user picked last. Returns the rows on the current branch, root first (system rows left out)."""
-    rows = {m["id"]: m for m in messages if m["role"] != "system"}
+    the answer id the user picked last; `undone`: ids of questions the user took back (↶ undo): they and everything
+    after them are left out. Returns the rows on the current branch, root first (system rows left out)."""
+    gone = set(undone)
+    rows = {}
+    for m in sorted(messages, key=lambda m: m["id"]):  # a parent's id is always smaller than its children's
+        if m["id"] in gone or m["parent_id"] in gone:
+            gone.add(m["id"])
+        elif m["role"] != "system":
+            rows[m["id"]] = m
     if not rows:
         return []
     leaf = rows[max(rows)]

@@ -191,8 +191,25 @@ def m005_answer_decoding(db: Database) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN decoding TEXT")
 
 
+def m006_undos(db: Database) -> None:
+    """↶ undo in the chat: the user took a question (and what followed it) off the screen. Append-only; the messages
+    stay on record, and a reopened conversation leaves the undone turn out, as the user last saw it."""
+    for sql in (
+        """CREATE TABLE undos (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created TEXT NOT NULL
+)""",
+        "CREATE INDEX idx_undos_message ON undos(message_id)",
+        "CREATE TRIGGER undos_append_only BEFORE UPDATE ON undos\n"
+        "BEGIN SELECT RAISE(ABORT, 'undos are append-only'); END",
+    ):
+        db.execute(sql)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api,
-                                                 m004_conversation_changes, m005_answer_decoding]
+                                                 m004_conversation_changes, m005_answer_decoding, m006_undos]
 
 
 def migration_set(functions: Sequence[Callable[[Database], None]] = MIGRATIONS) -> Migrations:

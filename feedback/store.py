@@ -376,7 +376,18 @@ class Store:
         picks = {r["prompt_message_id"]: r["picked_id"] for r in self._rows(
             "SELECT prompt_message_id, picked_id FROM choices WHERE user_id = ? AND prompt_message_id IN "
             "(SELECT id FROM messages WHERE conversation_id = ?) ORDER BY id", (user_id, conversation_id))}
-        return self._decorate(current_branch(rows, picks), user_id)
+        undone = [r["message_id"] for r in self._rows(
+            "SELECT message_id FROM undos WHERE user_id = ? AND message_id IN "
+            "(SELECT id FROM messages WHERE conversation_id = ?)", (user_id, conversation_id))]
+        return self._decorate(current_branch(rows, picks, undone), user_id)
+
+    def undo(self, message_id: int, user_id: int) -> int:
+        """↶ undo: the user took their question `message_id` and what followed it off the screen (append-only; the
+        messages stay on record). NotFoundError for another user's or a missing question."""
+        with self._write() as conn:
+            self._owned_message(conn, check_id(message_id, "message_id"), user_id, role="user")
+            return conn.execute("INSERT INTO undos (message_id, user_id, created) VALUES (?, ?, ?)",
+                                (message_id, user_id, now_iso())).lastrowid
 
     # --- feedback events ------------------------------------------------------------------------------------
     def rate(self, message_id: int, user_id: int, value: int, reasons: Sequence[str] = (), comment: str = "") -> int:

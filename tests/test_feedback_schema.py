@@ -104,6 +104,12 @@ EXPECTED_TABLES = {
     title TEXT,
     created TEXT NOT NULL
 )""",
+    "undos": """CREATE TABLE undos (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created TEXT NOT NULL
+)""",
 }
 EXPECTED_INDEXES = {
     "idx_api_completions_message": "CREATE INDEX idx_api_completions_message ON api_completions(message_id)",
@@ -114,6 +120,7 @@ EXPECTED_INDEXES = {
     "idx_choices_created": "CREATE INDEX idx_choices_created ON choices(created)",
     "idx_choices_prompt": "CREATE INDEX idx_choices_prompt ON choices(prompt_message_id, user_id)",
     "idx_conversation_changes": "CREATE INDEX idx_conversation_changes ON conversation_changes(conversation_id, action)",
+    "idx_undos_message": "CREATE INDEX idx_undos_message ON undos(message_id)",
     "idx_conversations_user": "CREATE INDEX idx_conversations_user ON conversations(user_id)",
     "idx_edits_created": "CREATE INDEX idx_edits_created ON edits(created)",
     "idx_edits_message": "CREATE INDEX idx_edits_message ON edits(message_id, user_id)",
@@ -128,7 +135,7 @@ EXPECTED_INDEXES = {
 EXPECTED_TRIGGERS = {
     f"{t}_append_only": f"CREATE TRIGGER {t}_append_only BEFORE UPDATE ON {t}\n"
                         f"BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END"
-    for t in ("choices", "edits", "messages", "opt_outs", "ratings", "api_completions", "conversation_changes")
+    for t in ("choices", "edits", "messages", "opt_outs", "ratings", "api_completions", "conversation_changes", "undos")
 }
 
 
@@ -162,7 +169,7 @@ def test_blank_database_has_exactly_this_schema(tmp_path):
         assert conn.execute("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id").fetchall() == [
             ("kaizen", n) for n in
             ("m001_initial", "m002_rating_retraction", "m003_api", "m004_conversation_changes",
-                          "m005_answer_decoding")]
+                          "m005_answer_decoding", "m006_undos")]
         assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
                    for t in EXPECTED_TABLES if t != "_sqlite_migrations")
 

@@ -135,3 +135,15 @@ def test_rename_and_delete_are_append_only_and_keep_the_record(store):
 def test_restored_state_of_nothing_is_a_new_chat():
     st = restored_state([], 7, 1)
     assert st["shown"] == [] and st["conversation"] == 7
+
+
+def test_an_undone_question_and_what_followed_it_leave_the_branch():
+    from feedback.history import current_branch
+
+    msgs = [{"id": 1, "parent_id": None, "role": "user"}, {"id": 2, "parent_id": 1, "role": "assistant"},
+            {"id": 3, "parent_id": 2, "role": "user"}, {"id": 4, "parent_id": 3, "role": "assistant"},
+            {"id": 5, "parent_id": 3, "role": "assistant"}]  # a retry of the undone question
+    assert [m["id"] for m in current_branch(msgs, undone=[3])] == [1, 2]
+    assert [m["id"] for m in current_branch(msgs + [{"id": 6, "parent_id": 2, "role": "user"}], undone=[3])] == [1, 2, 6]
+    assert current_branch(msgs, undone=[1]) == []
+    assert [m["id"] for m in current_branch(msgs)] == [1, 2, 3, 5]

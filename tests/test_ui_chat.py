@@ -123,13 +123,24 @@ def test_retry_then_pick_records_a_choice(logic, tmp_path):
         logic.pick(st, uid, "second")  # nothing pending any more
 
 
-def test_undo_removes_the_turn_from_the_display_only(logic):
+def test_undo_removes_the_turn_from_the_display_and_a_reload_keeps_it_removed(logic):
     uid = logic.user_id(None)
     st = ask(logic, new_state(), uid, "first question")
     st = ask(logic, st, uid, "second question")
-    assert logic.undo(st, 2) == "second question"
+    assert logic.undo(st, uid, 2) == "second question"
     assert len(st["shown"]) == 2
     assert len(logic.store.conversation(st["conversation"], uid)) == 4  # append-only record
+    reopened = logic.open(uid, st["conversation"])  # a reload: the undone turn does not come back
+    assert [m["content"] for m in reopened["shown"]] == [m["content"] for m in st["shown"]]
+    st = ask(logic, reopened, uid, "a new second question")  # the chat goes on from the kept answer
+    assert [m["role"] for m in logic.open(uid, st["conversation"])["shown"]] == ["user", "assistant"] * 2
+    assert logic.open(uid, st["conversation"])["shown"][2]["content"] == "a new second question"
+    bob = logic.user_id("bob")
+    with pytest.raises(PermissionError):  # another user's session state: refused before anything is written
+        logic.undo(st, bob, 2)
+    from feedback.store import NotFoundError
+    with pytest.raises(NotFoundError):  # another user's question id, straight at the store
+        logic.store.undo(st["shown"][2]["id"], bob)
 
 
 def test_sources_notes_shift_indices():

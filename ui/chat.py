@@ -478,12 +478,16 @@ class ChatLogic:
         state["pending"] = None
         return f"Saved: you preferred the {which} answer."
 
-    def undo(self, state, index) -> str:
-        """Remove the question at `index` and what follows from the display (the store keeps them: append-only).
-        Returns the question text, to put back in the textbox."""
+    def undo(self, state, user_id, index) -> str:
+        """Remove the question at `index` and what follows from the display; the store keeps them (append-only)
+        and records the undo, so a reload shows the chat without them too. Returns the question text, to put back
+        in the textbox."""
+        self.own(state, user_id)
         i = chat_index_to_shown(state, index)
         if state["shown"][i]["role"] != "user":
             raise ValueError("undo applies to a question")
+        if state["shown"][i].get("id") is not None:
+            self.store.undo(state["shown"][i]["id"], user_id)
         text = state["shown"][i]["content"]
         del state["shown"][i:]
         state["pending"] = None
