@@ -360,3 +360,15 @@ def test_answer_details_come_from_the_stored_answer_and_name_no_server_path(logi
     bob = logic.user_id("bob")
     with pytest.raises(LookupError):
         logic.details(state, bob)
+
+
+def test_a_restored_cut_off_answer_offers_continue_again(logic):
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "tell me a long story")  # the fixture caps answers at 6 tokens
+    assert can_continue(st)
+    reopened = logic.open(uid, st["conversation"])
+    assert can_continue(reopened) and cut_off_notice(reopened).startswith("… cut off at 6 tokens")
+    for reopened in logic.continue_answer(reopened, uid, "plain", "off", "default", threading.Event()):
+        pass
+    rows = logic.store.conversation(st["conversation"], uid)
+    assert rows[-1]["content"].startswith(rows[1]["content"]) and rows[-1]["parent_id"] == rows[0]["id"]

@@ -168,7 +168,8 @@ def answer_name(state: dict, shown_index: int) -> str:
 
 def restored_state(rows: list[dict], conversation_id: int, owner: int) -> dict:
     """A session state showing a stored conversation (`Store.branch` rows): every message with its store id, so
-    ratings, edits and retries on a restored answer go to that answer; an edited answer shows the edit."""
+    ratings, edits and retries on a restored answer go to that answer; an edited answer shows the edit; an answer
+    that used all of its token cap (its stored decoding says the cap) is cut off, so Continue works on it."""
     st = new_state()
     st["conversation"], st["owner"] = conversation_id, owner
     for r in rows:
@@ -176,6 +177,9 @@ def restored_state(rows: list[dict], conversation_id: int, owner: int) -> dict:
         if r["role"] == "assistant":
             m["sources"] = r.get("sources") or []
             m["rating"] = r.get("rating")
+            cap = (r.get("decoding") or {}).get("max_new_tokens")
+            if cap and not r.get("edited") and (r.get("completion_tokens") or 0) >= cap:
+                m["cut_off"] = cap  # it ran into its token cap: Continue is offered again after a reload
         st["shown"].append(m)
     return st
 
