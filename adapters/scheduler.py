@@ -1,7 +1,7 @@
 """The adaptation loop: feedback -> datasets -> training -> evaluation -> registry -> gate -> promotion.
 
     result = run_once(settings, force=True)              # one run now (what `kaizen adapt` does)
-    sched = Scheduler(settings, on_promote=swap)         # in the app: checks every `interval_s`
+    sched = Scheduler(settings, on_promote=lambda v, folder: watcher.sync_now())   # in the app: every `interval_s`
     sched.start(); ...; sched.trigger(); ...; sched.stop()
 
 A run is due when `settings.adapt_min_events` feedback events arrived since the last run, or when any arrived and
@@ -10,7 +10,8 @@ A run is due when `settings.adapt_min_events` feedback events arrived since the 
 processes; the candidate is trained into a temporary folder and registered only when training finished, so a
 failed or killed run changes nothing. The gate decides: promoted (ACTIVE swapped, `on_promote(version, folder)`
 called when that version is what should be served, i.e. nothing is pinned) or retired (kept, listed, promotable by
-hand).
+hand). The stages are adapters/stages.py's; a run only writes the registry (the app's RegistryWatcher,
+adapters/watcher.py, applies it to the model).
 """
 from __future__ import annotations
 
