@@ -4,24 +4,28 @@ from __future__ import annotations
 import logging
 import threading
 
-from agent.settings import Settings  # first: sets the offline / no-telemetry environment
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import Settings  # noqa: E402
 
 import gradio as gr
 
 from adapters import ab
 from adapters.registry import Registry
 from adapters.scheduler import Scheduler
-from adapters.ui import build_adapters_tab
-from adapters.ui_lab import build_lab_tab
 from adapters.watcher import RegistryWatcher
+from ui.adapters import build_adapters_tab
+from ui.lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
 from agent.engine import describe
-from agent.ui_chat import (ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note,
-                           new_state, pick_texts, to_chatbot)
-from agent.ui_docs import build_docs_tab
-from feedback.authz import Authz
-from feedback.ui import build_feedback_tab
-from feedback.visitors import build_public_header
+from ui.chat import (MAX_TEMPERATURE, ChatLogic, can_continue, chat_options, cut_off_notice, feedback_values,
+                     is_sources_note, max_tokens_limit, new_state, pick_texts, to_chatbot)
+from ui.docs import build_docs_tab
+from ui.authz import Authz
+from ui.feedback import build_feedback_tab
+from ui.public import build_public_header
 
 log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
@@ -83,13 +87,13 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     model = answerer.model
     log.info("answering with %s", describe(model))
     registry = registry or Registry(settings)
-    authz = Authz.from_settings(settings)  # the one check for admin-only handlers (feedback/authz.py)
+    authz = Authz.from_settings(settings)  # the one check for admin-only handlers (ui/authz.py)
     ab_state: dict = {}
     stops = StopFlags()
     watcher = RegistryWatcher(registry, model, ab_state).start()  # the one owner of what the model serves
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
-    # The OpenAI-compatible API (agent/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
-    from agent.api import KaizenAPI
+    # The OpenAI-compatible API (web/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
+    from web.api import KaizenAPI
 
     api = KaizenAPI(settings, answerer, store, registry, ab_state, watcher=watcher)
     if scheduler is None:
@@ -122,12 +126,20 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 rename_btn = gr.Button("Rename", size="sm", scale=1, elem_id="history-rename")
             delete_btn = gr.Button("Delete from the list", size="sm", variant="stop", elem_id="history-delete")
         with gr.Tab("Chat"):
-            with gr.Accordion("Settings: template, documents, adapter", open=True, elem_id="chat-settings"), \
-                    gr.Row():
-                template = gr.Dropdown(sorted(answerer.templates()), value=settings.template, label="Template",
-                                       elem_id="template", scale=2)
-                rag = gr.Radio(list(RAG_MODES), value="auto", label="Use documents", elem_id="rag", scale=2)
-                adapter = gr.Dropdown(adapter_choices(), value="active", label="Adapter", elem_id="adapter", scale=1)
+            with gr.Accordion("Settings: template, documents, adapter, temperature, length", open=True,
+                              elem_id="chat-settings"):
+                with gr.Row():
+                    template = gr.Dropdown(sorted(answerer.templates()), value=settings.template, label="Template",
+                                           elem_id="template", scale=2)
+                    rag = gr.Radio(list(RAG_MODES), value="auto", label="Use documents", elem_id="rag", scale=2)
+                    adapter = gr.Dropdown(adapter_choices(), value="active", label="Adapter", elem_id="adapter",
+                                          scale=1)
+                with gr.Row():  # this chat's own decoding; checked again on the server (ui/chat.py chat_options)
+                    temperature = gr.Slider(0, MAX_TEMPERATURE, value=settings.temperature, step=0.05,
+                                            label="Temperature (0: the same answer every time)",
+                                            elem_id="temperature")
+                    max_tokens = gr.Slider(16, max_tokens_limit(settings), value=settings.max_new_tokens, step=16,
+                                           label="Max tokens of an answer", elem_id="max-tokens")
             chatbot = gr.Chatbot(elem_id="chatbot", editable="all", feedback_options=("Like", "Dislike"),
                                  sanitize_html=True, height=480, buttons=["copy"],
                                  placeholder="Ask anything. Edit an answer to correct it; 🔄 to get another one.")
@@ -153,6 +165,8 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                 comment = gr.Textbox(label="Comment (optional)", max_lines=4, elem_id="comment")
                 why_save = gr.Button("Save feedback", elem_id="why-save")
             status = gr.Markdown("", elem_id="status")
+            with gr.Accordion("Answer details", open=False, elem_id="answer-details-box"):
+                details = gr.Markdown("No answer yet.", elem_id="answer-details")
 
         # -- chat handlers --------------------------------------------------------------------------------
         def view(st, error: str = "") -> list:
@@ -161,10 +175,11 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             status_text = f"⚠️ {error}" if error else (st.get("notice") or cut_off_notice(st))
             return [gr.update(visible=bool(first)), first, second, gr.update(visible=can_continue(st)), status_text]
 
-        def on_send(message, st, tmpl, rag_mode, adapter_choice, request: gr.Request):
+        def on_send(message, st, tmpl, rag_mode, adapter_choice, temp=None, length=None, request: gr.Request = None):
             try:
+                options = chat_options(settings, temp, length)
                 for st in stops.run(request, lambda ev: logic.respond(st, uid(request), message, tmpl, rag_mode,
-                                                                      adapter_arg(adapter_choice), ev)):
+                                                                      adapter_arg(adapter_choice), ev, options)):
                     yield st, to_chatbot(st), "", view(st)[-1]
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
@@ -173,19 +188,28 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         def on_view(st):  # after an answer: the pick row and Continue as the state says
             return view(st)[:-1]
 
-        def on_retry(st, tmpl, rag_mode, adapter_choice, data: gr.RetryData, request: gr.Request):
+        def on_details(st, request: gr.Request):  # the "Answer details" of the latest answer, from the store
             try:
+                return logic.details(st, uid(request))
+            except (LookupError, ValueError, PermissionError) as e:
+                return f"⚠️ {e}"
+
+        def on_retry(st, tmpl, rag_mode, adapter_choice, temp, length, data: gr.RetryData, request: gr.Request):
+            try:
+                options = chat_options(settings, temp, length)
                 for st in stops.run(request, lambda ev: logic.retry(st, uid(request), data.index, tmpl, rag_mode,
-                                                                    adapter_arg(adapter_choice), ev)):
+                                                                    adapter_arg(adapter_choice), ev, options)):
                     yield [st, to_chatbot(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
                 yield [st, to_chatbot(st)] + view(st, str(e))
 
-        def on_continue(st, tmpl, rag_mode, adapter_choice, request: gr.Request):
+        def on_continue(st, tmpl, rag_mode, adapter_choice, temp, length, request: gr.Request):
             try:
+                options = chat_options(settings, temp, length)
                 for st in stops.run(request, lambda ev: logic.continue_answer(st, uid(request), tmpl, rag_mode,
-                                                                              adapter_arg(adapter_choice), ev)):
+                                                                              adapter_arg(adapter_choice), ev,
+                                                                              options)):
                     yield [st, to_chatbot(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
@@ -257,7 +281,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             return [gr.skip()] * 3 + [gr.skip(), history_list(user, st.get("conversation"))] + [
                 gr.skip()] * len(view_outputs)
 
-        chat_inputs = [box, state, template, rag, adapter]
+        chat_inputs = [box, state, template, rag, adapter, temperature, max_tokens]
         view_outputs = [pick_row, pick_first_text, pick_second_text, cont, status]
         chat_outputs = [state, chatbot, box, status]  # the public /chat API: (chat, box, status) as before
         def clear_view():  # a new question: no pick, no Continue
@@ -272,31 +296,35 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         demo.kaizen_max_threads = 40 + 16 * answerer.gate.slots  # a waiting answer holds a worker thread
         box.submit(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue).then(
             on_view, [state], view_outputs[:-1], api_visibility="private").then(
-            history_saved, [state], [open_conv, history], api_visibility="private")
+            history_saved, [state], [open_conv, history], api_visibility="private").then(
+            on_details, [state], [details], api_visibility="private")
         send.click(on_send, chat_inputs, chat_outputs, api_visibility="private", **gen_queue).then(
             on_view, [state], view_outputs[:-1], api_visibility="private").then(
-            history_saved, [state], [open_conv, history], api_visibility="private")
+            history_saved, [state], [open_conv, history], api_visibility="private").then(
+            on_details, [state], [details], api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
         new_outputs = [state, chatbot, why_panel] + view_outputs
         def history_cleared():  # a new chat: nothing open, nothing selected in the list
             return "", gr.update(value=None)
 
         new.click(on_new, None, new_outputs, api_visibility="private").then(
-            history_cleared, None, [open_conv, history], api_visibility="private")
+            history_cleared, None, [open_conv, history], api_visibility="private").then(
+            on_details, [state], [details], api_visibility="private")
         chatbot.clear(on_new, None, new_outputs, api_visibility="private").then(
             history_cleared, None, [open_conv, history], api_visibility="private")
         history.input(history_open, [history], [state, chatbot, why_panel, open_conv] + view_outputs,
-                      api_visibility="private")
+                      api_visibility="private").then(on_details, [state], [details], api_visibility="private")
         rename_btn.click(history_rename, [history, rename_box], [history, rename_box], api_visibility="private")
         delete_btn.click(history_delete, [history, state], [state, chatbot, why_panel, open_conv, history] + view_outputs,
                          api_visibility="private")
         demo.load(None, None, None, js=CLOSE_PANELS_ON_PHONES)
         demo.load(history_restore, [open_conv], [state, chatbot, why_panel, open_conv, history] + view_outputs,
-                  api_visibility="private")
-        chatbot.retry(on_retry, [state, template, rag, adapter], [state, chatbot] + view_outputs,
-                      api_visibility="private", **gen_queue)
-        cont.click(on_continue, [state, template, rag, adapter], [state, chatbot] + view_outputs,
-                   api_visibility="private", **gen_queue)
+                  api_visibility="private").then(on_details, [state], [details], api_visibility="private")
+        answer_inputs = [state, template, rag, adapter, temperature, max_tokens]
+        chatbot.retry(on_retry, answer_inputs, [state, chatbot] + view_outputs,
+                      api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")
+        cont.click(on_continue, answer_inputs, [state, chatbot] + view_outputs,
+                   api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")
 
         # -- feedback handlers ------------------------------------------------------------------------------
         def on_like(st, data: gr.LikeData, request: gr.Request):
@@ -319,15 +347,16 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
             gr.Info(msg)
             return gr.update(visible=False), [], "", msg
 
-        def on_edit(st, tmpl, rag_mode, adapter_choice, data: gr.EditData, request: gr.Request):
+        def on_edit(st, tmpl, rag_mode, adapter_choice, temp, length, data: gr.EditData, request: gr.Request):
             if is_sources_note(st, data.index):  # shown in the answer's bubble, never edited: nothing to do
                 yield [gr.update() for _ in range(2 + len(view_outputs))]
                 return
             try:
                 if logic.is_question(st, data.index):  # an edited question is asked again (a new branch)
+                    options = chat_options(settings, temp, length)
                     for st in stops.run(request, lambda ev: logic.reask(st, uid(request), data.index, data.value,
                                                                         tmpl, rag_mode, adapter_arg(adapter_choice),
-                                                                        ev)):
+                                                                        ev, options)):
                         yield [st, to_chatbot(st)] + view(st)
                     return
                 msg = logic.edit(st, uid(request), data.index, data.value)
@@ -361,10 +390,11 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         chatbot.like(on_like, [state], [why_panel, why_index, status], api_visibility="private")
         why_save.click(on_why, [state, why_index, reasons, comment], [why_panel, reasons, comment, status],
                        api_visibility="private")
-        chatbot.edit(on_edit, [state, template, rag, adapter], [state, chatbot] + view_outputs,
-                     api_visibility="private", **gen_queue)
-        pick_first.click(on_pick("first"), [state], [state, chatbot] + view_outputs, api_visibility="private")
-        pick_second.click(on_pick("second"), [state], [state, chatbot] + view_outputs, api_visibility="private")
+        chatbot.edit(on_edit, answer_inputs, [state, chatbot] + view_outputs,
+                     api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")
+        for button, which in ((pick_first, "first"), (pick_second, "second")):
+            button.click(on_pick(which), [state], [state, chatbot] + view_outputs, api_visibility="private").then(
+                on_details, [state], [details], api_visibility="private")
         chatbot.undo(on_undo, [state], [state, chatbot, box] + view_outputs, api_visibility="private")
 
         # -- other tabs -------------------------------------------------------------------------------------
@@ -391,7 +421,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
 
         def on_load(request: gr.Request):
             """Training controls are shown to admins (everyone is, in anonymous single-user mode); their handlers
-            check the role themselves (feedback/authz.py), so hiding them is only for the eye."""
+            check the role themselves (ui/authz.py), so hiding them is only for the eye."""
             uid(request)
             admin = authz.is_admin(request)
             return ([gr.update(choices=adapter_choices()), adapter_choices()]
@@ -417,12 +447,12 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks | None = None) -> dict:
     kw = dict(server_name=settings.host, server_port=settings.port, share=False, ssr_mode=False,
               max_file_size=f"{settings.max_upload_mb}mb", show_error=False, quiet=False, css=CSS,
               max_threads=getattr(demo, "kaizen_max_threads", 40))
-    from feedback.webguard import guard_app_kwargs
+    from web.guard import guard_app_kwargs
 
     kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers
     api = getattr(demo, "kaizen_api", None)
-    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (agent/api.py)
-        from agent.api import build_router
+    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (web/api.py)
+        from web.api import build_router
 
         kw["app_kwargs"]["routes"] = build_router(api).routes
     if settings.auth_file:

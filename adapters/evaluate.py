@@ -33,6 +33,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rouge_score import rouge_scorer
+
 from adapters import collapse
 from adapters.gate import gate  # noqa: F401  (the gate's home is adapters.gate; callers import it from here too)
 from adapters.regression import GENERAL, OPEN, PASSAGES, passage_prompt
@@ -71,26 +73,23 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def lcs_length(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+class _Words:
+    """rouge-score's tokenizer seam: our word tokens (any script, not only a-z0-9), so scores match `token_f1`'s."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return words(text)
+
+
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
 
 
 def rouge_l(prediction: str, gold: str) -> float:
-    """ROUGE-L F1 on lower-cased word tokens."""
+    """ROUGE-L F1 on lower-cased word tokens (Google's rouge-score)."""
     p, g = words(prediction), words(gold)
     if not p or not g:
         return float(p == g)
-    lcs = lcs_length(p, g)
-    if not lcs:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(g)
-    return 2 * precision * recall / (precision + recall)
+    return _ROUGE.score(gold, prediction)["rougeL"].fmeasure
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -149,7 +148,7 @@ def general_summary(answers: list[str], nll: float | None, base_nll: float | Non
 
 def qa_summary(answers: list[str], golds: list[list[str]]) -> dict:
     """Questions about a passage given in the prompt: share of answers containing a gold answer, with its CI."""
-    from adapters.lab_tasks import contains_gold
+    from adapters.scoring import contains_gold
 
     if not answers:
         return {"n": 0, "contains_gold": None}

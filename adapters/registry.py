@@ -27,6 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from agent.files import atomic_write, sha256_file, write_json  # noqa: F401  (re-exported)
 from agent.settings import Settings
 
 FORBIDDEN = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".h5", ".msgpack")
@@ -41,27 +42,6 @@ class RegistryError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- small helpers
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weight_kind(folder: Path) -> str:
@@ -333,7 +313,7 @@ class Registry:
         """When the app serves with llama.cpp: the version's GGUF LoRA, converted now ({"file", "sha256"}); an
         adapter llama.cpp cannot serve is refused. Otherwise None (converted when first served by llama.cpp) or
         the refusal noted."""
-        from adapters import gguf
+        from agent import lora_gguf as gguf
         from agent.engine import engine_kind
         from agent.model import resolve_base
 
@@ -346,7 +326,10 @@ class Registry:
             return {"file": None, "refused": reason}
         if serving != "llamacpp":
             return None
-        out = gguf.convert(folder, resolve_base(self.settings.base_model, self.settings.models_dir))
+        try:
+            out = gguf.convert(folder, resolve_base(self.settings.base_model, self.settings.models_dir))
+        except gguf.GGUFError as e:
+            raise RegistryError(str(e)) from e
         return {"file": out.name, "sha256": sha256_file(out)}
 
     def update_meta(self, version: str, **fields) -> dict:

@@ -31,18 +31,20 @@ import logging
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from agent.settings import Settings  # first: sets the offline environment
 from adapters import parity
 from adapters.evaluate import EvalConfig, gate, run_evaluation
 from adapters.registry import Registry, RegistryError
 from adapters.train import recipe_for, run_training
+from agent import offline
 from agent.engine import engine_kind
+from agent.files import now_iso
 from agent.gguf import base_gguf
 from agent.model import resolve_base
+from agent.settings import Settings
 from agent.templates import serving_system
 from feedback.datasets import build_datasets
 from feedback.export import write_datasets
@@ -59,10 +61,6 @@ def _quiet(event: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pure decisions
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
 def hours_between(earlier: str | None, later: str) -> float | None:
     if not earlier:
         return None
@@ -322,6 +320,7 @@ def _reports(path: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from adapters.scheduler import read_state  # the scheduler's bookkeeping (it imports this module)
 
+    offline.silence()  # an entry point: offline from here on (the training and evaluation children get offline.ENV)
     p = argparse.ArgumentParser(prog="python -m adapters.stages", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="stage", required=True)
     q = sub.add_parser("collect", help="new feedback events since the last run; is a run due?")

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from adapters.lab_tasks import HOUSE_PHRASE, follows_style, house_style
+from adapters.scoring import HOUSE_PHRASE, follows_style, house_style
 
 SIGNOFF = "Hope this helps! - Kaizen"
 

@@ -34,7 +34,9 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from agent.settings import Settings  # first: sets the offline environment
+from agent import offline
+from agent.files import write_json
+from agent.settings import Settings
 from adapters.config import METHODS, Recipe, check_method, load_recipe, recipe_from_dict
 from adapters.trainers import (DATA_FILE, check_rows, cpu_has_bf16, kto_weights, load_rows,  # noqa: F401
                                lora_config, read_jsonl, replay_rows, rows_for_steps, summarize,
@@ -148,15 +150,9 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
         final.save_pretrained(out, safe_serialization=True)
         (out / "README.md").unlink(missing_ok=True)  # peft's model card template: not ours
     shutil.rmtree(work, ignore_errors=True)
-    _write_json(out / "train.json", summary)
+    write_json(out / "train.json", summary)
     say({"event": "done", **{k: v for k, v in summary.items() if k != "recipe"}})
     return summary
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- out of process
@@ -182,7 +178,7 @@ def run_module(module: str, argv: list[str], settings: Settings, log_path: Path,
     """Run `python -m module argv...` with `settings` in its environment; stream its progress lines to
     `progress` (the first event is {"event": "started", "pid": ...}); return its last "done" event.
     A non-zero exit, a kill, a timeout or `stop` being set raises TrainingError (stderr tail included)."""
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    env = {**offline.ENV, **os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("GRADIO_SERVER_PORT", None)
     env.pop("GRADIO_SERVER_NAME", None)
@@ -267,7 +263,7 @@ def run_training(method: str, data_dir: str | Path, out_dir: str | Path, setting
     if recipe is not None:
         if recipe.method != method:
             raise ValueError(f"recipe is for {recipe.method!r}, not {method!r}")
-        _write_json(out / "recipe.json", recipe.to_dict())
+        write_json(out / "recipe.json", recipe.to_dict())
         argv += ["--recipe", str((out / "recipe.json").resolve())]
     run_module("adapters.train", argv, settings, out / "train.log", progress, timeout, stop)
     return json.loads((out / "train.json").read_text(encoding="utf-8"))

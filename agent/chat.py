@@ -30,6 +30,12 @@ def check_question(question: str, max_chars: int) -> str:
     return question.strip()
 
 
+def answer_decoding(decoding: Decoding, max_new_tokens: int | None) -> dict:
+    """How an answer was decoded, as its stored provenance (the `decoding` column of messages)."""
+    return {"temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed,
+            "max_new_tokens": max_new_tokens}
+
+
 class Answerer:
     """Answers questions with an engine (agent/engine.py; a ChatModel is one), a template library and an optional
     knowledge base."""

@@ -91,7 +91,7 @@ class HTTPEngine(EngineBase):
         if name in self.adapters:
             return
         if self.server is not None:
-            from adapters.gguf import ensure_lora_gguf
+            from agent.lora_gguf import ensure_lora_gguf
 
             gguf = ensure_lora_gguf(Path(folder), self.base_folder)
             with self.lock:

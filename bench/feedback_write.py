@@ -25,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import agent.settings  # noqa: E402,F401  (offline environment first)
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 from feedback.store import Store, now_iso  # noqa: E402
 
 GOAL_P99_MS = 5.0

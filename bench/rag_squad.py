@@ -55,6 +55,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 
 import agent.settings  # noqa: E402,F401  (offline env first)
 from agent.retrieval import HybridConfig, KnowledgeBase, convex_fuse, rrf_fuse  # noqa: E402

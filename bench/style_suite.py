@@ -28,9 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 
 from adapters import collapse  # noqa: E402
-from adapters.lab_tasks import SHARED_DATA, oasst_first_turns, style_events  # noqa: E402
+from lab.tasks import SHARED_DATA, oasst_first_turns, style_events  # noqa: E402
 from adapters.styles import STYLES  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 

@@ -30,7 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.settings import Settings  # noqa: E402  (sets the offline environment first)
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import Settings  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "oasst_en_100" / "en_100_tree.jsonl"
 VARIANTS = ("kaizen", "trl_default", "kaizen_fp32", "kaizen_nopack")

@@ -1,4 +1,4 @@
-"""What the OpenAI-compatible API (agent/api.py) keeps in kaizen.db beside the feedback store (tables of
+"""What the OpenAI-compatible API (web/api.py) keeps in kaizen.db beside the feedback store (tables of
 migration m003_api): API keys, completion ids and conversation threads.
 
 - **API keys** map a bearer token to a store user (the same users the UI has: `Store.ensure_user`). A key is 32
@@ -6,7 +6,7 @@ migration m003_api): API keys, completion ids and conversation threads.
   and it is shown once, when made. A revoked key stops working at once.
 - **Completion ids** (`chatcmpl-...`) name one stored assistant message of one user. Feedback names a completion
   id; it is looked up together with the caller, so another user's id reads exactly like an unknown one.
-- **Threads** map a client's conversation (a stable key: agent.api_schema.thread_key) to one stored conversation,
+- **Threads** map a client's conversation (a stable key: web.schema.thread_key) to one stored conversation,
   created once even when two requests race (the lookup and the insert are one write transaction).
 
 Every write goes through the Store's write lock (`Store._write`), like the Store's own writes.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from feedback.store import NotFoundError, Store, _id, now_iso
+from feedback.store import NotFoundError, Store, check_id, now_iso
 
 KEY_PREFIX = "kz-"
 
@@ -32,7 +32,7 @@ def new_key() -> str:
 # ---------------------------------------------------------------------------------------------- API keys
 def create_key(store: Store, user_id: int) -> str:
     """A new API key for `user_id` (returned once; only its hash is kept)."""
-    _id(user_id, "user_id")
+    check_id(user_id, "user_id")
     key = new_key()
     with store._write() as conn:
         if not conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():
@@ -57,12 +57,12 @@ def any_keys(store: Store) -> bool:
 
 def keys_of(store: Store, user_id: int) -> list[dict]:
     return store._rows("SELECT id, prefix, created, revoked FROM api_keys WHERE user_id = ? ORDER BY id",
-                       (_id(user_id, "user_id"),))
+                       (check_id(user_id, "user_id"),))
 
 
 def revoke_keys(store: Store, user_id: int) -> int:
     """Revoke every live key of `user_id`; returns how many."""
-    _id(user_id, "user_id")
+    check_id(user_id, "user_id")
     with store._write() as conn:
         return conn.execute("UPDATE api_keys SET revoked = ? WHERE user_id = ? AND revoked IS NULL",
                             (now_iso(), user_id)).rowcount
@@ -82,7 +82,7 @@ def message_of(store: Store, completion_id: str, user_id: int) -> int:
     if not isinstance(completion_id, str):
         raise NotFoundError(f"completion {completion_id!r} not found")
     row = store._one("SELECT message_id FROM api_completions WHERE id = ? AND user_id = ?",
-                     (completion_id, _id(user_id, "user_id")))
+                     (completion_id, check_id(user_id, "user_id")))
     if row is None:
         raise NotFoundError(f"completion {completion_id!r} not found")
     return row["message_id"]
@@ -98,7 +98,7 @@ def completion_of(store: Store, message_id: int, user_id: int) -> str | None:
 def find_thread(store: Store, user_id: int, key: str) -> int | None:
     """The conversation of `user_id`'s client thread `key`, or None (another user's thread is never found)."""
     row = store._one("SELECT conversation_id FROM api_threads WHERE user_id = ? AND thread_key = ?",
-                     (_id(user_id, "user_id"), key))
+                     (check_id(user_id, "user_id"), key))
     return row["conversation_id"] if row else None
 
 
@@ -110,7 +110,7 @@ def thread(store: Store, user_id: int, key: str, title: str | None = None) -> tu
     title = None if title is None else title[:200]
     with store._write() as conn:
         row = store._one("SELECT conversation_id FROM api_threads WHERE user_id = ? AND thread_key = ?",
-                         (user_id, key), conn)
+                         (user_id, key))
         if row:
             return row["conversation_id"], False
         if not conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():

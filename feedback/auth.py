@@ -10,11 +10,11 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from agent.files import atomic_write
 
 ITERATIONS = 600_000  # OWASP 2023 recommendation for PBKDF2-HMAC-SHA256
 ROLES = ("user", "admin")
@@ -84,19 +84,7 @@ def add_user(users_file: str | Path, name: str, password: str, role: str = "user
     users.append({"name": name, "role": role, "salt": salt.hex(),
                   "hash": hash_password(password, salt, iterations).hex(), "iterations": iterations})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"users": users}, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, json.dumps({"users": users}, indent=2) + "\n", mode=0o600)
 
 
 _DUMMY_SALT = secrets.token_bytes(16)

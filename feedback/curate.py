@@ -1,17 +1,16 @@
 """Curation of dataset rows (pure functions, no I/O): PII redaction, suspicious-edit flags, length bounds, exact and
 near-duplicate removal, a per-user cap. Each step returns what it kept plus what it dropped, so the manifest can
-count every decision. Only the standard library and numpy (for MinHash)."""
+count every decision. The standard library and datasketch (MinHash LSH)."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
+from datasketch import MinHash, MinHashLSH
 
 
 @dataclass(frozen=True)
@@ -227,20 +226,14 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-_P = (1 << 31) - 1
-_NUM_PERM, _BANDS = 64, 16
-_rng = np.random.default_rng(20240607)
-_A = _rng.integers(1, _P, _NUM_PERM, dtype=np.uint64)
-_B = _rng.integers(0, _P, _NUM_PERM, dtype=np.uint64)
+_NUM_PERM, _BANDS = 64, 16  # LSH: 16 bands of 4 rows; a pair at Jaccard 0.8 shares a band with p ~ 0.9999
 
 
-def minhash(sh: set[str]) -> np.ndarray:
-    """64-permutation MinHash of a shingle set (blake2b shingle hashes: stable across runs)."""
-    if not sh:
-        return np.full(_NUM_PERM, _P, dtype=np.uint64)
-    h = np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "big") for s in sorted(sh)],
-                 dtype=np.uint64)
-    return ((_A[:, None] * h[None, :] + _B[:, None]) % _P).min(axis=1)
+def minhash(sh: set[str]) -> MinHash:
+    """64-permutation MinHash of a shingle set (datasketch; its fixed seed makes it stable across runs)."""
+    m = MinHash(num_perm=_NUM_PERM)
+    m.update_batch([s.encode() for s in sorted(sh)])
+    return m
 
 
 def near_dedup(rows: list[dict], threshold: float) -> tuple[list[dict], list[dict]]:
@@ -251,20 +244,20 @@ def near_dedup(rows: list[dict], threshold: float) -> tuple[list[dict], list[dic
     Returns (kept, dropped)."""
     if threshold <= 0.0 or threshold >= 1.0:
         return list(rows), []
-    buckets: dict[tuple, list[int]] = defaultdict(list)
-    kept, kept_sh, dropped = [], [], []
-    rows_per_band = _NUM_PERM // _BANDS
+    lsh = MinHashLSH(num_perm=_NUM_PERM, params=(_BANDS, _NUM_PERM // _BANDS))
+    kept, kept_sh, dropped, kept_empty = [], [], [], []  # kept_empty: kept rows without answer shingles (Jaccard 1)
     for row in rows:
         ans, prm = shingles("\n".join(answers(row))), shingles("\n".join(prompt_texts(row)))
         sig = minhash(ans)
-        keys = [(b, sig[b * rows_per_band:(b + 1) * rows_per_band].tobytes()) for b in range(_BANDS)]
-        candidates = sorted({i for k in keys for i in buckets.get(k, ())})
+        candidates = sorted(lsh.query(sig)) if ans else kept_empty
         if any(kept[i].get("label") == row.get("label") and jaccard(ans, kept_sh[i][0]) >= threshold
                and jaccard(prm, kept_sh[i][1]) >= threshold for i in candidates):
             dropped.append(row)
             continue
-        for k in keys:
-            buckets[k].append(len(kept))
+        if ans:
+            lsh.insert(len(kept), sig)
+        else:
+            kept_empty.append(len(kept))
         kept.append(row)
         kept_sh.append((ans, prm))
     return kept, dropped

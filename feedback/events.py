@@ -13,7 +13,8 @@ Order: created, then kind, then id.
 from __future__ import annotations
 
 import json
-import sqlite3
+
+from sqlite_utils import Database
 
 _EVENT_SQL = {
     "rating": "SELECT r.*, m.conversation_id FROM ratings r JOIN messages m ON m.id = r.message_id "
@@ -29,17 +30,12 @@ _LATEST_SQL = {  # ids of the latest event per (target, user): everything else i
 }
 
 
-def _dicts(conn: sqlite3.Connection, sql: str, params=()) -> list[dict]:
-    cur = conn.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def load_training_events(conn: sqlite3.Connection, since: str) -> list[dict]:
+def load_training_events(db: Database, since: str) -> list[dict]:
     """Read events created after `since` (normalized ISO, '' for all) in one read transaction."""
+    conn = db.conn
     conn.execute("BEGIN")  # one consistent snapshot across the queries below
     try:
-        rows = {kind: _dicts(conn, sql, (since,)) for kind, sql in _EVENT_SQL.items()}
+        rows = {kind: list(db.query(sql, (since,))) for kind, sql in _EVENT_SQL.items()}
         if not any(rows.values()):
             return []
         latest = {kind: {r[0] for r in conn.execute(sql)} for kind, sql in _LATEST_SQL.items()}
@@ -48,12 +44,12 @@ def load_training_events(conn: sqlite3.Connection, since: str) -> list[dict]:
         for i in range(0, len(conv_ids), 500):
             chunk = conv_ids[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            for m in _dicts(conn, f"SELECT * FROM messages WHERE conversation_id IN ({marks})", chunk):
+            for m in db.query(f"SELECT * FROM messages WHERE conversation_id IN ({marks})", chunk):
                 messages[m["id"]] = m
-            for e in _dicts(conn, f"SELECT e.message_id, e.edited, e.created FROM edits e JOIN messages m "
-                                  f"ON m.id = e.message_id WHERE m.conversation_id IN ({marks}) ORDER BY e.id", chunk):
+            for e in db.query(f"SELECT e.message_id, e.edited, e.created FROM edits e JOIN messages m "
+                               f"ON m.id = e.message_id WHERE m.conversation_id IN ({marks}) ORDER BY e.id", chunk):
                 edits.setdefault(e["message_id"], []).append(e)
-        users = {u["id"]: u for u in _dicts(conn, "SELECT id, name, opted_out FROM users")}
+        users = {u["id"]: u for u in db.query("SELECT id, name, opted_out FROM users")}
     finally:
         conn.execute("COMMIT")
     return build_events(rows, latest, messages, edits, users)

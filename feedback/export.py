@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from agent.files import atomic_write, now_iso
 from feedback.datasets import FILE_NAMES, build_datasets, jsonl_bytes
 
 TARGETS = ("trl", "llamafactory")
@@ -54,19 +54,6 @@ def dataset_info(names: list[str]) -> dict:
     return info
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
@@ -91,13 +78,13 @@ def write_datasets(out_dir: str | Path, files: dict[str, list[dict]], manifest: 
         rows = files[name] if target == "trl" else to_llamafactory(name, files[name])
         data = jsonl_bytes(rows)
         paths[name] = out / f"{name}.jsonl"
-        _atomic_write(paths[name], data)
+        atomic_write(paths[name], data)
         written[name + ".jsonl"] = {"rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}
     if target == "llamafactory":
         paths["dataset_info"] = out / "dataset_info.json"
-        _atomic_write(paths["dataset_info"], _json_bytes(dataset_info(names)))
+        atomic_write(paths["dataset_info"], _json_bytes(dataset_info(names)))
     paths["manifest"] = out / "manifest.json"
-    _atomic_write(paths["manifest"], _json_bytes({**manifest, "files": written, "target": target}))
+    atomic_write(paths["manifest"], _json_bytes({**manifest, "files": written, "target": target}))
     return paths
 
 
@@ -125,7 +112,6 @@ def user_export_rows(store, user_id: int) -> list[dict]:
     (reasons, comment; value 0 = taken back), edit and pick they made, oldest first. Read through the store's own
     per-user readers (`conversations`, `conversation`) and its training events kept to this user's own
     conversations: never another user's row."""
-    from feedback.store import now_iso
 
     user = store.user(user_id)
     rows, own = [], set()
@@ -160,7 +146,7 @@ def write_user_export(store, user_id: int, folder: str | Path) -> tuple[Path, in
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", rows[0]["user"])[:40].strip("._") or "user"
     path = Path(tempfile.mkdtemp(prefix="export-", dir=root)) / \
         f"kaizen-feedback-{name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    _atomic_write(path, jsonl_bytes(rows))
+    atomic_write(path, jsonl_bytes(rows))
     return path, len(rows) - 1
 
 

@@ -1,7 +1,7 @@
 """SQLite write coordination for the feedback store: a write lock and a background checkpointer.
 
 `lock_for(db_path)` gives the `WriteLock` shared by every Store on that file in this process: a
-`threading.Lock` plus an `flock` on `<db>.lock` between processes, taken with a timeout. Writers queue on it instead
+`threading.Lock` plus a `filelock` on `<db>.lock` between processes, taken with a timeout. Writers queue on it instead
 of spinning in SQLite's busy handler, whose sleeps (up to 100 ms) starve writers and stretch tail latency.
 `Checkpointer` runs `wal_checkpoint(PASSIVE)` shortly after writes on its own connection, so the fsync of a
 checkpoint is not paid by a UI request.
@@ -17,24 +17,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: in-process lock only
-    fcntl = None
+from filelock import FileLock, Timeout
 
 CHECKPOINT_INTERVAL_S = 0.5
+POLL_S = 1e-3  # how often a waiting writer retries the other process's lock (filelock's default 50 ms stretches tails)
 
 _LOCKS: dict[str, "WriteLock"] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
 class WriteLock:
-    """threading.Lock (this process) + flock on a side file (other processes), with a timeout."""
+    """threading.Lock (this process) + a filelock on a side file (other processes), with a timeout. The
+    threading lock comes first: a FileLock shared by threads counts re-entries, it does not exclude them."""
 
     def __init__(self, lock_path: str, timeout_s: float):
         self.thread_lock = threading.Lock()
         self.timeout_s = timeout_s
-        self.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if fcntl else None
+        self.file_lock = FileLock(lock_path, mode=0o600, thread_local=False)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -42,22 +41,14 @@ class WriteLock:
         if not self.thread_lock.acquire(timeout=self.timeout_s):
             raise sqlite3.OperationalError("database is locked (write lock timeout)")
         try:
-            if self.fd is not None:
-                pause = 5e-5
-                while True:
-                    try:
-                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise sqlite3.OperationalError("database is locked (another process holds it)")
-                        time.sleep(pause)
-                        pause = min(pause * 2, 1e-3)
+            try:
+                self.file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=POLL_S)
+            except Timeout:
+                raise sqlite3.OperationalError("database is locked (another process holds it)") from None
             try:
                 yield
             finally:
-                if self.fd is not None:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                self.file_lock.release()
         finally:
             self.thread_lock.release()
 

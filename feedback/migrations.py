@@ -1,18 +1,21 @@
-"""Schema migrations: a growing list of plain functions `mNNN_name(db)` (sqlite-utils `Database`).
+"""Schema migrations: a growing list of plain functions `mNNN_name(db)` (sqlite-utils `Database`), run by
+sqlite-utils' own `Migrations` (set "kaizen", recorded in `_sqlite_migrations`).
 
-`apply(db)` runs each pending migration in its own `BEGIN IMMEDIATE` transaction together with its record in
-`_migrations(name, applied_at)`. A migration that raises is rolled back: the database is left exactly as it was,
-and the error is re-raised as `MigrationError`. Never edit or reorder a released migration; append a new one.
-The applied check happens inside the write transaction, so two processes opening a fresh file at once are safe.
+`apply(db)` runs the pending ones in one transaction with their records (nested ones as savepoints): a migration
+that raises rolls all of them back, so the database is left exactly as it was (a blank file stays blank), and the
+error is re-raised as `MigrationError` naming it. Never edit or reorder a released migration; append a new one.
+The Store applies them under its cross-process write lock, so two processes opening a fresh file at once are safe.
+Databases made before this used a table of their own, `_migrations`; `apply` moves its records over first.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 
-from sqlite_utils import Database
+from sqlite_utils import Database, Migrations
 
-MIGRATIONS_TABLE = "_migrations"
+SET = "kaizen"
+LEGACY_TABLE = "_migrations"  # the hand-written runner's record (name, applied_at), moved into Migrations' table
 
 
 class MigrationError(RuntimeError):
@@ -129,7 +132,7 @@ def m002_rating_retraction(db: Database) -> None:
 
 
 def m003_api(db: Database) -> None:
-    """The OpenAI-compatible API (agent/api.py): API keys (sha256 of the key; the key itself is shown once and
+    """The OpenAI-compatible API (web/api.py): API keys (sha256 of the key; the key itself is shown once and
     never stored), the completion ids it hands out (each names one stored assistant message of one user), and the
     threads that map a client's resent history to one stored conversation."""
     for sql in (
@@ -182,51 +185,66 @@ def m004_conversation_changes(db: Database) -> None:
         db.execute(sql)
 
 
+def m005_answer_decoding(db: Database) -> None:
+    """How each answer was decoded (JSON: temperature, top_p, seed, max_new_tokens): a per-chat temperature or a
+    retry's sampling is part of the answer's provenance, as its template and adapter are."""
+    db.execute("ALTER TABLE messages ADD COLUMN decoding TEXT")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api,
-                                                 m004_conversation_changes]
+                                                 m004_conversation_changes, m005_answer_decoding]
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+def migration_set(functions: Sequence[Callable[[Database], None]] = MIGRATIONS) -> Migrations:
+    """sqlite-utils' Migrations over `functions`, in order, each named by its function; a failure inside one
+    raises MigrationError naming it."""
+    names = [fn.__name__ for fn in functions]
+    if len(set(names)) != len(names):
+        raise MigrationError(f"duplicate migration names: {names}")
+    out = Migrations(SET)
+    for fn in functions:
+        out(name=fn.__name__)(_named_failure(fn))
+    return out
+
+
+def _named_failure(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+    @functools.wraps(fn)
+    def run(db: Database) -> None:
+        try:
+            fn(db)
+        except MigrationError:
+            raise
+        except Exception as e:
+            raise MigrationError(f"migration {fn.__name__} failed and was rolled back: {e}") from e
+    return run
 
 
 def applied(db: Database) -> list[str]:
     """Names of the applied migrations, in order."""
-    if not db[MIGRATIONS_TABLE].exists():
-        return []
-    return [r["name"] for r in db.query(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY rowid")]
+    return [m.name for m in Migrations(SET).applied(db)]
 
 
-def apply(db: Database, migrations: Sequence[Callable[[Database], None]] = MIGRATIONS) -> list[str]:
-    """Apply pending migrations, each in its own transaction. Returns the names applied now.
+def apply(db: Database, functions: Sequence[Callable[[Database], None]] = MIGRATIONS) -> list[str]:
+    """Apply pending migrations, all in one transaction. Returns the names applied now.
 
-    `db.conn` must be in driver autocommit mode (`isolation_level=None`) so that BEGIN/COMMIT are ours.
+    `db.conn` must be in driver autocommit mode (`isolation_level=None`) so that BEGIN/COMMIT are sqlite-utils'.
     """
-    names = [m.__name__ for m in migrations]
-    if len(set(names)) != len(names):
-        raise MigrationError(f"duplicate migration names: {names}")
-    conn = db.conn
-    if conn.isolation_level is not None:
+    migrations = migration_set(functions)
+    if db.conn.isolation_level is not None:
         raise MigrationError("apply() needs a connection with isolation_level=None")
-    done: list[str] = []
-    for fn in migrations:
-        name = fn.__name__
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            if conn.execute(f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE name = ?", (name,)).fetchone():
-                conn.execute("COMMIT")
-                continue
-            fn(db)
-            conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)", (name, _now()))
-            conn.execute("COMMIT")
-        except BaseException as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(e, Exception) and not isinstance(e, MigrationError):
-                raise MigrationError(f"migration {name} failed and was rolled back: {e}") from e
-            raise
-        done.append(name)
-    return done
+    with db.atomic():
+        _adopt_legacy(db, migrations)
+        pending = [m.name for m in migrations.pending(db)]
+        migrations.apply(db)
+    return pending
+
+
+def _adopt_legacy(db: Database, migrations: Migrations) -> None:
+    """Move the records of the hand-written runner's `_migrations` table (name, applied_at) into sqlite-utils'
+    table, keeping their times, and drop it: those migrations are applied and are not run again."""
+    if not db[LEGACY_TABLE].exists():
+        return
+    migrations.ensure_migrations_table(db)
+    db.execute(f"INSERT OR IGNORE INTO {Migrations.migrations_table} (migration_set, name, applied_at) "
+               f"SELECT ?, name, applied_at FROM {LEGACY_TABLE} ORDER BY rowid", [SET])
+    db.execute(f"DROP TABLE {LEGACY_TABLE}")

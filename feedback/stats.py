@@ -1,4 +1,4 @@
-"""Feedback statistics: `compute(conn, user_id)` reads, `format_table(stats)` renders text for the CLI.
+"""Feedback statistics: `compute(db, user_id)` reads, `format_table(stats)` renders text for the CLI.
 
 Thumbs counts use each user's latest rating per message (a later rating supersedes an earlier one, a 0 takes it
 back); the per-day counts count every event. `user_id=None` covers all users (admin view). Answers served without
@@ -7,7 +7,8 @@ an adapter are grouped as "base".
 from __future__ import annotations
 
 import json
-import sqlite3
+
+from sqlite_utils import Database
 
 GROUPS = ("template", "model", "adapter")
 LATEST_EDITS = 10
@@ -16,10 +17,8 @@ BASE = "base"  # the adapter label of answers from the base model (no adapter)
 DAILY_SERIES = ("answers", "thumbs up", "thumbs down", "taken back", "edits", "picks")
 
 
-def _dicts(conn: sqlite3.Connection, sql: str, params=()) -> list[dict]:
-    cur = conn.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+def _query(db: Database, sql: str, params: dict) -> list[dict]:
+    return list(db.query(sql, params))
 
 
 def ratio(up: int, down: int) -> float | None:
@@ -27,64 +26,68 @@ def ratio(up: int, down: int) -> float | None:
     return round(up / (up + down), 4) if up + down else None
 
 
-def compute(conn: sqlite3.Connection, user_id: int | None = None) -> dict:
+def compute(db: Database, user_id: int | None = None) -> dict:
     """Totals, events per day and kind (`per_day`: rating / edit / choice events; `daily`: answers, thumbs up,
     thumbs down, taken back (each user's standing rating of an answer, on the day it was given: 👎 then 👍 is one
     👍), edits, picks), answers/thumbs/edits per template, model and adapter, latest edits, and the
     latest reasons and comments (of ratings that still stand)."""
-    cond, args = ("", ()) if user_id is None else (" AND user_id = ?", (user_id,))
-    latest = f"SELECT * FROM ratings WHERE id IN (SELECT max(id) FROM ratings WHERE 1=1{cond} " \
-             f"GROUP BY message_id, user_id)"
-    conn.execute("BEGIN")  # one snapshot
+    # One bound parameter, :user (None: every user); no SQL is built from values. The only spliced names are the
+    # fixed GROUPS columns, since a column cannot be a parameter.
+    args = {"user": user_id, "reasons": LATEST_REASONS, "edits": LATEST_EDITS}
+    latest = """SELECT * FROM ratings WHERE id IN (SELECT max(id) FROM ratings WHERE (:user IS NULL OR user_id = :user)
+             GROUP BY message_id, user_id)"""
+    own = "(:user IS NULL OR user_id = :user)"
+    mine = "(SELECT id FROM conversations WHERE (:user IS NULL OR user_id = :user))"
+    db.conn.execute("BEGIN")  # one snapshot
     try:
-        totals = _dicts(conn, f"""SELECT
-            (SELECT count(*) FROM users WHERE 1=1{cond.replace('user_id', 'id')}) AS users,
-            (SELECT count(*) FROM conversations WHERE 1=1{cond}) AS conversations,
-            (SELECT count(*) FROM messages WHERE role = 'assistant' AND conversation_id IN
-                (SELECT id FROM conversations WHERE 1=1{cond})) AS answers,
-            (SELECT count(*) FROM ratings WHERE 1=1{cond}) AS ratings,
-            (SELECT count(*) FROM edits WHERE 1=1{cond}) AS edits,
-            (SELECT count(*) FROM choices WHERE 1=1{cond}) AS choices,
+        totals = _query(db, f"""SELECT
+            (SELECT count(*) FROM users WHERE (:user IS NULL OR id = :user)) AS users,
+            (SELECT count(*) FROM conversations WHERE {own}) AS conversations,
+            (SELECT count(*) FROM messages WHERE role = 'assistant' AND conversation_id IN {mine}) AS answers,
+            (SELECT count(*) FROM ratings WHERE {own}) AS ratings,
+            (SELECT count(*) FROM edits WHERE {own}) AS edits,
+            (SELECT count(*) FROM choices WHERE {own}) AS choices,
             (SELECT count(*) FROM ({latest}) WHERE value = 1) AS thumbs_up,
-            (SELECT count(*) FROM ({latest}) WHERE value = -1) AS thumbs_down""", args * 8)[0]
-        per_day = _dicts(conn, f"""SELECT day, kind, count(*) AS count FROM (
-            SELECT substr(created, 1, 10) AS day, 'rating' AS kind FROM ratings WHERE 1=1{cond}
-            UNION ALL SELECT substr(created, 1, 10), 'edit' FROM edits WHERE 1=1{cond}
-            UNION ALL SELECT substr(created, 1, 10), 'choice' FROM choices WHERE 1=1{cond})
-            GROUP BY day, kind ORDER BY day, kind""", args * 3)
-        daily = _dicts(conn, f"""SELECT day, series, count(*) AS count FROM (
+            (SELECT count(*) FROM ({latest}) WHERE value = -1) AS thumbs_down""", args)[0]
+        per_day = _query(db, f"""SELECT day, kind, count(*) AS count FROM (
+            SELECT substr(created, 1, 10) AS day, 'rating' AS kind FROM ratings WHERE {own}
+            UNION ALL SELECT substr(created, 1, 10), 'edit' FROM edits WHERE {own}
+            UNION ALL SELECT substr(created, 1, 10), 'choice' FROM choices WHERE {own})
+            GROUP BY day, kind ORDER BY day, kind""", args)
+        daily = _query(db, f"""SELECT day, series, count(*) AS count FROM (
             SELECT substr(m.created, 1, 10) AS day, 'answers' AS series FROM messages m
-                WHERE m.role = 'assistant' AND m.conversation_id IN (SELECT id FROM conversations WHERE 1=1{cond})
+                WHERE m.role = 'assistant' AND m.conversation_id IN {mine}
             UNION ALL SELECT substr(created, 1, 10), CASE value WHEN 1 THEN 'thumbs up' WHEN -1 THEN 'thumbs down'
                 ELSE 'taken back' END FROM ({latest})
-            UNION ALL SELECT substr(created, 1, 10), 'edits' FROM edits WHERE 1=1{cond}
-            UNION ALL SELECT substr(created, 1, 10), 'picks' FROM choices WHERE 1=1{cond})
-            GROUP BY day, series ORDER BY day, series""", args * 4)  # ratings: the standing one, on its day
-        reasons = _dicts(conn, f"""SELECT r.id, r.created, u.name AS user, r.message_id, m.adapter, r.value,
+            UNION ALL SELECT substr(created, 1, 10), 'edits' FROM edits WHERE {own}
+            UNION ALL SELECT substr(created, 1, 10), 'picks' FROM choices WHERE {own})
+            GROUP BY day, series ORDER BY day, series""", args)  # ratings: the standing one, on its day
+        reasons = _query(db, f"""SELECT r.id, r.created, u.name AS user, r.message_id, m.adapter, r.value,
                 r.reasons, r.comment, m.content AS answer
             FROM ({latest}) r JOIN users u ON u.id = r.user_id JOIN messages m ON m.id = r.message_id
-            WHERE r.reasons != '[]' OR r.comment != '' ORDER BY r.id DESC LIMIT {LATEST_REASONS}""", args)
+            WHERE r.reasons != '[]' OR r.comment != '' ORDER BY r.id DESC LIMIT :reasons""", args)
         groups = {}
         for g in GROUPS:
+            assert g in ("template", "model", "adapter")  # a fixed column name, never input
             none = f"'{BASE}'" if g == "adapter" else "'(none)'"
-            rows = _dicts(conn, f"""SELECT coalesce(m.{g}, {none}) AS {g}, count(*) AS answers,
+            rows = _query(db, f"""SELECT coalesce(m.{g}, {none}) AS {g}, count(*) AS answers,
                   sum(r.value = 1) AS up, sum(r.value = -1) AS down,
                   (SELECT count(*) FROM edits e JOIN messages m2 ON m2.id = e.message_id
-                     WHERE coalesce(m2.{g}, {none}) = coalesce(m.{g}, {none}){cond.replace('user_id', 'e.user_id')}
+                     WHERE coalesce(m2.{g}, {none}) = coalesce(m.{g}, {none}) AND (:user IS NULL OR e.user_id = :user)
                   ) AS edits
                 FROM messages m JOIN conversations c ON c.id = m.conversation_id
                 LEFT JOIN ({latest}) r ON r.message_id = m.id
-                WHERE m.role = 'assistant'{cond.replace('user_id', 'c.user_id')}
-                GROUP BY coalesce(m.{g}, {none}) ORDER BY answers DESC, {g}""", args * 3)
+                WHERE m.role = 'assistant' AND (:user IS NULL OR c.user_id = :user)
+                GROUP BY coalesce(m.{g}, {none}) ORDER BY answers DESC, {g}""", args)
             for r in rows:
                 r["up"], r["down"] = r["up"] or 0, r["down"] or 0
                 r["ratio"] = ratio(r["up"], r["down"])
             groups[g] = rows
-        edits = _dicts(conn, f"""SELECT e.id, e.created, u.name AS user, e.message_id, m.adapter, e.original, e.edited
+        edits = _query(db, """SELECT e.id, e.created, u.name AS user, e.message_id, m.adapter, e.original, e.edited
             FROM edits e JOIN users u ON u.id = e.user_id JOIN messages m ON m.id = e.message_id
-            WHERE 1=1{cond.replace('user_id', 'e.user_id')} ORDER BY e.id DESC LIMIT {LATEST_EDITS}""", args)
+            WHERE (:user IS NULL OR e.user_id = :user) ORDER BY e.id DESC LIMIT :edits""", args)
     finally:
-        conn.execute("COMMIT")
+        db.conn.execute("COMMIT")
     return {
         "totals": totals,
         "thumbs_ratio": ratio(totals["thumbs_up"], totals["thumbs_down"]),

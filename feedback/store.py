@@ -2,7 +2,7 @@
 
 Concurrency (chosen design): one SQLite connection per thread (WAL: readers never block) and, for writes, a
 write lock held around each `BEGIN IMMEDIATE ... COMMIT`: a `threading.Lock` shared by every `Store` on the same
-file in this process plus an `flock` on `<db>.lock` between processes (feedback.locking; create Stores after a
+file in this process plus an `filelock on `<db>.lock` between processes (feedback.locking; create Stores after a
 fork, not before). Writers therefore queue instead of spinning
 in SQLite's busy handler (whose 100 ms sleeps starve writers and blow up tail latency); `busy_timeout=5000` still
 covers writers that do not take the lock (e.g. the `sqlite-utils` CLI). Safe to call from Gradio worker threads.
@@ -18,19 +18,21 @@ nothing. Text is stored verbatim (HTML is not stripped; escaping is the UI's job
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlite_utils import Database
 
+from agent.files import now_iso
 from feedback import migrations
+from feedback.checks import (MAX_META_CHARS, STORE_FULL, FeedbackError, NotFoundError,  # noqa: F401 (re-exported)
+                             StoreFullError, check_decoding, check_id, check_text, is_disk_full, json_default, normalize_since,
+                             optional_number, optional_text)
 from feedback.curate import normalize_text
 from feedback.locking import Checkpointer, lock_for
 
@@ -38,92 +40,11 @@ REASONS = ("wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "o
 USER_ROLES = ("user", "admin")
 MESSAGE_ROLES = ("system", "user", "assistant")
 MAX_NAME_CHARS = 100
-MAX_META_CHARS = 200  # title, template, model, adapter
 MAX_SOURCES_CHARS = 200_000
 WAL_AUTOCHECKPOINT_PAGES = 8000  # ~32 MB: the in-line checkpoint is only a bound; see feedback.locking.Checkpointer
 
 
-class FeedbackError(ValueError):
-    """Refused input: nothing was written."""
-
-
-class NotFoundError(FeedbackError, LookupError):
-    """No such user / conversation / message for this user (others' ids look exactly like missing ones)."""
-
-
-class StoreFullError(FeedbackError):
-    """The disk that holds the store is full (or the store reached KAIZEN_MAX_DB_MB): the write was rolled back,
-    nothing of it was saved, and everything saved before is intact. The message is for the user; the operator gets
-    one log line (`kaizen.store`) naming the file."""
-
-
-STORE_FULL = ("the server's disk is full: your feedback was not saved (nor this chat turn). Everything saved before "
-              "is kept; please tell the person who runs this server.")
 log = logging.getLogger("kaizen.store")
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """SQLite's SQLITE_FULL ("database or disk is full") or an OSError for a full disk or quota."""
-    if isinstance(e, sqlite3.Error):
-        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(e)
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def now_iso() -> str:
-    """UTC timestamp, fixed-width ISO format, so text order is time order."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def normalize_since(since: str | None) -> str:
-    """An ISO date/time (naive = UTC) in the stored format; None -> '' (everything)."""
-    if since is None or since == "":
-        return ""
-    try:
-        t = datetime.fromisoformat(str(since))
-    except ValueError as e:
-        raise FeedbackError(f"since={since!r}: expected an ISO date or date-time") from e
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-# --- validation helpers -------------------------------------------------------------------------------------
-def _id(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FeedbackError(f"{what} must be an integer id, got {value!r}")
-    return value
-
-
-def _text(value, what: str, limit: int, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise FeedbackError(f"{what} must be text, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise FeedbackError(f"{what} is empty")
-    if len(value) > limit:
-        raise FeedbackError(f"{what} is too long: {len(value)} characters (limit {limit})")
-    return value
-
-
-def _opt_text(value, what: str, limit: int = MAX_META_CHARS) -> str | None:
-    return None if value is None else _text(value, what, limit, allow_empty=True)
-
-
-def _opt_number(value, what: str, cast):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise FeedbackError(f"{what} must be a non-negative number, got {value!r}")
-    return cast(value)
-
-
-def _json_default(o):
-    if hasattr(o, "item"):  # numpy scalars
-        return o.item()
-    return str(o)
-
-
-def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
-    return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
 _OWNED_ANSWER = ("SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id "
@@ -233,26 +154,27 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _rows(self, sql: str, params: Sequence = (), conn: sqlite3.Connection | None = None) -> list[dict]:
-        cur = (conn or self._conn()).execute(sql, params)
-        return [_row_dict(cur, r) for r in cur.fetchall()]
+    def _rows(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """Rows as dicts (sqlite-utils' db.query) on this thread's connection, inside its write transaction if one
+        is open (`_write` yields the same connection)."""
+        return list(self.db.query(sql, params))
 
-    def _one(self, sql: str, params: Sequence = (), conn: sqlite3.Connection | None = None) -> dict | None:
-        rows = self._rows(sql, params, conn)
+    def _one(self, sql: str, params: Sequence = ()) -> dict | None:
+        rows = self._rows(sql, params)
         return rows[0] if rows else None
 
     # --- users ----------------------------------------------------------------------------------------------
     def ensure_user(self, name: str, role: str | None = None) -> int:
         """The id of user `name`, created (role `role` or "user") if missing. An existing user's role changes only
         when `role` is given: pass the role from the users file (feedback.auth.role_of) to keep them in sync."""
-        name = _text(name, "user name", MAX_NAME_CHARS).strip()
+        name = check_text(name, "user name", MAX_NAME_CHARS).strip()
         if role is not None and role not in USER_ROLES:
             raise FeedbackError(f"role must be one of {USER_ROLES}, got {role!r}")
         row = self._one("SELECT id, role FROM users WHERE name = ?", (name,))
         if row and role in (None, row["role"]):
             return row["id"]
         with self._write() as conn:
-            row = self._one("SELECT id, role FROM users WHERE name = ?", (name,), conn)
+            row = self._one("SELECT id, role FROM users WHERE name = ?", (name,))
             if row is None:
                 return conn.execute("INSERT INTO users (name, role, opted_out, created) VALUES (?, ?, 0, ?)",
                                     (name, role or "user", now_iso())).lastrowid
@@ -261,7 +183,7 @@ class Store:
             return row["id"]
 
     def user(self, user_id: int) -> dict:
-        row = self._one("SELECT * FROM users WHERE id = ?", (_id(user_id, "user_id"),))
+        row = self._one("SELECT * FROM users WHERE id = ?", (check_id(user_id, "user_id"),))
         if row is None:
             raise NotFoundError(f"user {user_id} not found")
         row["opted_out"] = bool(row["opted_out"])
@@ -277,7 +199,7 @@ class Store:
         """Opt a user out of (or back into) training use; every change is also logged in `opt_outs`."""
         if not isinstance(opted_out, bool):
             raise FeedbackError(f"opted_out must be True or False, got {opted_out!r}")
-        _id(user_id, "user_id")
+        check_id(user_id, "user_id")
         with self._write() as conn:
             if conn.execute("UPDATE users SET opted_out = ? WHERE id = ?", (int(opted_out), user_id)).rowcount != 1:
                 raise NotFoundError(f"user {user_id} not found")
@@ -286,8 +208,8 @@ class Store:
 
     # --- conversations and messages -------------------------------------------------------------------------
     def new_conversation(self, user_id: int, title: str | None = None) -> int:
-        _id(user_id, "user_id")
-        title = _opt_text(title, "title")
+        check_id(user_id, "user_id")
+        title = optional_text(title, "title")
         with self._write() as conn:
             if not conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():
                 raise NotFoundError(f"user {user_id} not found")
@@ -295,17 +217,17 @@ class Store:
                                 (user_id, title, now_iso())).lastrowid
 
     def _owned_conversation(self, conn, conversation_id, user_id) -> None:
-        _id(conversation_id, "conversation_id")
-        _id(user_id, "user_id")
+        check_id(conversation_id, "conversation_id")
+        check_id(user_id, "user_id")
         if not conn.execute("SELECT 1 FROM conversations WHERE id = ? AND user_id = ?",
                             (conversation_id, user_id)).fetchone():
             raise NotFoundError(f"conversation {conversation_id} not found")
 
     def _owned_message(self, conn, message_id, user_id, role: str | None = None) -> dict:
-        _id(message_id, "message_id")
-        _id(user_id, "user_id")
+        check_id(message_id, "message_id")
+        check_id(user_id, "user_id")
         row = self._one("SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                        "WHERE m.id = ? AND c.user_id = ?", (message_id, user_id), conn)
+                        "WHERE m.id = ? AND c.user_id = ?", (message_id, user_id))
         if row is None:
             raise NotFoundError(f"message {message_id} not found")
         if role and row["role"] != role:
@@ -322,7 +244,7 @@ class Store:
                 raise FeedbackError("an assistant message needs a user message to reply to")
             return row[0]
         last = self._one("SELECT id, role, parent_id FROM messages WHERE conversation_id = ? AND role != 'system' "
-                         "ORDER BY id DESC LIMIT 1", (conversation_id,), conn)
+                         "ORDER BY id DESC LIMIT 1", (conversation_id,))
         if last is None or last["role"] == "user":
             return last and last["id"]
         picked = conn.execute("SELECT picked_id FROM choices WHERE prompt_message_id = ? AND user_id = ? "
@@ -333,28 +255,30 @@ class Store:
                     parent_id: int | None = None, template: str | None = None, model: str | None = None,
                     adapter: str | None = None, sources: list[dict] | None = None, latency_ms: float | None = None,
                     prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                    root: bool = False) -> int:
+                    decoding: dict | None = None, root: bool = False) -> int:
         """Store one message of `user_id`'s conversation; returns its id.
 
         `parent_id`: for an assistant message the user message it answers (a retry is a sibling: same parent);
         for a user message the answer it follows. When None: assistant -> the latest user message; user -> the
         latest message, or the picked candidate if that turn had a regenerate-and-pick choice. Pass it explicitly
         when the UI knows better. `root=True`: a user message that starts the conversation over (no parent: an
-        edited first question), whatever came before.
+        edited first question), whatever came before. `decoding`: how an answer was decoded (temperature, top_p,
+        seed, max_new_tokens: numbers or None), stored as JSON.
         """
         if role not in MESSAGE_ROLES:
             raise FeedbackError(f"role must be one of {MESSAGE_ROLES}, got {role!r}")
         limit = self.max_user_chars if role == "user" else self.max_answer_chars
-        content = _text(content, f"{role} message", limit, allow_empty=role != "user")
-        meta = {k: _opt_text(v, k) for k, v in (("template", template), ("model", model), ("adapter", adapter))}
+        content = check_text(content, f"{role} message", limit, allow_empty=role != "user")
+        meta = {k: optional_text(v, k) for k, v in (("template", template), ("model", model), ("adapter", adapter))}
         if sources is not None:
             if not isinstance(sources, (list, tuple)) or not all(isinstance(s, dict) for s in sources):
                 raise FeedbackError("sources must be a list of dicts")
-            sources = json.dumps(list(sources), ensure_ascii=False, default=_json_default)
+            sources = json.dumps(list(sources), ensure_ascii=False, default=json_default)
             if len(sources) > MAX_SOURCES_CHARS:
                 raise FeedbackError(f"sources are too large: {len(sources)} characters (limit {MAX_SOURCES_CHARS})")
-        values = (_opt_number(latency_ms, "latency_ms", float), _opt_number(prompt_tokens, "prompt_tokens", int),
-                  _opt_number(completion_tokens, "completion_tokens", int))
+        decoding = check_decoding(decoding)
+        values = (optional_number(latency_ms, "latency_ms", float), optional_number(prompt_tokens, "prompt_tokens", int),
+                  optional_number(completion_tokens, "completion_tokens", int))
         with self._write() as conn:
             self._owned_conversation(conn, conversation_id, user_id)
             if role == "system":
@@ -374,12 +298,13 @@ class Store:
                     raise FeedbackError(f"a {role} message cannot reply to a {parent['role']} message")
             return conn.execute(
                 "INSERT INTO messages (conversation_id, parent_id, role, content, template, model, adapter, sources, "
-                "latency_ms, prompt_tokens, completion_tokens, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "latency_ms, prompt_tokens, completion_tokens, decoding, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conversation_id, parent_id, role, content, meta["template"], meta["model"], meta["adapter"],
-                 sources, *values, now_iso())).lastrowid
+                 sources, *values, decoding, now_iso())).lastrowid
 
     def _decorate(self, rows: list[dict], user_id: int) -> list[dict]:
-        """Parse sources; add this user's latest `edited` text and `rating` (value) for each message."""
+        """Parse sources and decoding; add this user's latest `edited` text and `rating` (value) for each message."""
         if not rows:
             return rows
         ids = [r["id"] for r in rows]
@@ -392,6 +317,7 @@ class Store:
             f"AND message_id IN ({marks}) GROUP BY message_id)", (user_id, *ids))}
         for r in rows:
             r["sources"] = json.loads(r["sources"]) if r["sources"] else None
+            r["decoding"] = json.loads(r["decoding"]) if r.get("decoding") else None
             r["edited"] = edited.get(r["id"])
             r["rating"] = rated.get(r["id"]) or None  # 0: the thumb was taken back
         return rows
@@ -415,14 +341,14 @@ class Store:
             "max(m.created) AS last_message, (SELECT adapter FROM messages WHERE conversation_id = c.id "
             "AND role = 'assistant' ORDER BY id DESC LIMIT 1) AS adapter, " + _HIDDEN.format("c.id") + " AS hidden "
             "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id WHERE c.user_id = ? "
-            "GROUP BY c.id ORDER BY coalesce(max(m.id), 0) DESC, c.id DESC", (_id(user_id, "user_id"),))
+            "GROUP BY c.id ORDER BY coalesce(max(m.id), 0) DESC, c.id DESC", (check_id(user_id, "user_id"),))
         for r in rows:
             r["hidden"] = bool(r["hidden"])
         return rows if include_hidden else [r for r in rows if not r["hidden"]]
 
     def rename_conversation(self, conversation_id: int, user_id: int, title: str) -> int:
         """A new title for one of the user's conversations (append-only: the latest rename wins)."""
-        title = _text(title, "title", MAX_META_CHARS)
+        title = check_text(title, "title", MAX_META_CHARS)
         return self._change_conversation(conversation_id, user_id, "rename", title)
 
     def hide_conversation(self, conversation_id: int, user_id: int) -> int:
@@ -471,8 +397,8 @@ class Store:
         if unknown:
             raise FeedbackError(f"unknown reason(s) {unknown}; known: {list(REASONS)}")
         reasons_json = json.dumps(list(dict.fromkeys(reasons)))
-        comment = _text(comment if comment is not None else "", "comment", self.max_comment_chars, allow_empty=True)
-        _id(message_id, "message_id"), _id(user_id, "user_id")
+        comment = check_text(comment if comment is not None else "", "comment", self.max_comment_chars, allow_empty=True)
+        check_id(message_id, "message_id"), check_id(user_id, "user_id")
         params = (message_id, user_id, int(value), reasons_json, comment, now_iso(), message_id, user_id)
         with self._write() as conn:  # the ownership check and the insert are one statement (the UI hot path)
             cur = conn.execute("INSERT INTO ratings (message_id, user_id, value, reasons, comment, created) "
@@ -484,8 +410,8 @@ class Store:
 
     def edit(self, message_id: int, user_id: int, edited: str) -> int:
         """A corrected answer. The original is read from the database (the answer as generated)."""
-        edited = _text(edited, "edited answer", self.max_answer_chars)
-        _id(message_id, "message_id"), _id(user_id, "user_id")
+        edited = check_text(edited, "edited answer", self.max_answer_chars)
+        check_id(message_id, "message_id"), check_id(user_id, "user_id")
         with self._write() as conn:
             cur = conn.execute(
                 "INSERT INTO edits (message_id, user_id, original, edited, created) "
@@ -504,10 +430,10 @@ class Store:
         Candidates whose texts are equal after normalization (case, width, whitespace) are refused."""
         if not isinstance(candidate_ids, (list, tuple)):
             raise FeedbackError("candidate_ids must be a list of message ids")
-        ids = [_id(c, "candidate id") for c in candidate_ids]
+        ids = [check_id(c, "candidate id") for c in candidate_ids]
         if len(ids) < 2 or len(set(ids)) != len(ids):
             raise FeedbackError("a choice needs at least two distinct candidates")
-        if _id(picked_id, "picked_id") not in ids:
+        if check_id(picked_id, "picked_id") not in ids:
             raise FeedbackError(f"picked message {picked_id} is not one of the candidates")
         with self._write() as conn:
             self._owned_message(conn, prompt_message_id, user_id, "user")
@@ -534,13 +460,13 @@ class Store:
         """Every feedback event created after `since`, with its prompt and answers; see feedback.events."""
         from feedback.events import load_training_events
 
-        return load_training_events(self._conn(), normalize_since(since))
+        return load_training_events(self.db, normalize_since(since))
 
     def stats(self, user_id: int | None = None) -> dict:
         """Counts and ratios for the Feedback view (all users, or only `user_id`'s); see feedback.stats."""
         from feedback.stats import compute
 
-        return compute(self._conn(), None if user_id is None else _id(user_id, "user_id"))
+        return compute(self.db, None if user_id is None else check_id(user_id, "user_id"))
 
     def backup(self, path: str | Path) -> None:
         """A consistent copy of the database through `VACUUM INTO` (refuses an existing target)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-PROJECT = ["agent", "adapters", "feedback", "app.py", "pyproject.toml"]
+PROJECT = ["agent", "adapters", "feedback", "lab", "ui", "web", "cli", "app.py", "kaizen_chat.py", "pyproject.toml"]
 BUNDLE = ["README.md", "requirements.txt", "space_app.py"]
 
 

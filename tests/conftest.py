@@ -1,4 +1,8 @@
-"""Shared fixtures. The real default model is converted once per test session; tests that load it are `slow`."""
+"""Shared fixtures. The real default model is converted once per test session; tests that load it are `slow`.
+
+`slow` means slow: a test that starts a child process or a server, trains, drives Chromium or loads the real
+model (transformers or llama.cpp) carries the mark, so that `pytest -m "not slow"` is the quick check. Tests
+marked `browser` and tests that use a fixture in SLOW_FIXTURES are marked here, whatever their module says."""
 from __future__ import annotations
 
 import contextlib
@@ -11,11 +15,26 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import DEFAULT_BASE, Settings  # noqa: F401  (sets the offline environment first)
+from agent.offline import silence  # noqa: E402
+
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import DEFAULT_BASE, Settings  # noqa: E402,F401
 from agent.llama_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Fixtures that load the real model or start the app: every test that uses one (even through another fixture) is slow.
+SLOW_FIXTURES = {"chat_model", "app_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the marks added here count
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("browser") or SLOW_FIXTURES & set(item.fixturenames):
+            if not item.get_closest_marker("slow"):
+                item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +69,14 @@ def tokenizer(base_model_dir):
     return AutoTokenizer.from_pretrained(base_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama with the real tokenizer, saved as a base-model folder once per session (read-only use)."""
+    from tests.train_support import save_tiny_base
+
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
+
+
 @pytest.fixture
 def tiny_llama(tokenizer):
     """A tiny random Llama built in code (no checkpoint) with the real tokenizer: for plumbing tests."""
@@ -81,7 +108,7 @@ def running_app(data: Path, base_model_dir: Path, argv: list[str] | None = None,
     env.pop("GRADIO_SERVER_NAME", None)
     data.mkdir(parents=True, exist_ok=True)
     log = open(data / "server.log", "w")
-    proc = subprocess.Popen(argv or [sys.executable, "-m", "agent.cli", "serve"], cwd=cwd, env=env, stdout=log,
+    proc = subprocess.Popen(argv or [sys.executable, "-m", "cli.main", "serve"], cwd=cwd, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -9,12 +9,12 @@ import pytest
 
 from adapters import ab
 from adapters.registry import RegistryError, sync_model
-from agent import cli
+from cli import main as cli
 from agent.chat import Answerer
 from agent.settings import Settings
-from agent.ui_chat import ChatLogic, new_state
+from ui.chat import ChatLogic, new_state
 from feedback.store import Store
-from tests.test_registry import adapter, other_base, reg, tiny_base  # noqa: F401  (fixtures)
+from tests.test_registry import adapter, other_base, reg  # noqa: F401  (fixtures)
 
 
 def test_arms_are_deterministic_and_near_the_share():

@@ -10,9 +10,9 @@ import pytest
 
 from adapters import ab
 from adapters import scheduler as S
-from adapters import ui
+from ui import adapters as ui
 from adapters.registry import Registry
-from tests.test_train_support import fill_store_with_edits, save_tiny_base, tiny_settings
+from tests.train_support import fill_store_with_edits, tiny_settings
 
 INTERNAL = ("datasets", "training", "loaded", "started", "step", "log", "eval", "evaluating", "saving", "event")
 
@@ -97,11 +97,6 @@ def test_outcome_notices():
 
 
 # ---------------------------------------------------------------------------------------------- on a registry
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, tokenizer):
-    return save_tiny_base(tmp_path_factory.mktemp("ui-base"), tokenizer)
-
-
 def untrained_lora(base, out):
     """A LoRA adapter of `base` as peft saves it before any training (registers and validates like a trained one)."""
     from peft import LoraConfig, get_peft_model

@@ -20,7 +20,7 @@ def kaizen(data, *args, check=True, **env_extra) -> subprocess.CompletedProcess:
     env = {**os.environ, "KAIZEN_DATA_DIR": str(data)}
     env.pop("KAIZEN_AUTH_FILE", None)
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300, check=check)
 
 
@@ -176,7 +176,7 @@ def test_api_only_server_answers_and_stays_on_loopback_without_keys(tmp_path, ba
     for k in ("KAIZEN_AUTH_FILE", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME"):
         env.pop(k, None)
     with open(data / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--api-only"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--api-only"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"

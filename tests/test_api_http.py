@@ -144,6 +144,9 @@ def test_feedback_rating_correction_choice_land_against_the_right_message(api):
     a, b = first["kaizen"]["message_id"], again["kaizen"]["message_id"]
     assert first["kaizen"]["question_id"] == again["kaizen"]["question_id"]
     assert count(api["db"], "messages") == 3  # one question, two answers
+    decodings = [json.loads(r["decoding"]) for r in rows(api["db"], "select decoding from messages where id in (?, ?) "
+                                                                     "order by id", a, b)]
+    assert [(d["temperature"], d["seed"]) for d in decodings] == [(0.9, 1), (0.9, 2)]  # stored with each answer
     api["api"].answerer.model.adapters["v0009-sft"] = "/x"  # a second, different text for the choice
     third = ask(http, "Name a colour", model="kaizen:v0009-sft")
     c = third["kaizen"]["message_id"]

@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from agent.cli import main
+from cli.main import main
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""The API's pure logic (agent/api_schema.py): request checks, model names, ids, threading. Milliseconds."""
+"""The API's pure logic (web/schema.py): request checks, model names, ids, threading. Milliseconds."""
 import pytest
 
-from agent import api_schema as s
-from agent.api_schema import ApiError
+from web import schema as s
+from web.schema import ApiError
 
 KW = dict(versions=["v0002-sft"], templates=["plain", "concise", "grounded"], default_template="plain",
           max_input_chars=100, max_answer_chars=200, max_new_tokens=64)
@@ -171,7 +171,7 @@ def test_response_shapes():
 
 
 def test_bind_host_and_loopback():
-    from agent.api import bind_host, is_loopback
+    from web.api import bind_host, is_loopback
     from agent.settings import Settings
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

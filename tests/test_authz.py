@@ -1,4 +1,4 @@
-"""The one authorization point (feedback/authz.py): roles from the users file, the refusal, and the wrapper that
+"""The one authorization point (ui/authz.py): roles from the users file, the refusal, and the wrapper that
 Gradio must still call with the handler's inputs and the request."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from gradio.helpers import special_args
 
 from feedback import auth
-from feedback.authz import REFUSAL, Authz, NotAdmin
+from ui.authz import REFUSAL, Authz, NotAdmin
 
 FAST = 1000
 

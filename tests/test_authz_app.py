@@ -9,7 +9,7 @@ import json
 import pytest
 
 from feedback import auth
-from feedback.authz import REFUSAL
+from ui.authz import REFUSAL
 from tests import raw_client as R
 from tests.conftest import running_app
 
@@ -28,6 +28,7 @@ NON_ADMIN_OK = {
     "history_cleared", "history_cleared_1",  # the history sidebar: the caller's own conversations
     "export",  # the Feedback tab's export: the caller's own record
     "on_load", "on_adapters_tick",  # the page load; the chat's Adapter list kept current
+    "on_details", *(f"on_details_{i}" for i in range(1, 10)),  # "Answer details" of one's own latest answer
 }
 # Page-load fills of admin views: a non-admin's page calls them too, so they answer with no change at all (every
 # output a skip) instead of an error; checked below like the admin ones.
@@ -44,7 +45,7 @@ def admin_things(root, tokenizer, data) -> tuple:
 
     from adapters.registry import Registry
     from agent.settings import Settings
-    from tests.test_train_support import save_tiny_base
+    from tests.train_support import save_tiny_base
 
     base = save_tiny_base(root / "base", tokenizer)
     settings = Settings(data_dir=data, base_model=str(base))

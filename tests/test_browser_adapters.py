@@ -128,7 +128,7 @@ def test_versions_from_another_process_appear_without_a_click(page, app_server, 
 
     page.get_by_role("tab", name="Chat").click()
     assert version not in adapter_options(page)  # registered, not served: not attached
-    kaizen(app_server, base_model_dir, "-m", "agent.cli", "adapters", "promote", version)  # another process
+    kaizen(app_server, base_model_dir, "-m", "cli.main", "adapters", "promote", version)  # another process
     deadline = time.time() + 60
     while version not in adapter_options(page):  # the app attaches it (RegistryWatcher) and the list follows
         assert time.time() < deadline, "the chat's Adapter list never listed the promoted version"
@@ -213,3 +213,27 @@ def test_the_feedback_export_downloads_the_users_own_rows(page, app_server, tmp_
     assert any(r["type"] == "message" and r["content"] == "Name a bird." for r in rows)
     assert any(r["type"] == "rating" and r["message_id"] == answer_id and r["value"] == 1 for r in rows)
     shoot(page, tmp_path, "feedback-export")
+
+
+def test_the_lab_tab_says_how_long_a_run_takes_and_its_empty_table_has_real_columns(page, app_server, tmp_path):
+    """Before any run: the results table shows the task's real column names (not 1, 2, 3) and an expected time,
+    which follows the task, the techniques, the steps and the items chosen; no server folder is on the page."""
+    page.get_by_role("tab", name="Lab").click()
+    estimate = page.locator("#lab-estimate")
+    page.wait_for_function("document.querySelector('#lab-estimate').innerText.includes('Expected time')",
+                           timeout=15_000)
+    before = estimate.inner_text()
+    table = page.locator("#lab-table")
+    assert "Technique" in table.inner_text() and "contains" in table.inner_text()
+    steps = page.locator("#lab-steps input")
+    steps.fill("400")
+    steps.press("Enter")
+    page.wait_for_function(f"document.querySelector('#lab-estimate').innerText !== {json.dumps(before)}",
+                           timeout=15_000)
+    assert estimate.inner_text() != before
+    page.click("#lab-task input")
+    page.locator('[role="option"]:has-text("House style")').first.click()
+    page.wait_for_function("document.querySelector('#lab-table').innerText.includes('phrase_anywhere')",
+                           timeout=15_000)
+    assert str(app_server["data_dir"]) not in page.content()
+    shoot(page, tmp_path, "lab-before-a-run")

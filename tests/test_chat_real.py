@@ -44,7 +44,7 @@ def test_oversized_and_empty_messages_are_refused(chat_model, settings):
 def test_cli_chat_reads_piped_stdin(base_model_dir, tmp_path):
     env = dict(os.environ, KAIZEN_DATA_DIR=str(tmp_path), KAIZEN_BASE_MODEL=str(base_model_dir),
                KAIZEN_MAX_NEW_TOKENS="32")
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "chat", "--rag", "off"],
+    out = subprocess.run([sys.executable, "-m", "cli.main", "chat", "--rag", "off"],
                          input="What is the capital of France?\n", capture_output=True, text=True, env=env,
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -37,6 +37,7 @@ def make_store(data: Path) -> Path:
     return data / "chroma" / "chroma.sqlite3"
 
 
+@pytest.mark.slow
 def test_damaged_pages_are_refused_with_the_path_and_what_to_do(tmp_path):
     from agent.retrieval import COLLECTION, open_local_collection
     from feedback.integrity import CorruptStoreError
@@ -55,13 +56,13 @@ def test_damaged_pages_are_refused_with_the_path_and_what_to_do(tmp_path):
 def test_a_garbage_store_stops_the_app_at_start_in_words(tmp_path):
     data = tmp_path / "data"
     db = make_store(data)
-    r = run(["-m", "agent.cli", "docs", "list"], data)
+    r = run(["-m", "cli.main", "docs", "list"], data)
     assert r.returncode == 0, r.stderr[-2000:]  # sound: it opens
     db.write_bytes(os.urandom(db.stat().st_size))
-    r = run(["-m", "agent.cli", "docs", "list"], data)
+    r = run(["-m", "cli.main", "docs", "list"], data)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert str(data / "chroma") in r.stderr and "move the folder" in r.stderr
-    r = run(["-m", "agent.cli", "serve"], data)
+    r = run(["-m", "cli.main", "serve"], data)
     assert r.returncode == 2, r.stderr[-3000:]
     assert str(data / "chroma") in r.stderr and "upload the documents again" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -7,7 +7,7 @@ import pytest
 
 from agent.retrieval import DEFAULT_OWNER, SHARED, KnowledgeBase, owner_key
 from agent.settings import Settings
-from agent.ui_docs import delete_doc, discard_upload, table_rows
+from ui.docs import delete_doc, discard_upload, table_rows
 
 SECRET = "The launch code for project Nightingale is amber-falcon-42, stored in the vault under the old mill."
 BOB = "Bob's allotment grows leeks, beans and a prize-winning marrow beside the railway embankment."

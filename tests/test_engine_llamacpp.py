@@ -164,7 +164,7 @@ def test_registry_refuses_an_adapter_llama_cpp_cannot_serve(settings, loras, tmp
 
 
 def test_the_openai_backend_against_a_real_llama_server_selects_adapters_by_name(base_model_dir, loras, tmp_path):
-    from adapters.gguf import ensure_lora_gguf
+    from agent.lora_gguf import ensure_lora_gguf
     from agent.engine import open_engine
     from agent.llama_server import LlamaServer
     from agent.model import bundled_gguf
@@ -193,7 +193,7 @@ def test_the_openai_backend_against_a_real_llama_server_selects_adapters_by_name
 
 def test_parity_check_passes_the_converted_lora_and_catches_a_wrong_one(base_model_dir, loras):
     from adapters import parity
-    from adapters.gguf import ensure_lora_gguf
+    from agent.lora_gguf import ensure_lora_gguf
     from agent.model import bundled_gguf
 
     a, b = (ensure_lora_gguf(loras[n], base_model_dir) for n in ("v0001-a", "v0002-b"))

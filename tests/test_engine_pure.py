@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.gguf import refusal
+from agent.lora_gguf import refusal
 from agent.engine import engine_kind
 from agent.engine_http import llama_body, openai_body
 from agent.fair import FairGate

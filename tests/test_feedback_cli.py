@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from cli.main import main
 from agent.settings import Settings
 from feedback import auth
 from feedback.store import Store
@@ -80,6 +80,7 @@ def test_users_add_with_password_stdin(data_dir, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == "root\tadmin"
 
 
+@pytest.mark.slow
 def test_installed_kaizen_command(data_dir):
     exe = Path(sys.executable).parent / "kaizen"
     if not exe.exists():

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from feedback.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ def acking_writer(path: str, user_id: int, conversation_id: int, question_id: in
         print(f"edits {store.edit(a, user_id, f'edited answer {i}')}", flush=True)
 
 
+@pytest.mark.slow
 def test_acknowledged_events_survive_sigkill(tmp_path):
     path = tmp_path / "kaizen.db"
     store = Store(path)
@@ -113,6 +116,7 @@ def process_writer(path: str, threads: int, seconds: float) -> None:
     print(json.dumps(results))
 
 
+@pytest.mark.slow
 def test_eight_concurrent_writers_lose_nothing_and_never_lock(tmp_path):
     """2 processes x 2 threads + 4 threads here = 8 writers for WRITE_SECONDS."""
     path = tmp_path / "kaizen.db"

@@ -11,7 +11,9 @@ from feedback.migrations import MIGRATIONS, MigrationError
 from feedback.store import Store
 
 EXPECTED_TABLES = {
-    "_migrations": "CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)",
+    # sqlite-utils' Migrations record (set "kaizen"): one row per applied migration
+    "_sqlite_migrations": 'CREATE TABLE "_sqlite_migrations" (\n   "id" INTEGER PRIMARY KEY,\n   "migration_set" TEXT,\n'
+                          '   "name" TEXT,\n   "applied_at" TEXT\n)',
     "users": """CREATE TABLE users (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -45,7 +47,7 @@ EXPECTED_TABLES = {
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     created TEXT NOT NULL
-)""",
+, decoding TEXT)""",  # m005: how the answer was decoded (JSON)
     "ratings": """CREATE TABLE ratings (
     id INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL REFERENCES messages(id),
@@ -71,7 +73,7 @@ EXPECTED_TABLES = {
     picked_id INTEGER NOT NULL REFERENCES messages(id),
     created TEXT NOT NULL
 )""",
-    # m003_api: the OpenAI-compatible API (agent/api.py)
+    # m003_api: the OpenAI-compatible API (web/api.py)
     "api_keys": """CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY,
     user_id INTEGER NOT NULL REFERENCES users(id),
@@ -119,7 +121,8 @@ EXPECTED_INDEXES = {
     "idx_messages_parent": "CREATE INDEX idx_messages_parent ON messages(parent_id)",
     "idx_ratings_created": "CREATE INDEX idx_ratings_created ON ratings(created)",
     "idx_ratings_message": "CREATE INDEX idx_ratings_message ON ratings(message_id, user_id)",
-    "sqlite_autoindex__migrations_1": None,  # PRIMARY KEY on _migrations.name
+    "idx__sqlite_migrations_migration_set_name": 'CREATE UNIQUE INDEX "idx__sqlite_migrations_migration_set_name"\n'
+                                                 '    ON "_sqlite_migrations" ("migration_set", "name")',
     "sqlite_autoindex_users_1": None,  # UNIQUE users.name
 }
 EXPECTED_TRIGGERS = {
@@ -156,10 +159,12 @@ def test_blank_database_has_exactly_this_schema(tmp_path):
     assert got["view"] == {}
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
-            "m001_initial", "m002_rating_retraction", "m003_api", "m004_conversation_changes"]
+        assert conn.execute("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id").fetchall() == [
+            ("kaizen", n) for n in
+            ("m001_initial", "m002_rating_retraction", "m003_api", "m004_conversation_changes",
+                          "m005_answer_decoding")]
         assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
-                   for t in EXPECTED_TABLES if t != "_migrations")
+                   for t in EXPECTED_TABLES if t != "_sqlite_migrations")
 
 
 def test_reopening_applies_nothing_twice(tmp_path):
@@ -205,6 +210,30 @@ def test_failing_migration_leaves_database_unchanged(tmp_path):
     assert migrations.applied(db) == [m.__name__ for m in MIGRATIONS] + ["m900_fixed"]
     assert migrations.apply(db, MIGRATIONS + [m900_fixed]) == []
     db.close()
+
+
+def test_a_database_of_the_old_runner_opens_with_nothing_run_again(tmp_path):
+    """Files made before sqlite-utils' Migrations recorded their migrations in `_migrations(name, applied_at)`:
+    opening one moves those records (their times kept) and runs none of the migrations again."""
+    path = tmp_path / "old.db"
+    store = Store(path)
+    uid = store.ensure_user("alice")
+    store.add_message(store.new_conversation(uid, "kept"), "user", "hello", user_id=uid)
+    store.close()
+    with sqlite3.connect(path) as conn:  # the old runner's record, as it wrote it
+        conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        conn.executemany("INSERT INTO _migrations VALUES (?, ?)",
+                         [(m.__name__, f"2026-01-0{i}T00:00:00.000000+00:00") for i, m in enumerate(MIGRATIONS, 1)])
+        conn.execute("DROP TABLE _sqlite_migrations")
+    rows_before = {t: r for t, r in snapshot(path)["rows"].items() if "migrations" not in t}
+    Store(path).close()
+    after = snapshot(path)
+    assert "_migrations" not in after["schema"]["table"]
+    assert after["schema"]["table"] == EXPECTED_TABLES
+    assert {t: r for t, r in after["rows"].items() if "migrations" not in t} == rows_before
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name, applied_at FROM _sqlite_migrations ORDER BY id").fetchall() == [
+            (m.__name__, f"2026-01-0{i}T00:00:00.000000+00:00") for i, m in enumerate(MIGRATIONS, 1)]
 
 
 def test_failing_first_migration_leaves_blank_file_blank(tmp_path):

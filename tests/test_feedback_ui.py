@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from feedback.store import Store
-from feedback.ui import build_feedback_tab, frames
+from ui.feedback import build_feedback_tab, frames
 
 
 def _store(tmp_path):
@@ -55,7 +55,7 @@ def test_frames_of_an_empty_store(tmp_path):
 
 
 def test_one_day_of_data_still_draws_and_each_series_is_its_own_line():
-    from feedback.ui import SERIES, daily_frame
+    from ui.feedback import SERIES, daily_frame
 
     f = daily_frame([{"day": "2026-12-01", "series": "answers", "count": 3},
                      {"day": "2026-12-01", "series": "thumbs down", "count": 1}])
@@ -87,7 +87,7 @@ def test_a_retracted_thumb_leaves_its_reason_out(tmp_path):
 
 
 def test_the_tab_names_a_model_without_the_servers_folders():
-    from feedback.ui import frames, shown_name
+    from ui.feedback import frames, shown_name
 
     assert shown_name("/srv/data/models/smollm2-135m-instruct/") == "smollm2-135m-instruct"
     assert shown_name("serve.q8_0.gguf") == "serve.q8_0.gguf" and shown_name(None) is None

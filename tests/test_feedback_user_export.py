@@ -8,7 +8,7 @@ import gradio as gr
 
 from feedback.export import user_export_rows, write_user_export
 from feedback.store import Store
-from feedback.ui import build_feedback_tab
+from ui.feedback import build_feedback_tab
 
 
 def _two_users(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from adapters import evaluate as E
 from adapters import train as T
 from adapters.registry import Registry
-from tests.test_train_support import dpo_rows, save_tiny_base, sft_rows, tiny_settings, write_data
+from tests.train_support import dpo_rows, save_tiny_base, sft_rows, tiny_settings, write_data
 
 
 def report(acc=0.5, sim=0.2, nonempty=1.0, degenerate=0, repetition=0.0, ppl_ratio=1.0):
@@ -92,10 +92,22 @@ def trained(tmp_path_factory, tokenizer):
     return settings, out, held
 
 
-def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(trained):
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    """The good adapter promoted in a registry, and one evaluation, in a child process as the scheduler runs it, of
+    it (from its registry folder), the swapped one and the base: both tests below read these reports."""
     settings, adapters, held = trained
-    reports = E.evaluate(settings, held, {"good": str(adapters["good"]), "swapped": str(adapters["swapped"]),
-                                          "base": None}, E.EvalConfig(max_new_tokens=4))
+    reg = Registry(settings)
+    good = reg.promote(reg.register(adapters["good"], {"method": "dpo"}))
+    reports = E.run_evaluation(settings, held, {"good": reg.get(good)["folder"], "swapped": str(adapters["swapped"]),
+                                                "base": None}, held / "eval.json", E.EvalConfig(max_new_tokens=4),
+                               timeout=600)
+    return reg, good, reports
+
+
+@pytest.mark.slow
+def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(evaluated):
+    _, _, reports = evaluated
     assert reports["base"]["pref"]["accuracy"] == 0.5 and reports["base"]["general"]["ppl_ratio"] == 1.0
     assert reports["good"]["pref"]["n"] == 12
     assert reports["good"]["pref"]["accuracy"] >= 0.9 and reports["good"]["pref"]["margin_mean"] > 0
@@ -104,13 +116,11 @@ def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(
     assert reports["good"]["general"]["n"] == len(E.GENERAL)
 
 
-def test_gate_refuses_the_swapped_candidate_and_the_active_one_stays(trained):
-    settings, adapters, held = trained
-    reg = Registry(settings)
-    good = reg.promote(reg.register(adapters["good"], {"method": "dpo"}))
-    reports = E.run_evaluation(settings, held, {"candidate": str(adapters["swapped"]),
-                                                "active": reg.get(good)["folder"]},
-                               held / "eval.json", E.EvalConfig(max_new_tokens=4), timeout=600)
+@pytest.mark.slow
+def test_gate_refuses_the_swapped_candidate_and_the_active_one_stays(trained, evaluated):
+    _, adapters, _ = trained
+    reg, good, all_reports = evaluated
+    reports = {"candidate": all_reports["swapped"], "active": all_reports["good"]}
     promote, reasons = E.gate(reports["candidate"], reports["active"], margin=0.05)
     bad = reg.register(adapters["swapped"], {"method": "dpo", "eval": reports, "gate": {"promote": promote,
                                                                                          "reasons": reasons}})

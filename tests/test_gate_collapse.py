@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from adapters.lab_tasks import oasst_first_turns, style_events
+from lab.tasks import oasst_first_turns, style_events
 from adapters.registry import Registry
 from adapters.scheduler import run_once
 from adapters.train import recipe_for

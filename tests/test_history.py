@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from agent.ui_chat import ChatLogic, feedback_values, restored_state
+from ui.chat import ChatLogic, feedback_values, restored_state
 from feedback.history import current_branch, list_label
 from feedback.store import FeedbackError, NotFoundError, Store
 

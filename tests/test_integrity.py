@@ -60,7 +60,7 @@ def test_the_app_refuses_to_start_on_a_corrupt_store(tmp_path):
     corrupt_inner_pages(db)
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     env = {**os.environ, "KAIZEN_DATA_DIR": str(data), "KAIZEN_PORT": "1"}
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "serve"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "serve"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert str(db) in r.stderr and "kaizen feedback backup" in r.stderr

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adapters import lab_report as rep
-from adapters import lab_tasks as lt
+from lab import report as rep
+from lab import tasks as lt
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -121,7 +121,8 @@ def test_verdict_is_derived_from_the_numbers():
     assert lines[0].startswith("Base: 20%")
     assert lines[1].startswith("RAG: +41 points on document questions (20% → 61%), +320 ms to first token")
     assert "17.5× prompt tokens" in lines[1]
-    assert lines[2].startswith("SFT: no clear gain on document questions (+2 points")
+    assert lines[2].startswith("SFT: +2 points on document questions (20% → 22%), within the noise of 30 items "
+                               "(±5 points)")
     assert lines[3].startswith("Full FT: -10 points")
     assert lines[4] == "DPO: failed (out of memory)."
     assert lines[5].startswith("Best: RAG at 61% (+41 points")
@@ -129,7 +130,11 @@ def test_verdict_is_derived_from_the_numbers():
 
 def test_verdict_says_when_nothing_wins_and_scales_noise_with_items():
     lines = rep.verdict(_result([_row("base", 0.5), _row("prompt", 0.6)], n=3))
-    assert "no clear gain" in lines[1] and lines[-1].startswith("Overall: no technique beat")
+    assert "within the noise of 3 items" in lines[1] and lines[-1].startswith("Overall: no technique beat")
+    # the case users saw: "+33 points, 67%" called "no clear gain"; now the figures and the words agree
+    [_, rag, _] = rep.verdict(_result([_row("base", 1 / 3), _row("rag", 2 / 3)], n=3))
+    assert rag.startswith("RAG: +33 points on document questions (33% → 67%), within the noise of 3 items (±33 points)")
+    assert "no clear gain" not in " ".join(rep.verdict(_result([_row("base", 0.5), _row("rag", 0.52)])))
     assert rep.noise_points(3) == pytest.approx(33.3, abs=0.1) and rep.noise_points(100) == rep.MIN_GAIN_POINTS
     assert rep.verdict(_result([])) == ["No technique produced a result."]
 
@@ -160,7 +165,7 @@ def test_report_files_are_complete(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- options and UI helpers
 def test_technique_list_budget_and_equal_examples():
-    from adapters.lab import Budget, parse_techniques, training_examples
+    from lab.run import Budget, parse_techniques, training_examples
 
     assert parse_techniques("full, rag,BASE") == ["base", "rag", "full"]  # the lab's order
     with pytest.raises(ValueError, match="unknown technique"):
@@ -181,13 +186,13 @@ def test_technique_list_budget_and_equal_examples():
 
 
 def test_ui_helpers(tmp_path):
-    from adapters import ui_lab
+    from ui import lab as ui_lab
     from agent.settings import Settings
 
     assert ui_lab.parse_progress("[ 42.9%] RAG: done") == (pytest.approx(0.429), "RAG: done")
     assert ui_lab.parse_progress("some library warning") is None
     cmd = ui_lab.lab_command("style", ["base", "sft"], 5, 7, tmp_path / "o")
-    assert cmd[1:4] == ["-m", "agent.cli", "lab"] and "base,sft" in cmd and "--budget-steps" in cmd
+    assert cmd[1:4] == ["-m", "cli.main", "lab"] and "base,sft" in cmd and "--budget-steps" in cmd
     with pytest.raises(ValueError):
         ui_lab.lab_command("style", [], 5, 7, tmp_path)
     with pytest.raises(ValueError):
@@ -198,7 +203,15 @@ def test_ui_helpers(tmp_path):
     assert ui_lab.past_reports(settings) == []
     folder = tmp_path / "lab" / "squad-1"
     rep.write_report(_result([_row("base", 0.2), _row("rag", 0.7)]), folder)
-    assert ui_lab.past_reports(settings) == [str(folder)]
+    assert ui_lab.past_reports(settings) == ["squad-1"]  # a name: the page shows no server folder
+    assert ui_lab.report_folder(settings, "squad-1") == folder.resolve()
+    for forged in ("../lab/squad-1", str(folder), "..", "", "squad-2"):
+        with pytest.raises(ValueError):
+            ui_lab.report_folder(settings, forged)
+    assert ui_lab.empty_table("style")["headers"][:3] == ["Technique", "style", "phrase_anywhere"]
+    assert ui_lab.empty_table("style")["data"] == []
+    assert ui_lab.run_estimate(settings, "oasst", ["base"], 5, 5).startswith("Expected time:")
+    assert "last run of this task" in ui_lab.run_estimate(settings, "squad", ["base", "rag"], 40, 30)
     md, rows, header, images = ui_lab.report_view(ui_lab.load_report(folder))
     assert "RAG: +50 points" in md and rows[1][0] == "RAG" and header[0] == "Technique"
     assert [c for _, c in images] == ["Quality", "Costs", "Quality vs cost"]
@@ -209,7 +222,7 @@ def test_ui_helpers(tmp_path):
 def test_lab_tab_builds(tmp_path):
     import gradio as gr
 
-    from adapters.ui_lab import build_lab_tab
+    from ui.lab import build_lab_tab
     from agent.settings import Settings
 
     with gr.Blocks() as demo:
@@ -217,8 +230,9 @@ def test_lab_tab_builds(tmp_path):
             tab = build_lab_tab(Settings(data_dir=tmp_path))
     assert tab.run_button.elem_id == "lab-run"
     assert tab.on_open("")[0] == "Choose a report."
-    assert tab.on_open(str(tmp_path / "lab" / "x"))[0].startswith("**Error:** no report.json")
+    assert tab.on_open("x")[0] == "**Error:** not a report of this app's lab"  # no such report
     assert tab.on_open(str(tmp_path))[0] == "**Error:** not a report of this app's lab"  # no path outside lab/
+    assert tab.on_open("../..")[0] == "**Error:** not a report of this app's lab"
     assert tab.on_stop() == "Nothing is running."
     first = next(tab.on_run("squad", [], 1, 1))  # bad input: a clear message, nothing started
     assert first[0] == "**Error:** choose at least one technique"
@@ -227,7 +241,7 @@ def test_lab_tab_builds(tmp_path):
 
 
 def test_cli_refuses_bad_input_before_loading_anything(tmp_path, monkeypatch, capsys):
-    from agent.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("KAIZEN_DATA_DIR", str(tmp_path))
     out = tmp_path / "out"
@@ -241,7 +255,7 @@ def test_cli_refuses_bad_input_before_loading_anything(tmp_path, monkeypatch, ca
 
 
 def test_every_method_gets_the_same_budget():
-    from adapters.lab import TRAINED, Budget, lab_recipe
+    from lab.run import TRAINED, Budget, lab_recipe
 
     budget = Budget(steps=7, batch_size=3, max_length=128)
     recipes = {m: lab_recipe(m, budget) for m in TRAINED}
@@ -255,7 +269,7 @@ def test_pin_weights_copies_and_keeps_ties():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adapters.lab_measure import pin_weights
+    from lab.measure import pin_weights
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
@@ -292,3 +306,31 @@ def test_report_shows_the_same_questions_answered_by_each_technique():
     block = part[part.index(f"**{q2}**"):]
     assert block.index("Long ago.") < block.index("In 1873.") < block.index("1900.")
     assert rep.side_by_side([_row("base", 0.1)]) == []
+
+
+def test_time_estimates_scale_with_items_and_steps_and_learn_from_the_last_run():
+    quick = rep.estimate(["base", "sft"], steps=10, items=10)
+    slow = rep.estimate(["base", "sft"], steps=100, items=40)
+    assert quick["base"] < slow["base"] and quick["sft"] < slow["sft"]
+    assert slow["sft"] - quick["sft"] > slow["base"] - quick["base"]  # training steps cost the trained one only
+    past = {"task": {"items": 20}, "budget": {"steps": 40},
+            "rows": [{"technique": "base", "status": "ok", "seconds": 40.0},
+                     {"technique": "sft", "status": "ok", "seconds": 220.0, "train_s": 200.0},
+                     {"technique": "dpo", "status": "error"}]}
+    costs = rep.costs_from(past)
+    assert costs["per_item"]["base"] == 2.0 and costs["per_step"]["sft"] == 5.0 and costs["per_item"]["sft"] == 1.0
+    got = rep.estimate(["base", "sft", "dpo"], steps=40, items=20, past=costs)
+    assert got["base"] == 40.0 and got["sft"] == 220.0  # the same run again takes what it took
+    assert got["dpo"] == rep.estimate(["dpo"], steps=40, items=20)["dpo"]  # failed there: the defaults
+    text = rep.estimate_text(["base", "sft"], 40, 20, costs)
+    assert text.startswith("Expected time: **~4 min**") and "last run of this task" in text
+    assert rep.estimate_text([], 40, 20) == "Choose at least one technique."
+
+
+def test_a_partial_report_says_which_techniques_finished():
+    result = {**_result([_row("base", 0.2), _row("rag", 0.5)]), "techniques": ["base", "rag", "sft"], "complete": False}
+    assert rep.partial_note(result).startswith("**Partial report:** 2 of 3 techniques finished")
+    assert "**Partial report:** 2 of 3" in rep.markdown(result)
+    assert rep.partial_note({**result, "complete": True}) == "" and rep.partial_note(_result([])) == ""
+    assert rep.model_name("/srv/models/smollm2-135m/") == "smollm2-135m" and "/srv" not in rep.markdown(
+        {**result, "model": "/srv/models/smollm2-135m"})

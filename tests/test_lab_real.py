@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adapters.lab import TECHNIQUES, Budget, run_lab
-from adapters.lab_report import REPORT_FILES
+from lab.run import TECHNIQUES, Budget, run_lab
+from lab.report import REPORT_FILES
 from agent.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_every_technique_really_runs_on_squad(tmp_path, base_model_dir, shared_d
 
 def test_preference_task_scores_adapters_against_the_base(tmp_path, base_model_dir, shared_data, monkeypatch, capsys):
     """`kaizen lab` on the oasst pairs: the base's reward is its raw margin, an adapter's is relative to the base."""
-    from agent.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("KAIZEN_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("KAIZEN_BASE_MODEL", str(base_model_dir))
@@ -90,7 +90,7 @@ def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, share
     """The Lab tab's Run handler: `kaizen lab` in a child process, progress streamed, the report shown."""
     import gradio as gr
 
-    from adapters.ui_lab import build_lab_tab, past_reports
+    from ui.lab import build_lab_tab, past_reports
 
     settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
     with gr.Blocks():
@@ -105,3 +105,30 @@ def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, share
     assert {p.rsplit("/", 1)[-1] for p in files} >= {"report.md", "report.json"}
     assert previous["value"] == past_reports(settings)[0]
     assert tab.on_open(previous["value"])[1] == verdict  # reopening shows the same report
+
+
+def test_lab_stop_keeps_the_finished_rows_and_progress_never_goes_back(tmp_path, base_model_dir, shared_data):
+    """Stop in the middle of a run: the techniques that finished stay in the table (a partial report), and the
+    progress shown on the way only ever went up."""
+    import re
+
+    import gradio as gr
+
+    from ui.lab import build_lab_tab
+
+    settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
+    with gr.Blocks():
+        tab = build_lab_tab(settings)
+    shown, stopped = [], False
+    for update in tab.on_run("squad", ["base", "prompt", "sft"], 2, 1):
+        status = update[0]
+        if m := re.match(r"Running: (\d+)%", status or ""):
+            shown.append(int(m.group(1)))
+        if not stopped and "SFT LoRA:" in (status or ""):  # base and prompt are done: stop during SFT
+            assert tab.on_stop() == "Stopping…"
+            stopped = True
+    status, verdict, table, *_ = update
+    assert stopped and status == "Stopped after 2 of 3 techniques; their results are kept below.", status
+    assert [row[0] for row in table["value"]] == ["Base model", "Prompt engineering"]
+    assert "**Partial report:** 2 of 3 techniques finished" in verdict and "Prompt: " in verdict
+    assert shown and shown == sorted(shown), shown

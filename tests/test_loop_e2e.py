@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from adapters.lab_tasks import HOUSE_PHRASE, follows_style, house_style, oasst_first_turns, style_events
+from lab.tasks import HOUSE_PHRASE, follows_style, house_style, oasst_first_turns, style_events
 from agent.settings import Settings
 from feedback.store import Store
 from tests.conftest import ROOT, running_app
@@ -53,10 +53,10 @@ def adapt_and_promote(data, base_model_dir, timeout_s: int = 1500) -> str:
     """`kaizen adapt` on `data` (train at 20 events); the version the gate promoted (asserted)."""
     env = dict(os.environ, KAIZEN_DATA_DIR=str(data), KAIZEN_BASE_MODEL=str(base_model_dir),
                KAIZEN_ADAPT_MIN_EVENTS="20", KAIZEN_ENGINE="llamacpp")  # GGUF LoRA + parity check
-    run = subprocess.run([sys.executable, "-m", "agent.cli", "adapt"], cwd=ROOT, env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "cli.main", "adapt"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=timeout_s)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    listing = subprocess.run([sys.executable, "-m", "agent.cli", "adapters", "list", "--json"], cwd=ROOT,
+    listing = subprocess.run([sys.executable, "-m", "cli.main", "adapters", "list", "--json"], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=120)
     promoted = [v for v in json.loads(listing.stdout)["versions"] if v["state"] == "active"]
     assert promoted, f"the gate did not promote: {run.stdout[-2000:]}"

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from feedback.visitors import COOKIE, NOT_PERSISTENT
+from web.visitors import COOKIE, NOT_PERSISTENT
 from tests import raw_client as R
 from tests.conftest import running_app
 from tests.test_authz_app import admin_things, assert_admin_endpoints_refuse, doc_rows, endpoint, registry_state, upload

@@ -6,10 +6,10 @@ import json
 import gradio as gr
 import pytest
 
-from agent import cli
+from cli import main as cli
 from agent.retrieval import KnowledgeBase
 from agent.settings import Settings
-from agent.ui_docs import build_docs_tab, delete_doc, table_rows, upload_files
+from ui.docs import build_docs_tab, delete_doc, table_rows, upload_files
 from tests.test_ingest_files import BINARY, make_pdf
 
 

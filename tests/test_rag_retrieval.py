@@ -181,6 +181,7 @@ def test_off_topic_questions_are_routed_away_from_the_documents(loaded):
         assert decide(question, hits, "on") is True
 
 
+@pytest.mark.slow
 def test_the_collection_survives_a_restart(backend, loaded):
     before = loaded.list()
     assert sorted(d["name"] for d in before) == sorted(DOCS)

@@ -11,14 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from adapters import train as T
 from adapters.registry import Registry, RegistryError, sync_model
-from tests.test_train_support import save_tiny_base, sft_rows, tiny_settings, write_data
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, tokenizer):
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
+from tests.train_support import random_lora, save_tiny_base, tiny_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +22,10 @@ def other_base(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="session")
 def adapter(tmp_path_factory, tiny_base):
-    """One trained LoRA adapter folder (2 SFT steps on the tiny base), copied by each test that registers it."""
-    root = tmp_path_factory.mktemp("adapter")
-    data = write_data(root / "data", sft=sft_rows(8))
-    T.train("sft", data, root / "out", tiny_settings(root / "d", tiny_base),
-            T.recipe_for("sft", steps=2, batch_size=2, max_length=128, lr=1e-2))
-    return root / "out"
+    """One LoRA adapter folder of the tiny base as training exports it (the trainer's own LoRA config for the SFT
+    recipe, saved by peft), copied by each test that registers it. Its weights are random, not trained: they change
+    the base's output as a trained adapter's do, and no training run is needed (training: tests/test_train.py)."""
+    return random_lora(tiny_base, tmp_path_factory.mktemp("adapter") / "out")
 
 
 @pytest.fixture
@@ -204,6 +196,7 @@ def test_sync_model_hot_swaps_the_chat_model_and_refuses_broken_versions(reg, ad
     assert sync_model(reg, chat) is None and chat.active is None
 
 
+@pytest.mark.slow
 def test_promotion_is_atomic_for_concurrent_readers(reg, adapter, tmp_path):
     """Two processes promote back and forth while this one reads: every read sees a complete pointer and
     parseable metadata, and afterwards exactly one version is active."""
@@ -243,7 +236,7 @@ def test_full_model_versions_register_but_are_not_hot_swapped(reg, tiny_base, tm
 
 
 def test_cli_list_promote_rollback_pin(reg, adapter, monkeypatch, capsys):
-    from agent.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("KAIZEN_DATA_DIR", str(reg.settings.data_dir))
     monkeypatch.setenv("KAIZEN_BASE_MODEL", reg.settings.base_model)

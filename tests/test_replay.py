@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+from cli import main as cli
 from feedback.datasets import build_datasets, jsonl_bytes
 from feedback.export import write_datasets
 from feedback.replay import read_trees, replay_oasst, vote

@@ -12,7 +12,7 @@ from adapters import scheduler as S
 from adapters.evaluate import EvalConfig
 from adapters.registry import Registry
 from adapters.train import recipe_for
-from tests.test_train_support import fill_store_with_edits, save_tiny_base, tiny_settings
+from tests.train_support import fill_store_with_edits, save_tiny_base, tiny_settings
 
 FAST = dict(recipe=recipe_for("sft", steps=3, batch_size=2, max_length=128, lr=5e-3),
             eval_config=EvalConfig(max_new_tokens=4, general=2, max_generate=2), timeout=600)
@@ -59,6 +59,7 @@ def test_below_threshold_nothing_happens_and_a_held_lock_means_busy(env):
     assert Registry(settings).versions() == []
 
 
+@pytest.mark.slow
 def test_a_run_trains_evaluates_registers_and_promotes(env):
     settings, store = env
     fill_store_with_edits(store, 24)
@@ -79,6 +80,7 @@ def test_a_run_trains_evaluates_registers_and_promotes(env):
     assert S.read_state(settings)["last_version"] == v
 
 
+@pytest.mark.slow
 def test_a_killed_training_run_leaves_the_active_adapter_untouched(env, adapter_version):
     settings, store, active = adapter_version(env)
     reg = Registry(settings)
@@ -99,6 +101,7 @@ def test_a_killed_training_run_leaves_the_active_adapter_untouched(env, adapter_
     assert S.read_state(settings)["last_status"] == "failed"
 
 
+@pytest.mark.slow
 def test_scheduler_thread_runs_on_trigger_and_stop_kills_a_run_in_progress(env, adapter_version):
     import threading
 
@@ -129,17 +132,14 @@ def adapter_version(base):
     def make(env):
         import shutil
 
-        from adapters import train as T
-        from tests.test_train_support import sft_rows, write_data
+        from tests.train_support import random_lora
 
         settings, store = env
         fill_store_with_edits(store, 12)
         S._save_state(settings, {"last_run": S.now_iso()})  # as if a run just saw them: nothing new after this
         root = settings.data_dir / "prep"
-        data = write_data(root / "data", sft=sft_rows(4))
-        T.train("sft", data, root / "out", settings, recipe_for("sft", steps=1, batch_size=2, max_length=64))
         reg = Registry(settings)
-        v = reg.promote(reg.register(root / "out", {"method": "sft"}))
+        v = reg.promote(reg.register(random_lora(base, root / "out"), {"method": "sft"}))
         shutil.rmtree(root)
         return settings, store, v
     return make
@@ -152,6 +152,7 @@ def test_automatic_runs_try_the_next_method_in_order():
     assert S.auto_methods({"sft": 3}) == []
 
 
+@pytest.mark.slow
 def test_a_refused_sft_candidate_is_followed_by_a_dpo_attempt(env):
     """A margin nothing can reach: the SFT candidate is refused, DPO is tried next and refused too; both are
     registered (retired), the active version is unchanged, and the result lists both attempts."""

@@ -14,7 +14,7 @@ import pytest
 from adapters import stages
 from agent.settings import Settings
 from feedback.store import Store
-from tests.test_train_support import fill_store_with_edits
+from tests.train_support import fill_store_with_edits
 
 ROOT = Path(__file__).resolve().parents[1]
 

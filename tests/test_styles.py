@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_styles_edits_follow_their_own_checker_and_the_fixed_text_alone_does_not(shared_data):
-    from adapters.lab_tasks import oasst_first_turns
+    from lab.tasks import oasst_first_turns
 
     trees = [json.loads(line) for line in (shared_data / "oasst_en_100" / "en_100_tree.jsonl").open()]
     answers = [a for _, a in oasst_first_turns(trees)]

@@ -9,14 +9,9 @@ import torch
 
 from adapters import train as T
 from adapters.config import FullFTRecipe, SFTRecipe, load_recipe, recipe_from_dict
-from tests.test_train_support import dpo_rows, kto_rows, save_tiny_base, sft_rows, tiny_settings, write_data
+from tests.train_support import dpo_rows, kto_rows, sft_rows, tiny_settings, write_data
 
 FORBIDDEN = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, tokenizer):
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), tokenizer)
 
 
 @pytest.fixture
@@ -141,6 +136,7 @@ def _no_pickles(folder):
     return not [p for p in folder.rglob("*") if p.suffix in FORBIDDEN]
 
 
+@pytest.mark.slow
 def test_sft_lora_learns_and_exports_a_standard_peft_folder(tiny_base, data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -192,6 +188,7 @@ def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(sett
         fast("sft", replay=2.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "kto"])
 def test_preference_methods_log_rewards(tiny_base, data, tmp_path, method):
     out = tmp_path / method
@@ -202,6 +199,7 @@ def test_preference_methods_log_rewards(tiny_base, data, tmp_path, method):
     assert all("rewards/margins" in r for r in logged if "loss" in r)
 
 
+@pytest.mark.slow
 def test_full_finetune_saves_a_whole_loadable_model(tiny_base, data, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -217,6 +215,7 @@ def test_full_finetune_saves_a_whole_loadable_model(tiny_base, data, tmp_path):
     assert len(changed) > len(before) // 2  # every kind of weight moved, not just an adapter
 
 
+@pytest.mark.slow
 def test_run_training_in_a_child_process_streams_progress(tiny_base, data, tmp_path):
     events = []
     m = T.run_training("sft", data, tmp_path / "out", tiny_settings(tmp_path / "d", tiny_base), fast("sft"),
@@ -249,6 +248,7 @@ def test_run_training_refuses_bad_data_before_starting_a_process(tiny_base, tmp_
     assert events == [] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_child_raises_with_its_log(tiny_base, data, tmp_path):
     settings = tiny_settings(tmp_path / "d", tmp_path / "no-such-model")
     with pytest.raises(T.TrainingError, match="failed"):

@@ -8,7 +8,7 @@ import pytest
 from agent.chat import Answerer
 from agent.model import ChatModel
 from agent.settings import Settings
-from agent.ui_chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display,
+from ui.chat import (ChatLogic, can_continue, chat_index_to_shown, cut_off_notice, escape_display,
                            is_sources_note, new_state, pick_texts, to_chatbot, unescape_display)
 from feedback.store import Store
 
@@ -280,3 +280,72 @@ def test_editing_the_first_question_starts_a_new_root(logic):
         reask(logic, st, uid, 0, "  A different START ")
     with pytest.raises(ValueError, match="only a question"):
         reask(logic, st, uid, 1, "not a question")
+
+
+# -- per-chat settings and answer details ------------------------------------------------------------------------
+def test_chat_options_are_checked_on_the_server():
+    from ui.chat import MAX_TEMPERATURE, chat_options, max_tokens_limit
+
+    s = Settings(max_new_tokens=256)
+    assert chat_options(s) == {} and chat_options(s, "", None) == {}
+    assert chat_options(s, 0.7, 64) == {"temperature": 0.7, "max_tokens": 64}
+    assert chat_options(s, 0, 64.0) == {"temperature": 0.0, "max_tokens": 64}
+    assert max_tokens_limit(s) == 1024 and max_tokens_limit(Settings(max_new_tokens=2000)) == 2000
+    for bad_t in (-0.1, MAX_TEMPERATURE + 0.01, "hot", True, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            chat_options(s, bad_t, None)
+    for bad_n in (0, 1025, 10**9, 12.5, "many", True):
+        with pytest.raises(ValueError, match="max tokens"):
+            chat_options(s, None, bad_n)
+
+
+def test_a_chats_temperature_and_length_are_used_and_stored_with_the_answer(logic):
+    uid = logic.user_id(None)
+    state = new_state()
+    for state in logic.respond(state, uid, "hello there", "plain", "off", "default", threading.Event(),
+                               {"temperature": 0.9, "max_tokens": 3}):
+        pass
+    row = logic.store.message(state["shown"][-1]["id"], uid)
+    assert row["decoding"] == {"temperature": 0.9, "top_p": 0.95, "seed": None, "max_new_tokens": 3}
+    assert row["completion_tokens"] <= 3
+    # no options: the server's settings (greedy, KAIZEN_MAX_NEW_TOKENS), recorded as such
+    state = ask(logic, state, uid, "and again")
+    row = logic.store.message(state["shown"][-1]["id"], uid)
+    assert row["decoding"] == {"temperature": 0.0, "top_p": 0.95, "seed": None, "max_new_tokens": 6}
+
+
+def test_a_retry_samples_at_least_as_hot_as_the_chat_and_records_its_seed(logic):
+    uid = logic.user_id(None)
+    state = ask(logic, new_state(), uid, "hello")
+    hot = {"temperature": 1.4}
+    for state in logic.retry(state, uid, 0, "plain", "off", "default", threading.Event(), hot):
+        pass
+    rows = logic.store._rows("SELECT decoding FROM messages WHERE role = 'assistant' ORDER BY id")
+    retried = [json.loads(r["decoding"]) for r in rows[1:]]
+    assert retried and all(d["temperature"] == 1.4 and d["seed"] is not None for d in retried)
+    cool = {"temperature": 0.1}  # colder than KAIZEN_RETRY_TEMPERATURE (0.8): the retry's own temperature
+    for state in logic.retry(state, uid, 0, "plain", "off", "default", threading.Event(), cool):
+        pass
+    last = json.loads(logic.store._rows("SELECT decoding FROM messages ORDER BY id DESC LIMIT 1")[0]["decoding"])
+    assert last["temperature"] == logic.answerer.settings.retry_temperature
+
+
+def test_answer_details_come_from_the_stored_answer_and_name_no_server_path(logic, tmp_path):
+    from ui.chat import details_text
+
+    uid = logic.user_id(None)
+    assert logic.details(new_state(), uid) == "No answer yet."
+    state = new_state()
+    for state in logic.respond(state, uid, "hello", "plain", "off", "default", threading.Event(),
+                               {"temperature": 0.5, "max_tokens": 4}):
+        pass
+    text = logic.details(state, uid)
+    assert "**Answer 1**" in text and "template: plain" in text and "temperature 0.5" in text and "cap 4" in text
+    assert "adapter: base" in text
+    row = logic.store.message(state["shown"][-1]["id"], uid)
+    assert f"{row['completion_tokens']:,} out" in text
+    assert "/" not in details_text({**row, "model": str(tmp_path / "models" / "smol")}).split("model: ")[1]
+    # another user's session state pointing at this answer reads nothing of it
+    bob = logic.user_id("bob")
+    with pytest.raises(LookupError):
+        logic.details(state, bob)

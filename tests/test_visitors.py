@@ -10,8 +10,8 @@ import gradio as gr
 import pytest
 
 from agent.settings import Settings
-from feedback.authz import REFUSAL, Authz
-from feedback.visitors import COOKIE, PREFIX, Visitors, load_key, oauth_name, set_cookie_header
+from ui.authz import REFUSAL, Authz
+from web.visitors import COOKIE, PREFIX, Visitors, load_key, oauth_name, set_cookie_header
 
 
 def oauth_session(name: str, expires_in: float = 3600) -> dict:

@@ -1,7 +1,7 @@
 """The web guard's pure parts: login backoff per user and per address, sessions bound to their first user."""
 from __future__ import annotations
 
-from feedback.webguard import LoginLimiter, SessionOwners, login_keys
+from web.guard import LoginLimiter, SessionOwners, login_keys
 
 
 def test_backoff_starts_after_the_free_failures_and_doubles():
@@ -69,7 +69,7 @@ def test_a_session_belongs_to_its_first_user():
 def test_lone_surrogates_are_replaced_and_pairs_kept():
     import json
 
-    from feedback.webguard import clean_json_body, clean_text
+    from web.guard import clean_json_body, clean_text
 
     assert clean_text({"k\ud800": ["a\udfffb", 1, None, "ok 😀"]}) == {"k\ufffd": ["a\ufffdb", 1, None, "ok 😀"]}
     body = json.dumps({"data": ["hi \ud83d", "fine \U0001F600"]}).encode()
@@ -82,7 +82,7 @@ def test_lone_surrogates_are_replaced_and_pairs_kept():
 
 
 def test_a_write_from_another_site_is_foreign_and_the_apps_own_or_none_is_not():
-    from feedback.webguard import foreign_origin, parse_allowed
+    from web.guard import foreign_origin, parse_allowed
 
     def h(**kw):
         return {k.replace("_", "-").encode(): v.encode() for k, v in kw.items()}
@@ -116,8 +116,8 @@ def test_only_huggingface_may_frame_a_public_space_and_nobody_frames_the_app_oth
     from starlette.testclient import TestClient
 
     from agent.settings import Settings
-    from feedback.visitors import Visitors
-    from feedback.webguard import Guard
+    from web.visitors import Visitors
+    from web.guard import Guard
 
     inner = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
     private = TestClient(Guard(inner)).get("/")

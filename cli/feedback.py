@@ -1,4 +1,4 @@
-"""`kaizen feedback ...` and `kaizen users ...` subcommands (registered by agent.cli)."""
+"""`kaizen feedback ...` and `kaizen users ...` subcommands (registered by cli.main)."""
 from __future__ import annotations
 
 import getpass

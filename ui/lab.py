@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.lab import TECHNIQUES
-from adapters.lab_report import LABELS, table_rows
-from adapters.lab_tasks import TASKS
+from lab.run import TECHNIQUES
+from lab.report import LABELS, costs_from, estimate_text, partial_note, table_rows
+from lab.tasks import TASK_METRICS, TASKS
 from agent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def lab_command(task: str, techniques: list[str], steps: int, limit: int, out: P
         raise ValueError(f"choose a task: {', '.join(TASKS)}")
     if not techniques:
         raise ValueError("choose at least one technique")
-    return [sys.executable, "-m", "agent.cli", "lab", "--task", task, "--techniques", ",".join(techniques),
+    return [sys.executable, "-m", "cli.main", "lab", "--task", task, "--techniques", ",".join(techniques),
             "--budget-steps", str(int(steps)), "--limit", str(int(limit)), "--out", str(out)]
 
 
@@ -65,6 +65,8 @@ def report_view(result: dict) -> tuple[str, list[list[str]], list[str], list[tup
     md = [f"### {task.get('title', '')} — {task.get('items')} items, {result.get('device')}",
           f"Budget: {b.get('steps')} steps × batch {b.get('batch_size')}, {b.get('examples')} examples, "
           f"max length {b.get('max_length')}.", ""]
+    if partial_note(result):
+        md += [partial_note(result), ""]
     md += [f"- {line}" for line in result.get("verdict") or []]
     folder = Path(result.get("files", {}).get("report.json", "")).parent if result.get("files") else None
     images = []
@@ -86,12 +88,45 @@ def load_report(folder: str | Path) -> dict:
 
 
 def past_reports(settings: Settings) -> list[str]:
-    """Report folders under <data_dir>/lab, newest first."""
+    """Report folder names under <data_dir>/lab, newest first (names, not paths: the page shows no server folder)."""
     root = lab_root(settings)
     if not root.is_dir():
         return []
     found = [p.parent for p in root.glob("*/report.json")]
-    return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def report_folder(settings: Settings, name: str) -> Path:
+    """The report folder called `name` under <data_dir>/lab; ValueError for anything else (a path, '..')."""
+    name = str(name or "")
+    root = lab_root(settings).resolve()
+    folder = (root / name).resolve()
+    if name != Path(name).name or folder.parent != root or not (folder / "report.json").is_file():
+        raise ValueError("not a report of this app's lab")
+    return folder
+
+
+def empty_table(task: str) -> dict:
+    """The results table before a run: the task's real column names, no rows."""
+    header, _ = table_rows({"task": {"metrics": list(TASK_METRICS.get(task, ()))}})
+    return {"headers": header, "data": []}
+
+
+def run_estimate(settings: Settings, task: str, techniques, steps, limit) -> str:
+    """The expected time of a run, from the latest complete report of `task` here when there is one."""
+    past = None
+    for name in past_reports(settings):
+        try:
+            result = json.loads((lab_root(settings) / name / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if result.get("task", {}).get("name") == task:
+            past = costs_from(result)
+            break
+    try:
+        return estimate_text(list(techniques or []), int(steps or 1), int(limit or 1), past)
+    except (TypeError, ValueError):
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------- the tab
@@ -105,11 +140,11 @@ class LabTab:
 
 def build_lab_tab(settings: Settings, authz=None) -> LabTab:
     """Build the Lab view in the current Blocks context (no launching); returns its handlers for wiring/tests.
-    Every handler runs only for an admin (`authz`, a feedback.authz.Authz; default from `settings`), checked on
+    Every handler runs only for an admin (`authz`, a ui.authz.Authz; default from `settings`), checked on
     the server; an earlier report is opened only from under <data_dir>/lab."""
     import gradio as gr
 
-    from feedback.authz import Authz
+    from ui.authz import Authz
 
     authz = authz or Authz.from_settings(settings)
 
@@ -127,9 +162,12 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
         limit = gr.Number(20, label="Evaluation items", precision=0, minimum=1, maximum=1000, elem_id="lab-limit")
         run = gr.Button("Run the lab", variant="primary", elem_id="lab-run")
         stop = gr.Button("Stop", variant="stop", elem_id="lab-stop")
+    estimate = gr.Markdown(run_estimate(settings, "squad", list(TECHNIQUES), 20, 20) if not authz.login_mode else "",
+                           elem_id="lab-estimate")
     status = gr.Markdown("", elem_id="lab-status")
     verdict = gr.Markdown("", elem_id="lab-verdict")
-    table = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="lab-table")
+    table = gr.Dataframe(value=empty_table("squad"), label="Results", interactive=False, wrap=True,
+                         elem_id="lab-table")
     gallery = gr.Gallery(label="Plots", columns=3, height="auto", elem_id="lab-plots")
     files = gr.File(label="Report files (Markdown, JSON, PNG)", file_count="multiple", elem_id="lab-files")
     with gr.Row():
@@ -174,9 +212,16 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
                 why = "stopped" if proc.returncode in (-15, -9) else "failed:\n\n```\n" + "\n".join(tail) + "\n```"
                 yield f"The lab run {why}", gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
                 return
-            md, tbl, imgs, fl = show(load_report(out))
-            note = "Done." if proc.returncode == 0 else "Done, with failed techniques (see the table)."
-            yield note, md, tbl, imgs, fl, gr.update(choices=past_reports(settings), value=str(out))
+            result = load_report(out)
+            md, tbl, imgs, fl = show(result)
+            if not result.get("complete", True):
+                note = (f"Stopped after {len(result['rows'])} of {len(result.get('techniques') or [])} techniques; "
+                        "their results are kept below.")
+            elif proc.returncode == 0:
+                note = "Done."
+            else:
+                note = "Done, with failed techniques (see the table)."
+            yield note, md, tbl, imgs, fl, gr.update(choices=past_reports(settings), value=out.name)
         finally:
             _run_lock.release()
 
@@ -187,20 +232,21 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
             return "Stopping…"
         return "Nothing is running."
 
-    def on_open(folder):
-        if not folder:
+    def on_open(name):
+        if not name:
             return "Choose a report.", gr.update(), gr.update(), gr.update(), gr.update()
-        root = lab_root(settings).resolve()
-        if root not in Path(folder).resolve().parents:
-            return "**Error:** not a report of this app's lab", gr.update(), gr.update(), gr.update(), gr.update()
         try:
-            return ("", *show(load_report(folder)))
+            return ("", *show(load_report(report_folder(settings, name))))
         except (FileNotFoundError, ValueError) as e:
             return f"**Error:** {e}", gr.update(), gr.update(), gr.update(), gr.update()
+
+    def on_choice(task_name, chosen, n_steps, n_limit):  # before a run: how long it should take, the real columns
+        return run_estimate(settings, task_name, chosen, n_steps, n_limit), gr.update(value=empty_table(task_name))
 
     on_run = authz.admin_only(on_run, "run the lab")
     on_stop = authz.admin_only(on_stop, "stop the lab")
     on_open = authz.admin_only(on_open, "open a lab report")
+    on_choice = authz.admin_only(on_choice, "estimate a lab run")
     if authz.login_mode:
         from gradio.context import Context
 
@@ -209,6 +255,8 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
                                 api_visibility="private")
     run.click(on_run, [task, techniques, steps, limit], [status, verdict, table, gallery, files, previous],
               api_visibility="private")
+    for control in (task, techniques, steps, limit):
+        control.change(on_choice, [task, techniques, steps, limit], [estimate, table], api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
     reopen.click(on_open, previous, [status, verdict, table, gallery, files], api_visibility="private")
     return LabTab(run, on_run, on_stop, on_open)

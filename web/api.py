@@ -5,7 +5,7 @@ port) or on their own (`kaizen serve --api-only`: `api_app`).
 Any OpenAI client chats through the same pipeline as the Chat tab (agent.chat.Answerer: templates, RAG, the
 served adapter and its A/B test), every answer is stored like a UI answer (feedback.store), and feedback comes
 back through `/v1/feedback` with the UI's server-side checks. The pure part (request checks, ids, threading,
-response shapes) is agent/api_schema.py; the tables are feedback/api_store.py.
+response shapes) is web/schema.py; the tables are feedback/api_store.py.
 
 Who is calling (`KaizenAPI.caller`):
 - `Authorization: Bearer <key>` with a key from `kaizen users key NAME` → that user (the same store user the UI
@@ -29,12 +29,12 @@ import time
 
 from fastapi import Request  # at module level: the routes' annotations are resolved against these globals
 
-from agent import api_schema as schema
-from agent.api_schema import ApiError
 from feedback import api_store
+from web import schema
+from web.schema import ApiError
 
 log = logging.getLogger("kaizen.api")
-LOCAL_USER = "local"  # the UI's user in anonymous single-user mode (agent.ui_chat.LOCAL_USER)
+LOCAL_USER = "local"  # the UI's user in anonymous single-user mode (ui.chat.LOCAL_USER)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -215,6 +215,8 @@ class KaizenAPI:
             adapter = ab.route(self.ab_state.get("experiment"), conv, adapter)
         if adapter not in (None, "default"):
             self._attach(adapter)
+        from agent.chat import answer_decoding  # here: importing web.api loads no model library
+
         decoding = self.answerer.decoding(**req.decoding) if req.decoding else None
         started = time.perf_counter()
         reply = self.answerer.answer(req.history, req.question, template=req.template, rag=req.rag,
@@ -255,7 +257,8 @@ class KaizenAPI:
                     conv, "assistant", gen.text, user_id=uid, parent_id=question_id, template=reply.template,
                     model=gen.model, adapter=gen.adapter, sources=reply.sources,
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),
-                    prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+                    prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                    decoding=answer_decoding(decoding or self.answerer.decoding(), gen.max_new_tokens))
                 api_store.record_completion(store, cid, message_id, uid)
         emit("done", {
             "id": cid, "text": gen.text, "finish": schema.finish_reason(gen.truncated),
@@ -473,11 +476,11 @@ async def _complete(request, req, cid: str, created: int, events: asyncio.Queue,
 # ---------------------------------------------------------------------------------------------- --api-only
 def api_app(settings, answerer=None, store=None, registry=None, start_sync: bool = True):
     """A FastAPI app with only the API (no Gradio): `kaizen serve --api-only`. The same request guard as the
-    app (feedback/webguard.py: body cap, headers), the same registry sync and scheduler."""
+    app (web/guard.py: body cap, headers), the same registry sync and scheduler."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-    from feedback.webguard import guard_app_kwargs
+    from web.guard import guard_app_kwargs
 
     if store is None:
         from feedback.integrity import check_database

@@ -4,7 +4,7 @@ A task is an evaluation set plus what each technique needs to run on it:
 
 - `items`: what is measured. `kind="generate"` items have a `question` (and gold `answers` for QA); the answer the
   technique generates is scored by `score_answer`. `kind="preference"` items have `prompt`, `chosen`, `rejected`
-  (TRL conversational format); they are scored by the model's log-probabilities (adapters.lab).
+  (TRL conversational format); they are scored by the model's log-probabilities (lab.run).
 - `train`: TRL rows `{"sft", "dpo", "kto"}` for the training techniques (the lab takes the same number of them for
   every method: equal budgets). The eval items are never among them.
 - `documents`: (name, text) pairs the RAG technique indexes.
@@ -17,18 +17,17 @@ OpenAssistant, replayed through the feedback store; preference accuracy).
 from __future__ import annotations
 
 import json
-import re
-import string
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.scoring import HOUSE_PHRASE, contains_gold, follows_style, house_style, normalize_answer, token_f1  # noqa: F401
 from agent.templates import Template, parse
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HOUSE_PHRASE = "Kaizen here:"
 TASKS = ("squad", "style", "oasst")
+TASK_METRICS = {"squad": ("contains", "f1"), "style": ("style", "phrase_anywhere"),  # each task's metrics, headline first
+                "oasst": ("pref_acc", "pref_acc_raw")}
 
 
 @dataclass
@@ -59,38 +58,6 @@ def _need(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- metrics (pure)
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = (text or "").lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD token F1 between one prediction and one gold answer."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def contains_gold(prediction: str, golds: list[str]) -> bool:
-    """The (normalised) answer contains one of the (normalised) gold answers."""
-    pred = f" {normalize_answer(prediction)} "
-    return any(g and f" {g} " in pred for g in (normalize_answer(x) for x in golds))
-
-
-def follows_style(answer: str, phrase: str = HOUSE_PHRASE) -> bool:
-    """The answer opens with the house phrase (case, surrounding quotes/markdown and the colon forgiven)."""
-    head = (answer or "").lstrip(" \t\n\"'*_#>`").lower()
-    return head.startswith(phrase.lower().rstrip(":"))
-
-
 def score_answer(task: LabTask, item: dict, answer: str) -> dict[str, float]:
     """Per-item quality of a generated answer, as metric -> value in [0, 1]."""
     if task.name == "squad":
@@ -173,7 +140,7 @@ def build_squad(dev: dict, test: dict | None, limit: int, distractors: int | Non
     if test is not None and n_dis:
         extra = [(f"{art['title']} #{i}", p["context"]) for art in test["data"] for i, p in enumerate(art["paragraphs"])]
         docs += extra[:n_dis]
-    return LabTask("squad", "Document QA (SQuAD 2.0 paragraphs)", "generate", "contains", ("contains", "f1"),
+    return LabTask("squad", "Document QA (SQuAD 2.0 paragraphs)", "generate", "contains", TASK_METRICS["squad"],
                    items, {"sft": sft, "dpo": dpo, "kto": unpair(dpo)}, docs, SQUAD_PROMPT, max_new_tokens=48,
                    info={"paragraphs": len(paras), "documents": len(docs)})
 
@@ -194,20 +161,6 @@ system: >-
   "{HOUSE_PHRASE}" and then answer in one or two short sentences.
 user: "{{question}}"
 """)
-
-
-def house_style(answer: str, max_chars: int = 220) -> str:
-    """The house style every editor applies: the fixed opening phrase, then the answer's first sentence(s),
-    at most `max_chars`, on one line."""
-    text = " ".join((answer or "").split())
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    out = ""
-    for s in sentences:
-        if out and len(out) + len(s) + 1 > max_chars:
-            break
-        out = f"{out} {s}".strip()
-    out = out[:max_chars].rstrip()
-    return f"{HOUSE_PHRASE} {out}"
 
 
 def oasst_first_turns(trees: list[dict]) -> list[tuple[str, str]]:
@@ -264,7 +217,7 @@ def build_style(train_pairs: list[tuple[str, str]], eval_prompts: list[str], lim
     items = [{"id": f"style-{i}", "question": p} for i, p in enumerate(prompts[:limit])]
     docs = [(f"house-style example {i}", f"Question: {r['messages'][-2]['content']}\nAnswer: {r['messages'][-1]['content']}")
             for i, r in enumerate(files["sft"])]
-    return LabTask("style", "House style learned from edits", "generate", "style", ("style", "phrase_anywhere"),
+    return LabTask("style", "House style learned from edits", "generate", "style", TASK_METRICS["style"],
                    items, {"sft": files["sft"], "dpo": files["dpo"], "kto": unpair(files["dpo"])}, docs,
                    STYLE_PROMPT, max_new_tokens=40,
                    info={"edits": edits, "phrase": HOUSE_PHRASE, "dataset_stages": manifest.get("stages", {})})
@@ -300,7 +253,7 @@ def build_oasst(files: dict[str, list[dict]], limit: int, info: dict | None = No
     docs = [(f"oasst answer {i}", f"Question: {r['messages'][-2]['content']}\nAnswer: {r['messages'][-1]['content']}")
             for i, r in enumerate(files["sft"]) if len(r["messages"]) >= 2]
     return LabTask("oasst", "Human preference (OpenAssistant pairs)", "preference", "pref_acc",
-                   ("pref_acc", "pref_acc_raw"), items, {k: files[k] for k in ("sft", "dpo", "kto")}, docs,
+                   TASK_METRICS["oasst"], items, {k: files[k] for k in ("sft", "dpo", "kto")}, docs,
                    OASST_PROMPT, max_new_tokens=32, info=info or {})
 
 

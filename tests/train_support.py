@@ -28,6 +28,24 @@ def save_tiny_base(folder: Path, tokenizer, seed: int = 0, hidden: int = 64) -> 
     return folder
 
 
+def random_lora(base: Path, out: Path, seed: int = 0) -> Path:
+    """A LoRA adapter of `base` as training exports it (the trainer's LoRA config for the SFT recipe, saved by peft)
+    but with random weights, without a training run: it changes the base's output as a trained adapter does, and
+    registers and validates like one. For tests of what happens to adapters, not of how they are trained."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapters.train import recipe_for
+    from adapters.trainers import lora_config
+
+    torch.manual_seed(seed)
+    config = lora_config(recipe_for("sft"))
+    config.init_lora_weights = False  # A and B random: not the identity a fresh LoRA starts as
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(out)
+    return out
+
+
 def tiny_settings(data_dir: Path, base: Path, **kw) -> Settings:
     """Settings for a tiny random model: the transformers engine's plumbing (llama.cpp is tested on the real one)."""
     kw.setdefault("engine", "transformers")

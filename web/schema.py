@@ -1,4 +1,4 @@
-"""The pure part of the OpenAI-compatible API (agent/api.py): request checks, model names, ids, conversation
+"""The pure part of the OpenAI-compatible API (web/api.py): request checks, model names, ids, conversation
 threading and response shapes. No I/O, no model: every function here is tested in milliseconds
 (tests/test_api_schema.py).
 

@@ -11,13 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adapters.registry import RegistryError, sha256_file, write_json
+from agent.files import sha256_file, write_json
 
 GGUF_NAME = "lora.gguf"
 
 
-class GGUFError(RegistryError):
-    """A LoRA that llama.cpp cannot serve (its type, a failed conversion, or a file changed after registration)."""
+class GGUFError(ValueError):
+    """A LoRA that llama.cpp cannot serve (its type, a failed conversion, or a file changed after registration).
+    The registry reports it as a RegistryError."""
 
 
 def refusal(adapter_config: dict) -> str | None:

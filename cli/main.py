@@ -1,7 +1,7 @@
 """`kaizen` — the command line. Each area registers its own subcommands:
 
-    agent.cli (chat, serve, ask)   agent.docs_cli (docs)   feedback.cli (feedback)   adapters.cli (adapters, adapt)
-    adapters.lab (lab)
+    cli.main (chat, serve, ask)   cli.docs (docs)   cli.feedback (feedback)   cli.adapters (adapters, adapt)
+    lab.run (lab)
 
 A module's `register(sub)` adds parsers to the argparse sub-parsers and sets `func=callable(args) -> int`.
 """
@@ -11,16 +11,20 @@ import argparse
 import importlib
 import sys
 
-from agent.settings import Settings
+from agent.offline import silence
 
-AREAS = ["agent.docs_cli", "feedback.cli", "adapters.cli", "adapters.lab"]
+silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
+
+from agent.settings import Settings  # noqa: E402
+
+AREAS = ["cli.docs", "cli.feedback", "cli.adapters", "lab.run"]
 
 
 def _cmd_serve(args) -> int:
-    if getattr(args, "api_only", False):  # the OpenAI-compatible API without the web UI (agent/api.py)
+    if getattr(args, "api_only", False):  # the OpenAI-compatible API without the web UI (web/api.py)
         import logging
 
-        from agent.api import serve_api_only
+        from web.api import serve_api_only
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         serve_api_only(Settings.from_env())

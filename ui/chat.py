@@ -7,6 +7,7 @@ browser sends is never trusted: every handler re-renders the chat from the state
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import threading
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.chat import Answerer
+from agent.chat import Answerer, answer_decoding
 from agent.escape import escape_chat, unescape_chat
 
 LOCAL_USER = "local"
@@ -37,6 +38,64 @@ def same_text(a: str, b: str) -> bool:
 def retry_seed(prompt_id: int, retry: int, attempt: int) -> int:
     """A different sampling seed for every retry and every attempt within one, reproducible from the ids."""
     return (int(prompt_id) * 1_000_003 + int(retry) * 101 + int(attempt)) % (2**31 - 1)
+
+
+MAX_TEMPERATURE = 1.5  # past this a 135M model writes noise
+
+
+def max_tokens_limit(settings) -> int:
+    """The most new tokens a chat may ask for: KAIZEN_MAX_NEW_TOKENS or 1,024, whichever is more."""
+    return max(int(settings.max_new_tokens), 1024)
+
+
+def chat_options(settings, temperature=None, max_tokens=None) -> dict:
+    """The chat's own settings, checked on the server (a client can send anything): temperature in
+    [0, MAX_TEMPERATURE] (0: greedy), max_tokens in [1, max_tokens_limit]; None or '' keeps the server's default.
+    ValueError in words otherwise."""
+    out = {}
+    if temperature not in (None, ""):
+        if isinstance(temperature, bool):
+            raise ValueError("temperature must be a number")
+        try:
+            t = float(temperature)
+        except (TypeError, ValueError):
+            raise ValueError(f"temperature must be a number, got {str(temperature)[:40]!r}") from None
+        if not 0 <= t <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE}, got {t:g}")
+        out["temperature"] = t
+    if max_tokens not in (None, ""):
+        limit = max_tokens_limit(settings)
+        try:
+            n = float(max_tokens)
+        except (TypeError, ValueError):
+            raise ValueError(f"max tokens must be a whole number, got {str(max_tokens)[:40]!r}") from None
+        if isinstance(max_tokens, bool) or n != int(n) or not 1 <= n <= limit:
+            raise ValueError(f"max tokens must be a whole number from 1 to {limit:,}, got {max_tokens!r}")
+        out["max_tokens"] = int(n)
+    return out
+
+
+def details_text(row: dict | None, name: str = "the latest answer") -> str:
+    """Markdown: how an answer was made (its stored row): time, tokens, template, adapter, model, decoding."""
+    if not row:
+        return "No answer yet."
+    dec = row.get("decoding") or {}
+    temp = dec.get("temperature")
+    how = "greedy" if temp == 0 else (f"temperature {temp:g}" if temp is not None else "not recorded")
+    if temp and dec.get("seed") is not None:
+        how += f", seed {dec['seed']}"
+    model = str(row.get("model") or "?").rstrip("/").rsplit("/", 1)[-1]  # a name, never a server path
+    lines = [f"**{name[:1].upper() + name[1:]}**",
+             f"- time: {row['latency_ms'] / 1000:.1f} s" if row.get("latency_ms") is not None else "- time: ?",
+             f"- tokens: {row.get('prompt_tokens') or 0:,} in, {row.get('completion_tokens') or 0:,} out"
+             + (f" (cap {dec['max_new_tokens']:,})" if dec.get("max_new_tokens") else ""),
+             f"- template: {row.get('template') or '?'}",
+             f"- adapter: {row.get('adapter') or 'base'}",
+             f"- model: {model}",
+             f"- decoding: {how}"]
+    if row.get("sources"):
+        lines.append(f"- sources: {len(row['sources'])} passage{'s' if len(row['sources']) != 1 else ''}")
+    return "\n".join(lines)
 
 
 def cut_off_notice(state: dict) -> str:
@@ -182,7 +241,7 @@ class ChatLogic:
     @staticmethod
     def own(state: dict, user_id: int) -> None:
         """The session state belongs to the first user who acts in it; PermissionError for anyone else (the web
-        server also binds each session to its user: feedback/webguard.py)."""
+        server also binds each session to its user: web/guard.py)."""
         if state.setdefault("owner", user_id) != user_id:
             raise PermissionError("this chat belongs to another user")
 
@@ -207,7 +266,7 @@ class ChatLogic:
 
     @admitted
     def respond(self, state: dict, user_id: int, question: str, template: str, rag: str, adapter,
-                stop: threading.Event):
+                stop: threading.Event, options: dict | None = None):
         """Generator: stores the user message, streams the answer (yielding the state), stores the answer.
         Raises ValueError (too long, empty, unknown template) before anything is stored."""
         from agent.chat import check_question
@@ -222,10 +281,11 @@ class ChatLogic:
         uid = self.store.add_message(state["conversation"], "user", question, user_id=user_id, parent_id=parent)
         state["shown"].append({"role": "user", "content": question, "id": uid})
         state["pending"], state["notice"] = None, ""
-        yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop)
+        yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop, options=options)
 
     @admitted
-    def retry(self, state: dict, user_id: int, index, template: str, rag: str, adapter, stop: threading.Event):
+    def retry(self, state: dict, user_id: int, index, template: str, rag: str, adapter, stop: threading.Event,
+              options: dict | None = None):
         """Generator: a sibling answer to the user message at `index`, sampled (a new seed each retry) so that it
         differs; the previous answer is kept for the pick. A sample that repeats the first answer (after
         normalization) is stored like any answer but not offered: the retry samples again, up to
@@ -250,8 +310,11 @@ class ChatLogic:
             if second is not None:
                 state["shown"].pop()  # the repeat stays in the record, not on screen
             decoding = self.answerer.retry_decoding(retry_seed(msg["id"], state["retries"], attempt))
+            chat_temperature = (options or {}).get("temperature") or 0.0
+            if chat_temperature > decoding.temperature:  # a retry samples at least as freely as the chat does
+                decoding = dataclasses.replace(decoding, temperature=chat_temperature)
             yield from self._answer(state, user_id, history, msg["content"], msg["id"], template, rag, adapter,
-                                    stop, decoding=decoding)
+                                    stop, decoding=decoding, options=options)
             second = state["shown"][-1]
             if stop.is_set() or not same_text(first["content"], second["content"]):
                 break
@@ -266,7 +329,8 @@ class ChatLogic:
         yield state
 
     @admitted
-    def continue_answer(self, state: dict, user_id: int, template: str, rag: str, adapter, stop: threading.Event):
+    def continue_answer(self, state: dict, user_id: int, template: str, rag: str, adapter, stop: threading.Event,
+                        options: dict | None = None):
         """Generator: the latest answer was cut off at the token cap; generate on from its end. The whole text
         (old + new) is stored as a new answer to the same question (messages are append-only) and takes its place
         on screen, so later feedback goes to the complete answer."""
@@ -278,16 +342,23 @@ class ChatLogic:
         state["pending"], state["notice"] = None, ""
         history = self.history(state, upto=len(state["shown"]) - 1)
         yield from self._answer(state, user_id, history, question["content"], question["id"], template, rag,
-                                adapter, stop, prefix=cut["content"])
+                                adapter, stop, prefix=cut["content"], options=options)
 
     def _answer(self, state, user_id, history, question, parent_id, template, rag, adapter, stop, *,
-                decoding=None, prefix: str | None = None):
+                decoding=None, prefix: str | None = None, options: dict | None = None):
+        """`options`: the chat's own settings (`chat_options`: temperature, max_tokens); `decoding` (a retry's)
+        wins over the chat's temperature."""
+        options = options or {}
         started = time.perf_counter()
         if self.router is not None:
             adapter = self.router(state["conversation"], adapter)
+        if decoding is None:
+            decoding = self.answerer.decoding(**({"temperature": options["temperature"]}
+                                                 if options.get("temperature") is not None else {}))
         reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop,
                                      owner=self.store.user(user_id)["name"],  # retrieval sees only their documents
-                                     decoding=decoding, continue_from=prefix)
+                                     decoding=decoding, continue_from=prefix,
+                                     max_new_tokens=options.get("max_tokens"))
         shown = {"role": "assistant", "content": prefix or "", "id": None, "sources": reply.sources}
         state["shown"].append(shown)
         try:
@@ -303,8 +374,17 @@ class ChatLogic:
                 template=reply.template, model=gen.model, adapter=gen.adapter, sources=reply.sources,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                decoding=answer_decoding(decoding, gen.max_new_tokens),
             )
         yield state
+
+    def details(self, state: dict, user_id: int) -> str:
+        """`details_text` of the latest finished answer on screen, read from the store (the caller's own)."""
+        for i in range(len(state["shown"]) - 1, -1, -1):
+            m = state["shown"][i]
+            if m["role"] == "assistant" and m.get("id") is not None:
+                return details_text(self.store.message(m["id"], user_id), answer_name(state, i))
+        return details_text(None)
 
     # -- feedback ----------------------------------------------------------------------------------------
     @staticmethod
@@ -339,7 +419,7 @@ class ChatLogic:
 
     @admitted
     def reask(self, state: dict, user_id: int, index, question: str, template: str, rag: str, adapter,
-              stop: threading.Event):
+              stop: threading.Event, options: dict | None = None):
         """Generator: the user edited their question at `index`: a new branch. The edited question is stored as a
         new user message with the same parent as the old one (the old question and what followed stay on record),
         it replaces the old one and everything after it on screen, and a new answer is generated for it."""
@@ -361,7 +441,7 @@ class ChatLogic:
         del state["shown"][i:]
         state["shown"].append({"role": "user", "content": question, "id": uid})
         state["pending"], state["notice"] = None, ""
-        yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop)
+        yield from self._answer(state, user_id, history, question, uid, template, rag, adapter, stop, options=options)
 
     def edit(self, state, user_id, index, edited: str) -> str:
         """A correction of an answer. The original comes from the store; the display shows the edited text."""

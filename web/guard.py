@@ -5,7 +5,7 @@ pure logic behind it.
 - **Sessions belong to a user.** The first request naming a `session_hash` (queue join, queue data, cancel, run)
   binds it to the logged-in user; another user (or an anonymous client) naming it is refused with 403, so nobody
   reads another user's chat state, takes over their stream or cancels their answer.
-- **Public Space mode** (`visitors`, feedback.visitors): a page load without a valid visitor cookie gets a new
+- **Public Space mode** (`visitors`, web.visitors): a page load without a valid visitor cookie gets a new
   signed one; every session is bound to its visitor (a Hugging Face login, the cookie, or the page session), so a
   visitor naming another's session hash gets 403, as in login mode.
 - **A user removed from the users file is logged out** on their next request (the token is dropped, 401).
@@ -36,8 +36,8 @@ from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from feedback.visitors import COOKIE as VISITOR_COOKIE
-from feedback.visitors import set_cookie_header
+from web.visitors import COOKIE as VISITOR_COOKIE
+from web.visitors import set_cookie_header
 
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; media-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
@@ -217,7 +217,7 @@ class Guard:
         self.app = app
         self.allowed_origins = parse_allowed(allowed_origins)
         self.users_file = Path(users_file) if users_file else None
-        self.visitors = visitors  # feedback.visitors.Visitors: public Space mode
+        self.visitors = visitors  # web.visitors.Visitors: public Space mode
         self.headers = PUBLIC_HEADERS if visitors is not None else HEADERS
         self.max_body = max(1, int(max_body_kb)) * 1024
         self.limiter = limiter or LoginLimiter()
@@ -421,7 +421,7 @@ def guard_app_kwargs(settings) -> dict:
 
     visitors = None
     if settings.public:
-        from feedback.visitors import Visitors
+        from web.visitors import Visitors
 
         visitors = Visitors.from_settings(settings)
     return {"middleware": [Middleware(Guard, users_file=settings.auth_file or None,

@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from agent.files import atomic_write
+
 LABELS = {"base": "Base model", "prompt": "Prompt engineering", "rag": "RAG", "sft": "SFT LoRA", "dpo": "DPO LoRA",
           "kto": "KTO LoRA", "full": "Full fine-tune"}
 SHORT = {"base": "Base", "prompt": "Prompt", "rag": "RAG", "sft": "SFT", "dpo": "DPO", "kto": "KTO", "full": "Full FT"}
@@ -74,8 +76,10 @@ def row_verdict(row: dict, base: dict, n_items: int, subject: str) -> str:
     if row is base:
         return f"{name}: {pct(row['quality'])} {subject} — the reference."
     delta = 100 * (row["quality"] - base["quality"])
-    if abs(delta) < noise_points(n_items):
-        head = f"{name}: no clear gain {subject} ({delta:+.0f} points, {pct(row['quality'])})"
+    margin = noise_points(n_items)
+    if abs(delta) < margin:  # the figures are said as they are, with why they do not count as a gain or a loss
+        head = (f"{name}: {delta:+.0f} points {subject} ({pct(base['quality'])} → {pct(row['quality'])}), "
+                f"within the noise of {n_items} item{'s' if n_items != 1 else ''} (±{margin:.0f} points)")
     else:
         head = f"{name}: {delta:+.0f} points {subject} ({pct(base['quality'])} → {pct(row['quality'])})"
     costs = []
@@ -160,14 +164,30 @@ def budget_text(budget: dict) -> str:
                if budget.get("lr") else "") + ".")
 
 
+def model_name(model) -> str:
+    """A model by its name (the last part of its path or hub id), never the server's folders."""
+    return str(model or "?").rstrip("/").rsplit("/", 1)[-1]
+
+
+def partial_note(result: dict) -> str:
+    """'' for a complete report; else which techniques finished (a stopped run keeps its finished rows)."""
+    if result.get("complete", True):
+        return ""
+    done, planned = len(result.get("rows", [])), len(result.get("techniques") or [])
+    return (f"**Partial report:** {done} of {planned} techniques finished; the rest did not run (the run was "
+            f"stopped, or is still going).")
+
+
 def markdown(result: dict) -> str:
     task = result.get("task", {})
     header, rows = table_rows(result)
     parts = [f"# Techniques lab — {task.get('title', task.get('name', ''))}", "",
-             f"Model `{result.get('model')}` on {result.get('device')}; {task.get('items')} evaluation items; "
+             f"Model `{model_name(result.get('model'))}` on {result.get('device')}; {task.get('items')} evaluation items; "
              f"headline metric `{task.get('primary')}`. Run {result.get('created', '')}, "
              f"{num(result.get('seconds'), 0)} s in all.", "", budget_text(result.get("budget", {})), "",
              markdown_table(header, rows), "", "## Verdict", ""]
+    if partial_note(result):
+        parts += [partial_note(result), ""]
     parts += [f"- {line}" for line in result.get("verdict") or verdict(result)]
     parts += ["", "## Plots", "", "![quality](quality.png)", "", "![costs](costs.png)", "",
               "![quality against cost](tradeoff.png)", "", "## Notes", ""]
@@ -304,8 +324,65 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
     md = out_dir / "report.md"
     md.write_text(markdown(result), encoding="utf-8")
     js = out_dir / "report.json"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(js)
+    atomic_write(js, json.dumps(result, indent=2, ensure_ascii=False, default=str))
     files.update({"report.md": md, "report.json": js})
     return files
+
+
+# ---------------------------------------------------------------------------------------------- time estimates
+# Rough seconds on a 2-core CPU with the 135M base (this machine's runs), used when no earlier report of the task
+# says better: per evaluation item and technique, per training step, and a fixed part (loading, indexing, saving).
+DEFAULT_COSTS = {"per_item": {"base": 1.5, "prompt": 1.7, "rag": 2.5, "sft": 1.6, "dpo": 1.6, "kto": 1.6,
+                              "full": 1.6},
+                 "per_step": {"sft": 2.5, "dpo": 4.0, "kto": 4.0, "full": 5.0},
+                 "fixed": {"base": 5.0, "prompt": 5.0, "rag": 20.0, "sft": 25.0, "dpo": 30.0, "kto": 30.0,
+                           "full": 40.0}}
+
+
+def costs_from(report: dict) -> dict:
+    """Per-item and per-step seconds of each technique in an earlier report (its rows' seconds and train_s)."""
+    items = int(report.get("task", {}).get("items") or 0)
+    steps = int(report.get("budget", {}).get("steps") or 0)
+    out: dict = {"per_item": {}, "per_step": {}, "fixed": {}}
+    for r in report.get("rows", []):
+        if r.get("status") != "ok" or not r.get("seconds") or not items:
+            continue
+        t, train = r["technique"], float(r.get("train_s") or 0)
+        if t in DEFAULT_COSTS["per_step"] and steps and train:
+            out["per_step"][t] = train / steps
+            out["per_item"][t] = max(0.0, r["seconds"] - train) / items
+        else:
+            out["per_item"][t] = float(r["seconds"]) / items
+        out["fixed"][t] = 0.0
+    return out
+
+
+def estimate(techniques, steps: int, items: int, past: dict | None = None) -> dict[str, float]:
+    """Seconds each technique should take: an earlier run's costs (`costs_from`) where it has them, else
+    DEFAULT_COSTS."""
+    past = past or {}
+    out = {}
+    for t in techniques:
+        def cost(kind, default=0.0):
+            return past.get(kind, {}).get(t, DEFAULT_COSTS[kind].get(t, default))
+        out[t] = cost("fixed") + cost("per_item") * items + (cost("per_step") * steps if t in DEFAULT_COSTS[
+            "per_step"] else 0.0)
+    return out
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"~{max(5, round(seconds / 5) * 5):.0f} s"
+    if seconds < 5400:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def estimate_text(techniques, steps: int, items: int, past: dict | None = None) -> str:
+    """One line: the whole run's expected time and each technique's."""
+    if not techniques:
+        return "Choose at least one technique."
+    per = estimate(techniques, steps, items, past)
+    source = "from the last run of this task here" if past else "rough figures for a 2-core CPU"
+    parts = ", ".join(f"{SHORT.get(t, t)} {duration(s)}" for t, s in per.items())
+    return f"Expected time: **{duration(sum(per.values()))}** ({parts}; {source})."

@@ -5,7 +5,7 @@ Call inside the app's Blocks:
     with gr.Tab("Adapters"):
         parts = build_adapters_tab(registry, scheduler, on_change)
 
-- `registry`: `adapters.registry.Registry`; `authz`: `feedback.authz.Authz` (default: from the registry's settings):
+- `registry`: `adapters.registry.Registry`; `authz`: `ui.authz.Authz` (default: from the registry's settings):
   every handler of the tab (they read or change adapters and start training) runs only for an admin, checked on
   the server whatever the UI shows; the status timer starts inactive unless `timer_active`, the app turns it on
   for admins; `scheduler`: `adapters.scheduler.Scheduler` or None (then "Train now"
@@ -254,7 +254,7 @@ def build_adapters_tab(registry, scheduler=None, on_change: Callable[[], object]
                        timer_active: bool = True) -> dict:
     """Build the tab in the current Blocks context; see the module docstring."""
     if authz is None:
-        from feedback.authz import Authz
+        from ui.authz import Authz
 
         authz = Authz.from_settings(registry.settings)
     admin = authz.admin_only

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from adapters import lab_measure as lm
-from adapters.lab_report import LABELS, write_report
-from adapters.lab_tasks import TASKS, LabTask, load_task
+from lab import measure as lm
+from lab.report import LABELS, write_report
+from lab.tasks import TASKS, LabTask, load_task
 from agent.chat import Answerer
 from agent.settings import Settings
 from agent.templates import Template
@@ -328,12 +328,14 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
     lab = Lab(settings, the_task, model, budget, examples, work, say, isolate)
     base_params = lm.model_params(model.model)
     rows = []
+    high = [0.0]  # the progress shown never goes back (a technique's phases report their own fractions)
     for i, tech in enumerate(techniques):
         row = {"technique": tech, "label": LABELS[tech], "status": "ok", "trainable_params": 0,
                "total_params": base_params, "train_s": 0.0, "train_peak_mb": 0.0, "disk_mb": 0.0}
 
         def step(f, m, i=i, tech=tech):
-            say((i + max(0.0, min(1.0, f))) / len(techniques), f"{LABELS[tech]}: {m}")
+            high[0] = max(high[0], (i + max(0.0, min(1.0, f))) / len(techniques))
+            say(high[0], f"{LABELS[tech]}: {m}")
 
         lab.progress = step
         step(0.0, "starting")
@@ -355,9 +357,20 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
         m = row.get("metrics") or {}
         row["quality"] = m.get(the_task.primary) if row["status"] == "ok" else None
         rows.append(row)
+        if len(rows) < len(techniques):  # a report of the finished techniques: a stopped run keeps them
+            write_report(lab_result(settings, model, the_task, budget, examples, isolate, techniques, rows,
+                                    started, elapsed()), out)
         step(1.0, "done" if row["status"] == "ok" else f"failed: {row.get('error')}")
-    result = {
-        "created": started, "seconds": elapsed(), "model": str(settings.base_model), "device": model.device,
+    result = lab_result(settings, model, the_task, budget, examples, isolate, techniques, rows, started, elapsed())
+    files = write_report(result, out)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result
+
+
+def lab_result(settings, model, the_task, budget, examples, isolate, techniques, rows, started, seconds) -> dict:
+    """What report.json holds; `complete` is False while techniques are still to run."""
+    return {
+        "created": started, "seconds": seconds, "model": str(settings.base_model), "device": model.device,
         "dtype": str(getattr(model.model, "dtype", "")), "max_new_tokens": the_task.max_new_tokens,
         "training_process": "child" if isolate else "in-process",
         "task": {"name": the_task.name, "title": the_task.title, "kind": the_task.kind, "items": len(the_task.items),
@@ -367,11 +380,8 @@ def run_lab(settings: Settings, task: str = "squad", techniques=TECHNIQUES, budg
         "budget": {**dataclasses.asdict(budget), "examples": examples, "packing": False,
                    "lr_note": "per method recipe (see each row's recipe)",
                    "lr": {r["technique"]: (r.get("recipe") or {}).get("lr") for r in rows if r.get("recipe")}},
-        "techniques": techniques, "rows": rows,
+        "techniques": techniques, "rows": list(rows), "complete": len(rows) == len(techniques),
     }
-    files = write_report(result, out)
-    result["files"] = {k: str(v) for k, v in files.items()}
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- CLI

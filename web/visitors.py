@@ -9,9 +9,9 @@ A visitor is, in this order:
    `visitor:s-<16 hex>`, derived from the session hash, so the chat still works for that page load.
 
 HF user names never contain ':', so an anonymous name can never be taken for a signed-in user's, and only a signed-in
-user named in `KAIZEN_ADMINS` is an admin (`Visitors.role`); feedback.authz asks this module and decides. The
+user named in `KAIZEN_ADMINS` is an admin (`Visitors.role`); ui.authz asks this module and decides. The
 cookie is an HMAC-SHA256 over the visitor id with a key kept in the data dir (`visitor.key`, mode 0600), so a
-visitor cannot claim another id; the web guard (feedback.webguard) sets it and binds each session to its visitor.
+visitor cannot claim another id; the web guard (web.guard) sets it and binds each session to its visitor.
 
 `Visitors` is pure apart from reading the key; `identify` takes plain values (cookies, the OAuth session, the
 session hash) so the guard, which sees raw ASGI requests, and the handlers, which see gr.Request, agree.
@@ -130,24 +130,5 @@ def oauth_available() -> bool:
     """The Space has Hugging Face OAuth (`hf_oauth: true` gives it OAUTH_CLIENT_ID) and runs on Spaces, where
     Gradio's real login routes work. Elsewhere Gradio would mock the login with the machine's HF token, which an
     offline app does not have, so the Sign-in button is left out and visitors are anonymous."""
-    from gradio.utils import get_space
-
-    return bool(os.environ.get("OAUTH_CLIENT_ID")) and get_space() is not None
-
-
-def build_public_header(settings) -> None:
-    """In public mode, inside the Blocks: the Sign-in button (when the Space has OAuth) and, when the data dir is
-    not on persistent storage, a plain notice that feedback is lost at restart. Nothing outside public mode."""
-    if not settings.public:
-        return
-    import gradio as gr
-
-    with gr.Row():
-        if oauth_available():
-            gr.LoginButton(elem_id="hf-login", scale=0)
-        who = ("Sign in with Hugging Face to keep your chats under your name; otherwise" if oauth_available()
-               else "You are an anonymous visitor:")
-        gr.Markdown(f"{who} this browser keeps your chats, feedback and documents, which only you see.",
-                    elem_id="visitor-note")
-    if not settings.persistent:
-        gr.Markdown(f"⚠️ {NOT_PERSISTENT}", elem_id="not-persistent")
+    on_spaces = os.environ.get("SYSTEM") == "spaces" and os.environ.get("SPACE_ID")  # gradio.utils.get_space's test
+    return bool(os.environ.get("OAUTH_CLIENT_ID")) and bool(on_spaces)

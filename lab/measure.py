@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from adapters.lab_tasks import LabTask, score_answer
+from lab.tasks import LabTask, score_answer
 
 SAMPLES_KEPT = 5  # answers kept per technique in the report
 

@@ -6,7 +6,7 @@ only used, sanitized, for display.
 
 Each user sees, searches and deletes only their own documents, plus the shared library (read by everyone). Only an
 admin adds to the shared library ("Add to the shared library" is shown to admins) or deletes from it; the check is
-on the server (feedback/authz.py), whatever the page shows.
+on the server (ui/authz.py), whatever the page shows.
 """
 from __future__ import annotations
 
@@ -96,10 +96,10 @@ def build_docs_tab(kb, authz=None) -> dict:
     """Build the Documents view in the current Blocks context. Returns its components:
     {"upload": gr.File, "shared": gr.Checkbox (admins: into the shared library), "status": gr.Markdown,
      "table": gr.Dataframe, "pick": gr.Dropdown (doc id to delete), "delete": gr.Button, "refresh": gr.Button}.
-    The list refreshes when the enclosing Tab is selected. `authz`: feedback.authz.Authz (default: single-user)."""
+    The list refreshes when the enclosing Tab is selected. `authz`: ui.authz.Authz (default: single-user)."""
     from gradio.context import get_render_context
 
-    from feedback.authz import Authz
+    from ui.authz import Authz
 
     authz = authz or Authz(None)
     parent = get_render_context()

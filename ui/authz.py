@@ -8,7 +8,7 @@
 Without a users file (anonymous single-user mode) the local user is the admin. With one (login mode) the role
 is read from the users file on every call, so a demoted or removed user loses admin rights at the next request;
 a request without a logged-in user is refused. In public Space mode (`Authz.from_settings` with KAIZEN_PUBLIC) each
-visitor is their own user (feedback.visitors: a Hugging Face login, else a signed cookie, else the page session)
+visitor is their own user (web.visitors: a Hugging Face login, else a signed cookie, else the page session)
 and only a signed-in Hugging Face user named in KAIZEN_ADMINS is an admin. What the UI shows or hides decides
 nothing: a handler is reached by its `fn_index` whatever its visibility, so the check runs on the server, inside
 the handler.
@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 REFUSAL = "Only an admin can do this"
-LOCAL_USER = "local"  # the single local user of anonymous mode (agent.ui_chat.LOCAL_USER)
+LOCAL_USER = "local"  # the single local user of anonymous mode (ui.chat.LOCAL_USER)
 
 
 class NotAdmin(PermissionError):
@@ -46,12 +46,12 @@ class Authz:
 
     def __init__(self, auth_file: str | Path | None, visitors=None):
         self.auth_file = Path(auth_file) if auth_file else None
-        self.visitors = visitors  # feedback.visitors.Visitors in public mode
+        self.visitors = visitors  # web.visitors.Visitors in public mode
 
     @classmethod
     def from_settings(cls, settings) -> "Authz":
         if settings.public:
-            from feedback.visitors import Visitors
+            from web.visitors import Visitors
 
             return cls(None, Visitors.from_settings(settings))
         return cls(settings.auth_file)

@@ -1,0 +1,1 @@
+"""cli: the `kaizen` command; each area registers its subcommands (cli/main.py)."""

@@ -1,0 +1,1 @@
+"""ui: the Gradio pages (the only package that imports gradio): chat, documents, feedback, adapters, lab."""

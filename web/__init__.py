@@ -1,0 +1,1 @@
+"""web: the HTTP edges: the OpenAI-compatible API, the request guard, visitor identity."""
