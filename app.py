@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from agent.offline import silence  # noqa: E402
 
@@ -14,8 +13,9 @@ from agent.settings import Settings  # noqa: E402
 import gradio as gr
 
 from adapters import ab
-from adapters.registry import Registry, RegistryError, sync_model
+from adapters.registry import Registry
 from adapters.scheduler import Scheduler
+from adapters.watcher import RegistryWatcher
 from ui.adapters import build_adapters_tab
 from ui.lab import build_lab_tab
 from agent.chat import RAG_MODES, Answerer
@@ -74,41 +74,6 @@ class StopFlags:
         return len(self._flags)
 
 
-def serve_registry(registry, model, ab_state: dict | None = None, interval_s: float = 3.0) -> threading.Thread:
-    """Keep the model serving what the registry says (active or pinned version, or the base), so a promotion,
-    roll-back or pin made anywhere (scheduler, Adapters tab, `kaizen adapters ...` in another process) takes effect
-    without a restart. A version that fails validation is logged and the model keeps serving what it served.
-    `ab_state["experiment"]` is kept to the running A/B test once its version is attached (None otherwise)."""
-    ab_state = {} if ab_state is None else ab_state
-
-    def sync():
-        try:
-            want = registry.serving()
-            if want != model.active:
-                log.info("serving %s (was %s)", want or "the base model", model.active or "the base model")
-                sync_model(registry, model)
-        except (RegistryError, OSError, ValueError) as e:
-            log.warning("cannot serve the registry's version: %s", e)
-        try:
-            experiment = ab.sync(registry, model)
-        except (RegistryError, OSError, ValueError) as e:
-            log.warning("A/B test not served: %s", e)
-            experiment = None
-        if experiment != ab_state.get("experiment"):
-            log.info("%s", ab.summary(experiment))
-            ab_state["experiment"] = experiment
-
-    def loop():
-        while True:
-            sync()
-            time.sleep(interval_s)
-
-    sync()
-    t = threading.Thread(target=loop, name="kaizen-registry-sync", daemon=True)
-    t.start()
-    return t
-
-
 def build_app(settings: Settings | None = None, answerer: Answerer | None = None, store=None,
               registry=None, scheduler=None) -> gr.Blocks:
     settings = settings or Settings.from_env()
@@ -125,14 +90,14 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
     authz = Authz.from_settings(settings)  # the one check for admin-only handlers (ui/authz.py)
     ab_state: dict = {}
     stops = StopFlags()
-    serve_registry(registry, model, ab_state)
+    watcher = RegistryWatcher(registry, model, ab_state).start()  # the one owner of what the model serves
     logic = ChatLogic(answerer, store, router=lambda conv, asked: ab.route(ab_state.get("experiment"), conv, asked))
     # The OpenAI-compatible API (web/api.py) on the same answerer, store and A/B test; launch_kwargs mounts it.
     from web.api import KaizenAPI
 
-    api = KaizenAPI(settings, answerer, store, registry, ab_state)
+    api = KaizenAPI(settings, answerer, store, registry, ab_state, watcher=watcher)
     if scheduler is None:
-        scheduler = Scheduler(settings, on_promote=lambda version, folder: sync_model(registry, model), store=store)
+        scheduler = Scheduler(settings, on_promote=lambda version, folder: watcher.sync_now(), store=store)
         if settings.adapt_watch:
             scheduler.start()
 
@@ -439,7 +404,7 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
         with gr.Tab("Feedback"):
             build_feedback_tab(store, lambda request=None: uid(request))
         with gr.Tab("Adapters") as adapters_tab:
-            adapter_parts = build_adapters_tab(registry, scheduler, lambda: sync_model(registry, model), authz=authz,
+            adapter_parts = build_adapters_tab(registry, scheduler, watcher.sync_now, authz=authz,
                                                timer_active=False)
         with gr.Tab("Lab") as lab_tab:
             build_lab_tab(settings, authz=authz)
@@ -466,6 +431,14 @@ def build_app(settings: Settings | None = None, answerer: Answerer | None = None
                   api_visibility="private")
     demo.queue(default_concurrency_limit=1)  # one generation at a time per event; the model lock backs it up
     demo.kaizen_api = api
+    demo.kaizen_watcher = watcher
+    close = demo.close
+
+    def close_app(*args, **kwargs):  # closing the app ends its registry watcher
+        watcher.stop()
+        return close(*args, **kwargs)
+
+    demo.close = close_app
     return demo
 
 

@@ -9,14 +9,13 @@
 
 `meta.json`: version, method, kind ("lora" | "full"), base_model, base_hash, recipe, dataset (manifest), metrics,
 eval (report), gate, created, state ("candidate" | "active" | "retired"), files (sha256 of each weight file).
-Every write is a temp file + `os.replace`, under an fcntl lock, so a reader never sees half a file and a killed
+Every write is a temp file + `os.replace`, under a `filelock` lock (.registry.lock), so a reader never sees half a file and a killed
 process never leaves a half-promoted registry. A folder holding pickle-capable files (.bin .pt .pth .pkl .ckpt ...),
 a corrupted safetensors file or weights for another base model are refused with `RegistryError`.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +24,8 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+
+from filelock import FileLock
 
 from agent.files import atomic_write, sha256_file, write_json  # noqa: F401  (re-exported)
 from agent.settings import Settings
@@ -120,16 +121,13 @@ class Registry:
         self.root = Path(settings.adapters_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self._fingerprint: dict | None = None
+        self._lock = FileLock(self.root / ".registry.lock")  # across processes and threads; blocks until free
 
     # -- paths & locking ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self):
-        with open(self.root / ".registry.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with self._lock:
+            yield
 
     def folder(self, version: str) -> Path:
         if not VERSION_RE.match(str(version or "")):

@@ -130,7 +130,7 @@ def test_versions_from_another_process_appear_without_a_click(page, app_server, 
     assert version not in adapter_options(page)  # registered, not served: not attached
     kaizen(app_server, base_model_dir, "-m", "cli.main", "adapters", "promote", version)  # another process
     deadline = time.time() + 60
-    while version not in adapter_options(page):  # the app attaches it (serve_registry) and the list follows
+    while version not in adapter_options(page):  # the app attaches it (RegistryWatcher) and the list follows
         assert time.time() < deadline, "the chat's Adapter list never listed the promoted version"
         page.wait_for_timeout(2000)
     adapter_options(page, tmp_path / "chat-adapter-list-open-1366.png")

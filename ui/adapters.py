@@ -10,8 +10,9 @@ Call inside the app's Blocks:
   the server whatever the UI shows; the status timer starts inactive unless `timer_active`, the app turns it on
   for admins; `scheduler`: `adapters.scheduler.Scheduler` or None (then "Train now"
   says so); `on_change()`: called with no arguments after any change of what should be served (promote,
-  roll back, pin, unpin); the app hot-swaps there, e.g. with `adapters.registry.sync_model(registry, chat_model)`
-  (a promotion by a run is swapped by the scheduler's own `on_promote`). Its return value is ignored.
+  roll back, pin, unpin); the tab's buttons only write the registry, and the app passes its
+  `adapters.watcher.RegistryWatcher.sync_now` here to apply the change at once (the watcher is the one owner of
+  what the model serves; it would apply it within seconds anyway). Its return value is ignored.
 - Live, per session: the page config holds none of the registry; the tab is filled on page load and tab select
   (admins only), and its timer (5 s) compares the session's `registry_signature` (versions and their meta.json
   times, active, pin, A/B) with what it showed: a change made anywhere, another process included, refreshes the

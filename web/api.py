@@ -57,15 +57,16 @@ def bearer(headers) -> str | None:
 
 class KaizenAPI:
     """The API's logic over the app's Answerer, Store, Registry and A/B state (`ab_state["experiment"]`, kept by
-    app.serve_registry)."""
+    the app's `adapters.watcher.RegistryWatcher`; an adapter a request names is attached through `watcher`)."""
 
     def __init__(self, settings, answerer, store, registry=None, ab_state: dict | None = None,
-                 max_inflight: int | None = None):
+                 max_inflight: int | None = None, watcher=None):
         self.settings = settings
         self.answerer = answerer
         self.store = store
         self.registry = registry
         self.ab_state = ab_state if ab_state is not None else {}
+        self.watcher = watcher
         self.max_inflight = max_inflight or 16 * max(1, answerer.gate.slots)
         self._inflight = 0
         self._guard = threading.Lock()
@@ -154,9 +155,12 @@ class KaizenAPI:
         model = self.answerer.model
         if version in (getattr(model, "adapters", {}) or {}) or self.registry is None:
             return
-        from adapters.registry import attach
+        watcher = self.watcher
+        if watcher is None or watcher.registry is not self.registry:  # no app watcher: one over this registry
+            from adapters.watcher import RegistryWatcher
 
-        attach(self.registry, model, version)
+            watcher = RegistryWatcher(self.registry, model, self.ab_state)  # not started: only `attach` is used
+        watcher.attach(version)
 
     def begin(self) -> None:
         with self._guard:
@@ -493,16 +497,15 @@ def api_app(settings, answerer=None, store=None, registry=None, start_sync: bool
         from adapters.registry import Registry
 
         registry = Registry(settings)
+    watcher = None
     if start_sync:
-        from adapters.registry import sync_model
         from adapters.scheduler import Scheduler
-        from app import serve_registry
+        from adapters.watcher import RegistryWatcher
 
-        serve_registry(registry, answerer.model, ab_state)
+        watcher = RegistryWatcher(registry, answerer.model, ab_state).start()  # the one owner of what is served
         if settings.adapt_watch:
-            Scheduler(settings, on_promote=lambda version, folder: sync_model(registry, answerer.model),
-                      store=store).start()
-    api = KaizenAPI(settings, answerer, store, registry, ab_state)
+            Scheduler(settings, on_promote=lambda version, folder: watcher.sync_now(), store=store).start()
+    api = KaizenAPI(settings, answerer, store, registry, ab_state, watcher=watcher)
     app = FastAPI(title="Kaizen API", docs_url=None, redoc_url=None, openapi_url=None,
                   **guard_app_kwargs(settings))
     app.include_router(build_router(api))
@@ -512,6 +515,7 @@ def api_app(settings, answerer=None, store=None, registry=None, start_sync: bool
         return JSONResponse({"name": "Kaizen", "api": "/v1", "models": "/v1/models"})
 
     app.state.kaizen_api = api
+    app.state.kaizen_watcher = watcher
     return app
 
 

@@ -1,0 +1,69 @@
+"""The loop's stages one by one (adapters/stages.py), without training: collect counts and decides, build and write
+give the datasets and the methods to try, decide is the gate over a report file; each runs as
+`python -m adapters.stages <stage>` and prints JSON."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters import stages
+from agent.settings import Settings
+from feedback.store import Store
+from tests.train_support import fill_store_with_edits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_for(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", adapt_min_events=10, adapt_hours=24.0, engine="transformers")
+
+
+def test_collect_build_write_and_decide(tmp_path):
+    settings = settings_for(tmp_path)
+    store = Store.from_settings(settings)
+    try:
+        fill_store_with_edits(store, 3)
+        seen = stages.collect(settings, store, {})
+        assert (seen.new_events, seen.due) == (3, False) and "3/10" in seen.reason
+        assert stages.collect(settings, store, {}, force=True).due
+        thin = stages.build(settings, store)
+        assert thin.methods == [] and thin.reason.startswith("Not enough feedback to train yet.")
+        fill_store_with_edits(store, 21, seed=1)
+        built = stages.build(settings, store)
+        assert built.methods[0] == "sft" and built.counts["sft"] >= stages.MIN_ROWS and not built.reason
+        assert stages.build(settings, store, method="dpo").methods == ["dpo"]  # a chosen method: tried alone
+        no_kto = stages.build(settings, store, method="kto")  # edits only: no unpaired thumbs
+        assert no_kto.methods == [] and no_kto.reason.startswith("Not enough feedback to train KTO")
+        data = stages.write(built, tmp_path / "out")
+        assert (data / "sft.jsonl").exists() and json.loads((data / "manifest.json").read_text())
+    finally:
+        store.close()
+    report = {"candidate": {"pref": {"accuracy": 0.9, "n": 30}}, "active": {"pref": {"accuracy": 0.5, "n": 30}}}
+    decision = stages.decide(report, margin=0.05)
+    assert decision.promote is True and decision.margin == 0.05
+    assert stages.decide(report, margin=5.0).promote is False
+
+
+def run_stage(tmp_path, *argv) -> dict:
+    env = {**os.environ, "KAIZEN_DATA_DIR": str(tmp_path / "data"), "KAIZEN_ENGINE": "transformers"}
+    done = subprocess.run([sys.executable, "-m", "adapters.stages", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow  # three child processes
+def test_each_stage_runs_alone_and_prints_json(tmp_path):
+    assert run_stage(tmp_path, "collect") | {"started": None, "watching_since": None} == {
+        "new_events": 0, "due": False, "reason": "no new feedback events", "started": None, "watching_since": None}
+    out = run_stage(tmp_path, "build", "--out", str(tmp_path / "out"))
+    assert out["methods"] == [] and out["counts"]["sft"] == 0 and (tmp_path / "out" / "manifest.json").exists()
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"candidate": {"pref": {"accuracy": 0.9, "n": 30}},
+                                  "active": {"pref": {"accuracy": 0.5, "n": 30}}}))
+    assert run_stage(tmp_path, "decide", "--report", str(report))["promote"] is True
