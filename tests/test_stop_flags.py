@@ -1,7 +1,7 @@
-"""The Stop button's flags (app.StopFlags): one per browser session, dropped when its generation ends."""
+"""The Stop button's flags (ui.app.StopFlags): one per browser session, dropped when its generation ends."""
 from types import SimpleNamespace
 
-from app import StopFlags
+from ui.app import StopFlags
 
 
 def session(name):
