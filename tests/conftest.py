@@ -97,6 +97,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Terminate a server the test started; kill it if it is still there after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @contextlib.contextmanager
 def running_app(data: Path, base_model_dir: Path, argv: list[str] | None = None, cwd: Path = ROOT, **env_extra):
     """Start `kaizen serve` (or `argv` in `cwd`: the Space bundle's entry) as a subprocess on a free loopback port;
@@ -125,11 +134,7 @@ def running_app(data: Path, base_model_dir: Path, argv: list[str] | None = None,
                 time.sleep(1)
         yield {"url": url, "data_dir": data, "db": data / "kaizen.db", "proc": proc}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
         log.close()
 
 

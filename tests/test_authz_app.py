@@ -247,7 +247,7 @@ def test_documents_are_per_user_through_the_running_app(login_app):
     chat = endpoint(cfg, "chat")["fn_index"]
     question = "What is the vault combination for the Quillfeather archive?"
     for who, c in (("bob", bob), ("alice", alice)):
-        r = R.call(c, chat, [question, None, "plain", "on", "active"])
+        r = R.call(c, chat, [question, None, "plain", "on", "active", 0, 40])
         assert r["success"], R.error_text(r)
     with sqlite3.connect(login_app["db"]) as db:
         rows = db.execute("select u.name, m.sources from messages m join conversations c on c.id = m.conversation_id "
@@ -278,10 +278,10 @@ def test_a_session_is_bound_to_its_user(login_app):
     cfg = R.config(alice)
     chat = endpoint(cfg, "chat")["fn_index"]
     session = "alicesess01"
-    first = R.call(alice, chat, ["Tell me about Quillfeather owls.", None, "plain", "off", "active"],
+    first = R.call(alice, chat, ["Tell me about Quillfeather owls.", None, "plain", "off", "active", 0, 40],
                    session_hash=session)
     assert first["success"], R.error_text(first)
-    stolen = R.call(bob, chat, ["And now?", None, "plain", "off", "active"], session_hash=session)
+    stolen = R.call(bob, chat, ["And now?", None, "plain", "off", "active", 0, 40], session_hash=session)
     assert stolen["status"] == 403 and "Quillfeather" not in stolen["body"]
     r = bob.get("gradio_api/queue/data", params={"session_hash": session})
     assert r.status_code == 403
@@ -289,7 +289,7 @@ def test_a_session_is_bound_to_its_user(login_app):
     assert r.status_code == 403
     r = R.client(url).post("gradio_api/cancel", json={"session_hash": session, "fn_index": chat, "event_id": "x"})
     assert r.status_code == 401
-    again = R.call(alice, chat, ["Where do they nest?", None, "plain", "off", "active"], session_hash=session)
+    again = R.call(alice, chat, ["Where do they nest?", None, "plain", "off", "active", 0, 40], session_hash=session)
     assert again["success"], R.error_text(again)
     shown = again["output"]["data"][1]  # outputs: state (kept on the server), chatbot, ...
     assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]  # A's chat, untouched
@@ -327,9 +327,9 @@ def test_a_lone_surrogate_is_replaced_at_the_boundary(login_app):
     cfg = R.config(alice)
     chat = endpoint(cfg, "chat")["fn_index"]
     session = "surrogate01"
-    r = R.call(alice, chat, ["broken \ud800 text", None, "plain", "off", "active"], session_hash=session)
+    r = R.call(alice, chat, ["broken \ud800 text", None, "plain", "off", "active", 0, 40], session_hash=session)
     assert r["success"], R.error_text(r)
-    r = R.call(alice, chat, ["and the next message", None, "plain", "off", "active"], session_hash=session)
+    r = R.call(alice, chat, ["and the next message", None, "plain", "off", "active", 0, 40], session_hash=session)
     assert r["success"], R.error_text(r)
     with sqlite3.connect(login_app["db"]) as db:
         assert db.execute("select count(*) from messages where content = ?", ("broken \ufffd text",)).fetchone()[0] == 1

@@ -55,7 +55,7 @@ def visitor(url, cookie: str | None = None):
 
 def chat_and_comment(c, cfg, question: str, comment: str) -> None:
     session = secrets.token_hex(6)
-    r = R.call(c, endpoint(cfg, "chat")["fn_index"], [question, None, "plain", "off", "active"], session_hash=session)
+    r = R.call(c, endpoint(cfg, "chat")["fn_index"], [question, None, "plain", "off", "active", 0, 40], session_hash=session)
     assert r["success"], R.error_text(r)
     r = R.call(c, endpoint(cfg, "on_why")["fn_index"], [None, 1, ["wrong"], comment], session_hash=session)
     assert r["success"], R.error_text(r)
@@ -118,15 +118,15 @@ def test_a_session_belongs_to_its_visitor(public_app):
     cfg = R.config(a)
     chat = endpoint(cfg, "chat")["fn_index"]
     session = "pubsess0001"
-    first = R.call(a, chat, ["Tell me about Quillfeather owls.", None, "plain", "off", "active"], session_hash=session)
+    first = R.call(a, chat, ["Tell me about Quillfeather owls.", None, "plain", "off", "active", 0, 40], session_hash=session)
     assert first["success"], R.error_text(first)
     for other in (b, R.client(url)):  # another visitor, and a cookie-less client naming A's session
-        stolen = R.call(other, chat, ["And now?", None, "plain", "off", "active"], session_hash=session)
+        stolen = R.call(other, chat, ["And now?", None, "plain", "off", "active", 0, 40], session_hash=session)
         assert stolen["status"] == 403 and "Quillfeather" not in stolen["body"]
         assert other.get("gradio_api/queue/data", params={"session_hash": session}).status_code == 403
         r = other.post("gradio_api/cancel", json={"session_hash": session, "fn_index": chat, "event_id": "x"})
         assert r.status_code == 403
-    again = R.call(a, chat, ["Where do they nest?", None, "plain", "off", "active"], session_hash=session)
+    again = R.call(a, chat, ["Where do they nest?", None, "plain", "off", "active", 0, 40], session_hash=session)
     assert again["success"], R.error_text(again)
     assert [m["role"] for m in again["output"]["data"][1]] == ["user", "assistant"] * 2
 

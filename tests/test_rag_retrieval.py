@@ -18,6 +18,7 @@ from agent.ingest import IngestError
 from agent.retrieval import FOOTER, HEADER, HybridConfig, KnowledgeBase, format_sources
 from agent.routing import decide
 from agent.settings import Settings
+from tests.conftest import stop_process
 from tests.test_ingest_files import BINARY, make_blank_pdf, make_docx, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +94,7 @@ def chroma_server(tmp_path_factory):
             pytest.fail("chroma run did not answer its heartbeat within 90 s")
         time.sleep(0.3)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc, 15)
     log.close()
 
 
