@@ -45,13 +45,27 @@ def login(url: str, user: str, password: str = PASSWORD) -> httpx.Client:
     return c
 
 
+_INPUTS: dict[int, list] = {}  # fn_index -> what the page sends untouched (the sliders' values among them)
+
+
 def chat_endpoint(c: httpx.Client) -> int:
-    """The fn_index of the public `chat` endpoint (the message box's submit)."""
+    """The fn_index of the public `chat` endpoint (the message box's submit); remembers its inputs' start values."""
     cfg = c.get("config").json()
+    comps = {comp["id"]: comp for comp in cfg["components"]}
     for i, dep in enumerate(cfg["dependencies"]):
         if dep.get("api_name") == "chat":
-            return dep.get("id", i)
+            fn_index = dep.get("id", i)
+            _INPUTS[fn_index] = [(comps.get(cid, {}).get("props") or {}).get("value") for cid in dep["inputs"]]
+            return fn_index
     raise RuntimeError("the app has no `chat` endpoint")
+
+
+def chat_data(fn_index: int, question: str) -> list:
+    """The `chat` inputs as the page sends them: the question, the state, plain template, no documents, the active
+    adapter, and the chat settings' start values (temperature, max tokens)."""
+    data = list(_INPUTS.get(fn_index) or [None] * 5)
+    data[:5] = [question, None, "plain", "off", "active"]
+    return data
 
 
 def _text(content) -> str:
@@ -77,7 +91,7 @@ def ask(c: httpx.Client, fn_index: int, question: str, session: str, on_first_to
     """Ask one question in `session` and follow the stream: {"question", "session", "success", "first_token_s",
     "total_s", "answer" (as shown, escaped), "warnings"}. The first `process_generating` message is the first
     token (the chat handler yields once per piece and never before the first); `on_first_token()` is called then."""
-    body = {"data": [question, None, "plain", "off", "active"], "fn_index": fn_index, "session_hash": session,
+    body = {"data": chat_data(fn_index, question), "fn_index": fn_index, "session_hash": session,
             "event_data": None, "trigger_id": None}
     t0 = time.perf_counter()
     out = {"question": question, "session": session, "success": None, "first_token_s": None, "total_s": None,

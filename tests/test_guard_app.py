@@ -43,7 +43,7 @@ def user_messages(db) -> list[str]:
 
 
 def join(c, fn_index: int, question: str, **headers):
-    body = {"data": [question, None, "plain", "off", "active", 0, 40], "fn_index": fn_index,
+    body = {"data": L.chat_data(fn_index, question), "fn_index": fn_index,
             "session_hash": uuid.uuid4().hex[:11], "event_data": None, "trigger_id": None}
     return c.post("gradio_api/queue/join", content=json.dumps(body).encode(),
                   headers={"content-type": "application/json", **headers})
