@@ -302,6 +302,11 @@ def test_chat_options_are_checked_on_the_server():
     assert chat_options(s, 0.7, 64) == {"temperature": 0.7, "max_tokens": 64}
     assert chat_options(s, 0, 64.0) == {"temperature": 0.0, "max_tokens": 64}
     assert max_tokens_limit(s) == 1024 and max_tokens_limit(Settings(max_new_tokens=2000)) == 2000
+    from ui.chat import temperature_limit
+
+    hot = Settings(temperature=1.8)  # the server's own default is always allowed (the page starts there)
+    assert temperature_limit(hot) == 1.8 and chat_options(hot, 1.8, None) == {"temperature": 1.8}
+    assert chat_options(Settings(max_new_tokens=12), None, 12) == {"max_tokens": 12}
     for bad_t in (-0.1, MAX_TEMPERATURE + 0.01, "hot", True, float("nan")):
         with pytest.raises(ValueError, match="temperature"):
             chat_options(s, bad_t, None)

@@ -14,8 +14,8 @@ from agent.engine import describe
 from agent.settings import Settings
 from ui.adapters import build_adapters_tab
 from ui.authz import Authz
-from ui.chat import (MAX_TEMPERATURE, ChatLogic, can_continue, chat_options, cut_off_notice, feedback_values,
-                     is_sources_note, max_tokens_limit, new_state, pick_texts, to_chatbot)
+from ui.chat import (ChatLogic, can_continue, chat_options, cut_off_notice, feedback_values,
+                     is_sources_note, max_tokens_limit, new_state, pick_texts, temperature_limit, to_chatbot)
 from ui.docs import build_docs_tab
 from ui.feedback import build_feedback_tab
 from ui.lab import build_lab_tab
@@ -112,10 +112,11 @@ def build_ui(services) -> gr.Blocks:
                     adapter = gr.Dropdown(adapter_choices(), value="active", label="Adapter", elem_id="adapter",
                                           scale=1)
                 with gr.Row():  # this chat's own decoding; checked again on the server (ui/chat.py chat_options)
-                    temperature = gr.Slider(0, MAX_TEMPERATURE, value=settings.temperature, step=0.05,
+                    # the bounds always hold the server's own defaults (KAIZEN_MAX_NEW_TOKENS may be 12)
+                    temperature = gr.Slider(0, temperature_limit(settings), value=settings.temperature, step=0.05,
                                             label="Temperature (0: the same answer every time)",
                                             elem_id="temperature")
-                    max_tokens = gr.Slider(16, max_tokens_limit(settings), value=settings.max_new_tokens, step=16,
+                    max_tokens = gr.Slider(1, max_tokens_limit(settings), value=settings.max_new_tokens, step=1,
                                            label="Max tokens of an answer", elem_id="max-tokens")
             chatbot = gr.Chatbot(elem_id="chatbot", editable="all", feedback_options=("Like", "Dislike"),
                                  sanitize_html=True, height=480, buttons=["copy"],

@@ -48,9 +48,15 @@ def max_tokens_limit(settings) -> int:
     return max(int(settings.max_new_tokens), 1024)
 
 
+def temperature_limit(settings) -> float:
+    """The highest temperature a chat may ask for: MAX_TEMPERATURE, or the server's own default when that is higher
+    (so the page's starting value is always allowed)."""
+    return max(MAX_TEMPERATURE, float(settings.temperature))
+
+
 def chat_options(settings, temperature=None, max_tokens=None) -> dict:
     """The chat's own settings, checked on the server (a client can send anything): temperature in
-    [0, MAX_TEMPERATURE] (0: greedy), max_tokens in [1, max_tokens_limit]; None or '' keeps the server's default.
+    [0, temperature_limit] (0: greedy), max_tokens in [1, max_tokens_limit]; None or '' keeps the server's default.
     ValueError in words otherwise."""
     out = {}
     if temperature not in (None, ""):
@@ -60,8 +66,8 @@ def chat_options(settings, temperature=None, max_tokens=None) -> dict:
             t = float(temperature)
         except (TypeError, ValueError):
             raise ValueError(f"temperature must be a number, got {str(temperature)[:40]!r}") from None
-        if not 0 <= t <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE}, got {t:g}")
+        if not 0 <= t <= temperature_limit(settings):
+            raise ValueError(f"temperature must be between 0 and {temperature_limit(settings):g}, got {t:g}")
         out["temperature"] = t
     if max_tokens not in (None, ""):
         limit = max_tokens_limit(settings)
