@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from agent.files import atomic_write, sha256_file, write_json  # noqa: F401  (re-exported)
+from agent.lora_gguf import GGUFError
 from agent.settings import Settings
 
 FORBIDDEN = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".h5", ".msgpack")
@@ -416,10 +417,14 @@ def sync_model(registry: Registry, model) -> str | None:
 
 def attach(registry: Registry, model, version: str) -> None:
     """Attach `version` to a `ChatModel` once, validated first (a no-op when it is attached already). A full-model
-    version needs a reload, not a swap: RegistryError, and the model is left as it was."""
+    version needs a reload, not a swap: RegistryError, and the model is left as it was; so is a LoRA whose GGUF the
+    llama.cpp engine refuses (agent/lora_gguf.py GGUFError)."""
     meta = registry.get(version)
     if meta.get("kind") == "full":
         raise RegistryError(f"{version} is a full model: restart with KAIZEN_BASE_MODEL={meta['folder']}")
     if version not in model.adapters:
         registry.validate(meta["folder"])
-        model.add_adapter(version, meta["folder"])
+        try:
+            model.add_adapter(version, meta["folder"])
+        except GGUFError as e:  # the fast engine's GGUF of it: changed on disk, or not convertible
+            raise RegistryError(str(e)) from e
