@@ -37,6 +37,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def last_part(path) -> str:
+    """The last part of a path or hub id ("smollm2-135m-instruct"): how a model is named to users, never the
+    server's folders."""
+    return str(path).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def now_iso() -> str:
     """UTC timestamp, fixed-width ISO format, so text order is time order."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")

@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from agent.files import atomic_write
+from agent.files import atomic_write, last_part
 
 LABELS = {"base": "Base model", "prompt": "Prompt engineering", "rag": "RAG", "sft": "SFT LoRA", "dpo": "DPO LoRA",
           "kto": "KTO LoRA", "full": "Full fine-tune"}
@@ -166,7 +166,7 @@ def budget_text(budget: dict) -> str:
 
 def model_name(model) -> str:
     """A model by its name (the last part of its path or hub id), never the server's folders."""
-    return str(model or "?").rstrip("/").rsplit("/", 1)[-1]
+    return last_part(model or "?")
 
 
 def partial_note(result: dict) -> str:

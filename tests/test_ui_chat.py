@@ -295,14 +295,14 @@ def test_editing_the_first_question_starts_a_new_root(logic):
 
 # -- per-chat settings and answer details ------------------------------------------------------------------------
 def test_chat_options_are_checked_on_the_server():
-    from ui.chat import MAX_TEMPERATURE, chat_options, max_tokens_limit
+    from ui.options import MAX_TEMPERATURE, chat_options, max_tokens_limit
 
     s = Settings(max_new_tokens=256)
     assert chat_options(s) == {} and chat_options(s, "", None) == {}
     assert chat_options(s, 0.7, 64) == {"temperature": 0.7, "max_tokens": 64}
     assert chat_options(s, 0, 64.0) == {"temperature": 0.0, "max_tokens": 64}
     assert max_tokens_limit(s) == 1024 and max_tokens_limit(Settings(max_new_tokens=2000)) == 2000
-    from ui.chat import temperature_limit
+    from ui.options import temperature_limit
 
     hot = Settings(temperature=1.8)  # the server's own default is always allowed (the page starts there)
     assert temperature_limit(hot) == 1.8 and chat_options(hot, 1.8, None) == {"temperature": 1.8}
@@ -347,7 +347,7 @@ def test_a_retry_samples_at_least_as_hot_as_the_chat_and_records_its_seed(logic)
 
 
 def test_answer_details_come_from_the_stored_answer_and_name_no_server_path(logic, tmp_path):
-    from ui.chat import details_text
+    from ui.options import details_text
 
     uid = logic.user_id(None)
     assert logic.details(new_state(), uid) == "No answer yet."

@@ -14,8 +14,9 @@ from agent.engine import describe
 from agent.settings import Settings
 from ui.adapters import build_adapters_tab
 from ui.authz import Authz
-from ui.chat import (ChatLogic, can_continue, chat_options, cut_off_notice, feedback_values,
-                     is_sources_note, max_tokens_limit, new_state, pick_texts, temperature_limit, to_chatbot)
+from ui.chat import (ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note, new_state, pick_texts,
+                     to_chatbot)
+from ui.options import chat_options, max_tokens_limit, temperature_limit
 from ui.docs import build_docs_tab
 from ui.feedback import build_feedback_tab
 from ui.lab import build_lab_tab

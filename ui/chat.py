@@ -17,6 +17,7 @@ from typing import Callable
 
 from agent.chat import Answerer, answer_decoding
 from agent.escape import escape_chat, unescape_chat
+from ui.options import details_text
 
 LOCAL_USER = "local"
 
@@ -38,70 +39,6 @@ def same_text(a: str, b: str) -> bool:
 def retry_seed(prompt_id: int, retry: int, attempt: int) -> int:
     """A different sampling seed for every retry and every attempt within one, reproducible from the ids."""
     return (int(prompt_id) * 1_000_003 + int(retry) * 101 + int(attempt)) % (2**31 - 1)
-
-
-MAX_TEMPERATURE = 1.5  # past this a 135M model writes noise
-
-
-def max_tokens_limit(settings) -> int:
-    """The most new tokens a chat may ask for: KAIZEN_MAX_NEW_TOKENS or 1,024, whichever is more."""
-    return max(int(settings.max_new_tokens), 1024)
-
-
-def temperature_limit(settings) -> float:
-    """The highest temperature a chat may ask for: MAX_TEMPERATURE, or the server's own default when that is higher
-    (so the page's starting value is always allowed)."""
-    return max(MAX_TEMPERATURE, float(settings.temperature))
-
-
-def chat_options(settings, temperature=None, max_tokens=None) -> dict:
-    """The chat's own settings, checked on the server (a client can send anything): temperature in
-    [0, temperature_limit] (0: greedy), max_tokens in [1, max_tokens_limit]; None or '' keeps the server's default.
-    ValueError in words otherwise."""
-    out = {}
-    if temperature not in (None, ""):
-        if isinstance(temperature, bool):
-            raise ValueError("temperature must be a number")
-        try:
-            t = float(temperature)
-        except (TypeError, ValueError):
-            raise ValueError(f"temperature must be a number, got {str(temperature)[:40]!r}") from None
-        if not 0 <= t <= temperature_limit(settings):
-            raise ValueError(f"temperature must be between 0 and {temperature_limit(settings):g}, got {t:g}")
-        out["temperature"] = t
-    if max_tokens not in (None, ""):
-        limit = max_tokens_limit(settings)
-        try:
-            n = float(max_tokens)
-        except (TypeError, ValueError):
-            raise ValueError(f"max tokens must be a whole number, got {str(max_tokens)[:40]!r}") from None
-        if isinstance(max_tokens, bool) or n != int(n) or not 1 <= n <= limit:
-            raise ValueError(f"max tokens must be a whole number from 1 to {limit:,}, got {max_tokens!r}")
-        out["max_tokens"] = int(n)
-    return out
-
-
-def details_text(row: dict | None, name: str = "the latest answer") -> str:
-    """Markdown: how an answer was made (its stored row): time, tokens, template, adapter, model, decoding."""
-    if not row:
-        return "No answer yet."
-    dec = row.get("decoding") or {}
-    temp = dec.get("temperature")
-    how = "greedy" if temp == 0 else (f"temperature {temp:g}" if temp is not None else "not recorded")
-    if temp and dec.get("seed") is not None:
-        how += f", seed {dec['seed']}"
-    model = str(row.get("model") or "?").rstrip("/").rsplit("/", 1)[-1]  # a name, never a server path
-    lines = [f"**{name[:1].upper() + name[1:]}**",
-             f"- time: {row['latency_ms'] / 1000:.1f} s" if row.get("latency_ms") is not None else "- time: ?",
-             f"- tokens: {row.get('prompt_tokens') or 0:,} in, {row.get('completion_tokens') or 0:,} out"
-             + (f" (cap {dec['max_new_tokens']:,})" if dec.get("max_new_tokens") else ""),
-             f"- template: {row.get('template') or '?'}",
-             f"- adapter: {row.get('adapter') or 'base'}",
-             f"- model: {model}",
-             f"- decoding: {how}"]
-    if row.get("sources"):
-        lines.append(f"- sources: {len(row['sources'])} passage{'s' if len(row['sources']) != 1 else ''}")
-    return "\n".join(lines)
 
 
 def cut_off_notice(state: dict) -> str:
@@ -362,9 +299,8 @@ class ChatLogic:
         started = time.perf_counter()
         if self.router is not None:
             adapter = self.router(state["conversation"], adapter)
-        if decoding is None:
-            decoding = self.answerer.decoding(**({"temperature": options["temperature"]}
-                                                 if options.get("temperature") is not None else {}))
+        if decoding is None:  # chat_options sets "temperature" only when the chat chose one
+            decoding = self.answerer.decoding(**{k: options[k] for k in ("temperature",) if k in options})
         reply = self.answerer.answer(history, question, template=template, rag=rag, adapter=adapter, stop=stop,
                                      owner=self.store.user(user_id)["name"],  # retrieval sees only their documents
                                      decoding=decoding, continue_from=prefix,

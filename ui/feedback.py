@@ -19,6 +19,8 @@ import gradio as gr
 import pandas as pd
 from gradio.context import get_render_context
 
+from agent.files import last_part
+
 EDIT_COLUMNS = ["created", "user", "message_id", "adapter", "original", "edited"]
 REASON_COLUMNS = ["created", "user", "message_id", "adapter", "rating", "reasons", "comment", "answer"]
 SERIES = ("answers", "thumbs up", "thumbs down", "taken back", "edits", "picks")
@@ -41,7 +43,7 @@ def shown_name(model) -> str | None:
     """A model as the tab names it: the last part of a path ("smollm2-135m-instruct"), never the server's folders."""
     if not model:
         return model
-    return str(model).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return last_part(model)
 
 
 def frames(stats: dict) -> dict[str, pd.DataFrame]:
