@@ -283,6 +283,25 @@ def test_completion_lookup_is_scoped_to_the_caller(api):
     assert api_store.message_of(store, out["id"], store.ensure_user("alice")) == out["kaizen"]["message_id"]
 
 
+def test_a_public_space_needs_a_key_even_from_loopback(tmp_path):
+    """On a Space every request arrives through its proxy, which may look like loopback: no caller there is the
+    local admin. Without a key the API refuses (nothing stored); with one the key's user, not an admin, answers."""
+    from fastapi.testclient import TestClient
+
+    from feedback import api_store
+
+    app, kapi = make_api(tmp_path, public=True)
+    http = TestClient(app, client=LOOPBACK)
+    r = http.post("/v1/chat/completions", json={"model": "kaizen", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and "public Space" in r.json()["error"]["message"]
+    assert http.get("/v1/models").status_code == 401
+    assert count(kapi.settings.db_path, "messages") == 0
+    key = api_store.create_key(kapi.store, kapi.store.ensure_user("hf-visitor"))
+    ask(http, key=key)
+    [row] = rows(kapi.settings.db_path, "select u.name, u.role from users u join conversations c on c.user_id=u.id")
+    assert row["name"] == "hf-visitor" and row["role"] != "admin"
+
+
 def test_login_mode_needs_a_key_of_a_user_in_the_users_file(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -10,9 +10,9 @@ response shapes) is web/schema.py; the tables are feedback/api_store.py.
 Who is calling (`KaizenAPI.caller`):
 - `Authorization: Bearer <key>` with a key from `kaizen users key NAME` → that user (the same store user the UI
   has; in login mode the name must still be in the users file, and takes its role from there).
-- No key (or one that is not a key) is enough only in anonymous single-user mode (no KAIZEN_AUTH_FILE) while no
-  key exists at all, and only from a loopback client: then the caller is the UI's local user. Otherwise 401
-  (login mode, or keys exist) or 403 (a remote client).
+- No key (or one that is not a key) is enough only in anonymous single-user mode (no KAIZEN_AUTH_FILE, not a
+  public Space) while no key exists at all, and only from a loopback client: then the caller is the UI's local
+  user. Otherwise 401 (login mode, public mode, or keys exist) or 403 (a remote client).
 
 A client that disconnects stops its generation (the stop event of the Answerer); what was generated is stored.
 """
@@ -94,6 +94,9 @@ class KaizenAPI:
         if auth_file or api_store.any_keys(self.store):
             why = "an invalid API key" if key else "no API key"
             raise ApiError(401, f"this server needs an API key (got {why}); an admin makes one with "
+                                "`kaizen users key NAME`", type="authentication_error", code="invalid_api_key")
+        if self.settings.public:  # a Space: its proxy may look like loopback, and nobody there is the local admin
+            raise ApiError(401, "a public Space's API needs an API key; the Space's owner makes one with "
                                 "`kaizen users key NAME`", type="authentication_error", code="invalid_api_key")
         if not is_loopback(client_host):
             raise ApiError(403, "without login mode or API keys the API answers loopback clients only; make a key "
