@@ -382,7 +382,8 @@ def set_slider(page, elem_id, value):
 
 def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answer_details(page, app_server, tmp_path):
     """The chat's own temperature and max tokens (Settings accordion) decide the next answer, are stored with it,
-    and the closed "Answer details" shows them with its time and tokens."""
+    and the closed "Answer details" shows them with its time and tokens; a reload brings them back with the
+    conversation."""
     set_slider(page, "temperature", 0.7)
     set_slider(page, "max-tokens", 16)
     (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
@@ -400,6 +401,14 @@ def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answe
     text = details.inner_text()
     assert "16 out (cap 16)" in text and "template: plain" in text and "adapter: base" in text
     page.screenshot(path=str(tmp_path / "answer-details.png"), full_page=True)
+    # a reload reopens the conversation with its own settings, not the server's defaults
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"bot\"]').length == 1")
+    page.wait_for_function("document.querySelector('#max-tokens input[type=number]').value == '16'",
+                           timeout=15_000)
+    assert float(page.locator("#temperature input[type=number]").input_value()) == 0.7
+    page.screenshot(path=str(tmp_path / "settings-after-reload.png"), full_page=True)
+    page.locator("#answer-details-box button").first.click()  # closed again after the reload
     # back to greedy: the next answer is decoded greedily and says so
     set_slider(page, "temperature", 0)
     send(page, "And what did he eat?")

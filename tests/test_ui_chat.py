@@ -377,3 +377,24 @@ def test_a_restored_cut_off_answer_offers_continue_again(logic):
         pass
     rows = logic.store.conversation(st["conversation"], uid)
     assert rows[-1]["content"].startswith(rows[1]["content"]) and rows[-1]["parent_id"] == rows[0]["id"]
+
+
+def test_a_reopened_conversation_brings_back_its_own_temperature_and_length_not_a_retrys(logic):
+    from ui.options import conversation_options
+
+    settings = logic.answerer.settings
+    uid = logic.user_id(None)
+    state = new_state()
+    for text in ("hello there", "and again"):
+        for state in logic.respond(state, uid, text, "plain", "off", "default", threading.Event(),
+                                   {"temperature": 0.7, "max_tokens": 4}):
+            pass
+    for state in logic.retry(state, uid, 2, "plain", "off", "default", threading.Event(), {"temperature": 1.4}):
+        pass  # the last answer is now a retry, sampled with its own seed: not the chat's setting
+    reopened = logic.open(uid, state["conversation"])
+    assert conversation_options(reopened["shown"], settings) == (0.7, 4)
+    # no answer recorded its decoding (a conversation from before m005): the server's defaults
+    assert conversation_options([{"role": "assistant", "decoding": {}}], settings) == (0.0, 6)
+    # a stored value past today's bounds is held within the sliders' range (Gradio refuses it otherwise)
+    past = [{"role": "assistant", "decoding": {"temperature": 9.0, "max_new_tokens": 10**6, "seed": None}}]
+    assert conversation_options(past, settings) == (1.5, 1024)

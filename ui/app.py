@@ -16,7 +16,7 @@ from ui.adapters import build_adapters_tab
 from ui.authz import Authz
 from ui.chat import (ChatLogic, can_continue, cut_off_notice, feedback_values, is_sources_note, new_state, pick_texts,
                      to_chatbot)
-from ui.options import chat_options, max_tokens_limit, temperature_limit
+from ui.options import chat_options, conversation_options, max_tokens_limit, temperature_limit
 from ui.docs import build_docs_tab
 from ui.feedback import build_feedback_tab
 from ui.lab import build_lab_tab
@@ -291,14 +291,21 @@ def build_ui(services) -> gr.Blocks:
             on_details, [state], [details], api_visibility="private")
         chatbot.clear(on_new, None, new_outputs, api_visibility="private").then(
             history_cleared, None, [open_conv, history], api_visibility="private")
+        def on_reopened(st):  # a reopened conversation brings back its own temperature and length
+            if not st.get("conversation"):
+                return gr.skip(), gr.skip()
+            return conversation_options(st["shown"], settings)
+
         history.input(history_open, [history], [state, chatbot, why_panel, open_conv] + view_outputs,
-                      api_visibility="private").then(on_details, [state], [details], api_visibility="private")
+                      api_visibility="private").then(on_details, [state], [details], api_visibility="private").then(
+            on_reopened, [state], [temperature, max_tokens], api_visibility="private")
         rename_btn.click(history_rename, [history, rename_box], [history, rename_box], api_visibility="private")
         delete_btn.click(history_delete, [history, state], [state, chatbot, why_panel, open_conv, history] + view_outputs,
                          api_visibility="private")
         demo.load(None, None, None, js=CLOSE_PANELS_ON_PHONES)
         demo.load(history_restore, [open_conv], [state, chatbot, why_panel, open_conv, history] + view_outputs,
-                  api_visibility="private").then(on_details, [state], [details], api_visibility="private")
+                  api_visibility="private").then(on_details, [state], [details], api_visibility="private").then(
+            on_reopened, [state], [temperature, max_tokens], api_visibility="private")
         answer_inputs = [state, template, rag, adapter, temperature, max_tokens]
         chatbot.retry(on_retry, answer_inputs, [state, chatbot] + view_outputs,
                       api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")

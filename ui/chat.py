@@ -120,7 +120,8 @@ def restored_state(rows: list[dict], conversation_id: int, owner: int) -> dict:
         if r["role"] == "assistant":
             m["sources"] = r.get("sources") or []
             m["rating"] = r.get("rating")
-            cap = (r.get("decoding") or {}).get("max_new_tokens")
+            m["decoding"] = r.get("decoding") or {}  # the chat's settings come back with the conversation
+            cap = m["decoding"].get("max_new_tokens")
             if cap and not r.get("edited") and (r.get("completion_tokens") or 0) >= cap:
                 m["cut_off"] = cap  # it ran into its token cap: Continue is offered again after a reload
         st["shown"].append(m)

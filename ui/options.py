@@ -45,6 +45,21 @@ def chat_options(settings, temperature=None, max_tokens=None) -> dict:
     return out
 
 
+def conversation_options(shown: list[dict], settings) -> tuple[float, int]:
+    """The chat settings a reopened conversation had (temperature, max tokens), from the stored decoding of its
+    latest answer that was not a retry (a retry samples with its own seed and temperature), held within the
+    sliders' bounds; the server's defaults when no answer recorded them."""
+    for m in reversed(shown):
+        dec = m.get("decoding") or {}
+        if m.get("role") == "assistant" and dec and dec.get("seed") is None:
+            t = dec.get("temperature")
+            n = dec.get("max_new_tokens")
+            t = float(settings.temperature) if t is None else min(max(float(t), 0.0), temperature_limit(settings))
+            n = int(settings.max_new_tokens) if not n else min(max(int(n), 1), max_tokens_limit(settings))
+            return t, n
+    return float(settings.temperature), int(settings.max_new_tokens)
+
+
 def details_text(row: dict | None, name: str = "the latest answer") -> str:
     """Markdown: how an answer was made (its stored row): time, tokens, template, adapter, model, decoding."""
     if not row:
