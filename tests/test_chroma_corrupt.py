@@ -49,7 +49,28 @@ def test_damaged_pages_are_refused_with_the_path_and_what_to_do(tmp_path):
         open_local_collection(data / "chroma", COLLECTION, data / "uploads")
     msg = str(e.value)
     assert str(db) in msg and "move the folder" in msg and str(data / "uploads") in msg
+    assert "is damaged" in msg  # SQLite's quick_check found it (and says what), before Chroma read anything
     assert isinstance(e.value, ValueError)  # the CLI prints it in words: `kaizen: error: ...`
+
+
+@pytest.mark.slow
+def test_a_store_sound_to_sqlite_that_chroma_cannot_read_is_refused_in_words(tmp_path):
+    """quick_check finds nothing wrong (every page is sound) but Chroma's own tables are not what it wrote: the open
+    and count fail inside Chroma, and that error comes back as the same refusal, not a Rust-side traceback."""
+    import sqlite3
+
+    from agent.retrieval import COLLECTION, open_local_collection
+    from feedback.integrity import CorruptStoreError, quick_check
+
+    data = tmp_path / "data"
+    db = make_store(data)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE embeddings_queue")
+    assert quick_check(db) == []
+    with pytest.raises(CorruptStoreError) as e:
+        open_local_collection(data / "chroma", COLLECTION, data / "uploads")
+    msg = str(e.value)
+    assert "cannot be opened" in msg and str(data / "chroma") in msg and "move the folder" in msg
 
 
 @pytest.mark.slow
