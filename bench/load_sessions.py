@@ -48,14 +48,20 @@ def login(url: str, user: str, password: str = PASSWORD) -> httpx.Client:
 _INPUTS: dict[int, list] = {}  # fn_index -> what the page sends untouched (the sliders' values among them)
 
 
+def start_values(cfg: dict, dep: dict) -> list:
+    """The value each input of the dependency `dep` of the page's /config starts with (what a browser sends
+    untouched)."""
+    comps = {comp["id"]: comp for comp in cfg["components"]}
+    return [(comps.get(cid, {}).get("props") or {}).get("value") for cid in dep["inputs"]]
+
+
 def chat_endpoint(c: httpx.Client) -> int:
     """The fn_index of the public `chat` endpoint (the message box's submit); remembers its inputs' start values."""
     cfg = c.get("config").json()
-    comps = {comp["id"]: comp for comp in cfg["components"]}
     for i, dep in enumerate(cfg["dependencies"]):
         if dep.get("api_name") == "chat":
             fn_index = dep.get("id", i)
-            _INPUTS[fn_index] = [(comps.get(cid, {}).get("props") or {}).get("value") for cid in dep["inputs"]]
+            _INPUTS[fn_index] = start_values(cfg, dep)
             return fn_index
     raise RuntimeError("the app has no `chat` endpoint")
 

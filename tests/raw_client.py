@@ -45,13 +45,10 @@ def endpoints(cfg: dict) -> list[dict]:
 
 
 def default_inputs(cfg: dict, endpoint: dict) -> list:
-    """The value each input component starts with (what a browser would send untouched)."""
-    comps = {c["id"]: c for c in cfg["components"]}
-    values = []
-    for cid in endpoint["inputs"]:
-        comp = comps.get(cid) or {}
-        values.append((comp.get("props") or {}).get("value"))
-    return values
+    """The value each input component starts with (what a browser would send untouched): the load bench's."""
+    from bench.load_sessions import start_values
+
+    return start_values(cfg, endpoint)
 
 
 def call(c: httpx.Client, fn_index: int, data: list, session_hash: str | None = None, event_data=None,
