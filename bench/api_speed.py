@@ -80,7 +80,7 @@ def main() -> None:
     import httpx
 
     from adapters.registry import Registry
-    from web.api import api_app, serve_in_thread
+    from web.routes import api_app, serve_in_thread
     from agent.chat import Answerer
     from feedback.store import Store
 

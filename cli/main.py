@@ -21,10 +21,10 @@ AREAS = ["cli.docs", "cli.feedback", "cli.adapters", "lab.run"]
 
 
 def _cmd_serve(args) -> int:
-    if getattr(args, "api_only", False):  # the OpenAI-compatible API without the web UI (web/api.py)
+    if getattr(args, "api_only", False):  # the OpenAI-compatible API without the web UI (web/routes.py)
         import logging
 
-        from web.api import serve_api_only
+        from web.routes import serve_api_only
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         serve_api_only(Settings.from_env())

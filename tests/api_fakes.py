@@ -56,7 +56,7 @@ class FakeEngine:
 def make_api(tmp_path, engine=None, kb=None, **settings_kw):
     """(FastAPI app, KaizenAPI) over a FakeEngine, a fresh data dir and no background threads."""
     from adapters.registry import Registry
-    from web.api import api_app
+    from web.routes import api_app
     from agent.chat import Answerer
     from agent.settings import Settings
     from feedback.store import Store
@@ -69,8 +69,8 @@ def make_api(tmp_path, engine=None, kb=None, **settings_kw):
 
 
 def serving(app):
-    """`app` on a real uvicorn server in a thread; yields the base URL (web.api.serve_in_thread)."""
-    from web.api import serve_in_thread
+    """`app` on a real uvicorn server in a thread; yields the base URL (web.routes.serve_in_thread)."""
+    from web.routes import serve_in_thread
 
     return serve_in_thread(app)
 

@@ -171,7 +171,8 @@ def test_response_shapes():
 
 
 def test_bind_host_and_loopback():
-    from web.api import bind_host, is_loopback
+    from web.api import is_loopback
+    from web.routes import bind_host
     from agent.settings import Settings
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

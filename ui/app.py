@@ -428,8 +428,8 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks | None = None) -> dict:
 
     kw["app_kwargs"] = guard_app_kwargs(settings)  # sessions bound to users, login rate limit, body cap, headers
     api = getattr(demo, "kaizen_api", None)
-    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (web/api.py)
-        from web.api import build_router
+    if api is not None:  # /v1/chat/completions, /v1/models, /v1/feedback beside the UI, same port (web/routes.py)
+        from web.routes import build_router
 
         kw["app_kwargs"]["routes"] = build_router(api).routes
     if settings.auth_file:
