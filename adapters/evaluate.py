@@ -338,6 +338,10 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         out += generate(model, tok, open_prompts, dev, config.open_new_tokens, config.batch_size, capped)
         return out, capped, generate(model, tok, passages, dev, config.passage_new_tokens, config.batch_size)
 
+    # how related to their questions the users' own edited answers read (MiniLM): a style can lower it by itself
+    # (a fixed opening phrase dilutes the cosine), and the gate allows a candidate that much (adapters/gate.py)
+    edits_rel = relevance([p[-1]["content"] for p, _ in data["gold"]], [g for _, g in data["gold"]]) \
+        if n_gold else []
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
     reports = {}
@@ -353,12 +357,17 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         # "does it still answer?": every answer but the passage checks (their prompts are mostly the passage)
         asked = [p[-1]["content"] for p in short + open_prompts]
         margins = [(ci - bc) - (ri - br) for ci, ri, bc, br in zip(c, r, base_c, base_r)]
+        rel = relevance(asked, answers)
+        answer_set = collapse.answer_set_summary(answers, rel, capped)
+        if edits_rel:  # on the held-out edited prompts: this policy's answers and the users' own edits
+            answer_set["feedback_relevance"] = sum(rel[:n_gold]) / n_gold
+            answer_set["edits_relevance"] = sum(edits_rel) / len(edits_rel)
         reports[name] = {
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]),
             "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]]),
             "general": general_summary(gen_a, nll, base_nll, [k for _, _, k in data["general"]]),
-            "answers": collapse.answer_set_summary(answers, relevance(asked, answers), capped),
+            "answers": answer_set,
             "qa": qa_summary(qa_a, [g for _, _, g in data["passages"]]),
             "samples": [{"prompt": p[-1]["content"], "answer": a, "gold": g}
                         for (p, g), a in zip(data["gold"][:3], gold_a)]
