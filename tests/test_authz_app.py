@@ -23,9 +23,11 @@ NON_ADMIN_OK = {
     "clear_view", "clear_view_1", "on_view", "on_view_1", "on_continue",  # the pick row and Continue
     "on_like", "on_why", "on_edit", "handler", "handler_1", "on_undo",  # feedback on one's own answers
     "on_upload", "on_delete", "on_refresh", "on_select", "on_refresh_1",  # one's own documents
+    "on_job", "on_job_1",  # the progress, then the outcome, of one's own upload job
     "refresh", "refresh_1",  # the Feedback tab (scoped to the viewer): its button and its tab select
     "history_open", "history_restore", "history_saved", "history_saved_1", "history_rename", "history_delete",
     "history_cleared", "history_cleared_1",  # the history sidebar: the caller's own conversations
+    "on_reopened", "on_reopened_1",  # a reopened conversation's own chat settings (from the caller's state)
     "export",  # the Feedback tab's export: the caller's own record
     "on_load", "on_adapters_tick",  # the page load; the chat's Adapter list kept current
     "on_details", *(f"on_details_{i}" for i in range(1, 10)),  # "Answer details" of one's own latest answer

@@ -106,6 +106,6 @@ def test_documents_tab_builds_inside_a_tab(data_dir):
     with gr.Blocks():
         with gr.Tab("Documents"):
             parts = build_docs_tab(kb)
-    assert set(parts) == {"upload", "shared", "status", "table", "pick", "delete", "refresh"}
+    assert set(parts) == {"upload", "shared", "status", "table", "pick", "delete", "refresh", "timer"}
     assert isinstance(parts["upload"], gr.File) and parts["upload"].file_count == "multiple"
     assert ".svg" not in parts["upload"].file_types and ".pdf" in parts["upload"].file_types

@@ -1,5 +1,9 @@
 """The Documents tab: upload (with progress), list, delete. Built inside the caller's `with gr.Tab(...)`.
 
+An upload is indexed in a background job (agent/ingest_jobs.py), one a user at a time: the upload request shows its
+progress, and a reload or a closed tab loses nothing — opening the Documents tab again shows the job's progress
+and then its outcome; the chat answers meanwhile.
+
 The handlers are plain functions of the KnowledgeBase (`upload_files`, `table_rows`, `delete_doc`) so they are tested
 without a browser. Uploaded files are read from Gradio's temp copy, which is deleted once ingested; their names are
 only used, sanitized, for display.
@@ -16,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from agent.ingest import SUPPORTED, IngestError
+from agent.ingest_jobs import BusyError, IngestJobs, status_text
 from agent.retrieval import DEFAULT_OWNER
 
 COLUMNS = ["id", "name", "chunks", "added", "library"]
@@ -92,20 +97,28 @@ def discard_upload(path: str | None) -> None:
         pass
 
 
-def build_docs_tab(kb, authz=None) -> dict:
+def upload_label(paths: list[str]) -> str:
+    names = [Path(p).name for p in paths]
+    return names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+
+
+def build_docs_tab(kb, authz=None, jobs: IngestJobs | None = None) -> dict:
     """Build the Documents view in the current Blocks context. Returns its components:
     {"upload": gr.File, "shared": gr.Checkbox (admins: into the shared library), "status": gr.Markdown,
-     "table": gr.Dataframe, "pick": gr.Dropdown (doc id to delete), "delete": gr.Button, "refresh": gr.Button}.
-    The list refreshes when the enclosing Tab is selected. `authz`: ui.authz.Authz (default: single-user)."""
+     "table": gr.Dataframe, "pick": gr.Dropdown (doc id to delete), "delete": gr.Button, "refresh": gr.Button,
+     "timer": gr.Timer (ticks while the user's upload job runs)}.
+    The list refreshes when the enclosing Tab is selected. `authz`: ui.authz.Authz (default: single-user);
+    `jobs`: the app's upload jobs (default: this tab's own)."""
     from gradio.context import get_render_context
 
     from ui.authz import Authz
 
     authz = authz or Authz(None)
+    jobs = jobs or IngestJobs()
     parent = get_render_context()
     gr.Markdown("Upload documents to ground answers in them (" + ", ".join(FILE_TYPES) + "). "
                 "Answers that use them list their sources. Your documents are yours alone; the shared library is "
-                "read by everyone.")
+                "read by everyone. A big file is indexed in the background: you can chat meanwhile.")
     upload = gr.File(label="Upload documents", file_count="multiple", file_types=FILE_TYPES, type="filepath",
                      elem_id="docs-upload")
     shared = gr.Checkbox(False, label="Add to the shared library (everyone reads it)", visible=False,
@@ -117,18 +130,37 @@ def build_docs_tab(kb, authz=None) -> dict:
         pick = gr.Dropdown(choices=[], value=None, label="Document", elem_id="docs-pick", scale=3)
         delete = gr.Button("Delete", variant="stop", elem_id="docs-delete", scale=1)
         refresh = gr.Button("Refresh", elem_id="docs-refresh", scale=1)
+    timer = gr.Timer(1.0, active=False)
+
+    def listing(owner):
+        return table_rows(kb, owner), gr.update(choices=choices(kb, owner), value=None)
 
     def on_upload(files, to_shared, request: gr.Request, progress=gr.Progress()):
         owner = authz.require_user(request)
-        paths = [f if isinstance(f, str) else getattr(f, "name", None) for f in (files or [])]
+        paths = [p for p in (f if isinstance(f, str) else getattr(f, "name", None) for f in (files or [])) if p]
+
+        def work(step):  # in the job's thread: it goes on whatever happens to this request
+            try:
+                return upload_files(kb, paths, step, owner=owner, shared=bool(to_shared))
+            finally:
+                for p in paths:
+                    discard_upload(p)
+
         try:
             if to_shared:
                 authz.require_admin(request, "add to the shared library")
-            msg = upload_files(kb, paths, progress, owner=owner, shared=bool(to_shared))
-        finally:
+            if not paths:
+                return ("No file selected.", *listing(owner), None)
+            job = jobs.start(owner, upload_label(paths), work)
+        except BaseException as e:
             for p in paths:
                 discard_upload(p)
-        return msg, table_rows(kb, owner), gr.update(choices=choices(kb, owner), value=None), None
+            if isinstance(e, BusyError):
+                return (f"- refused: {e}", *listing(owner), None)
+            raise
+        while not job.wait(0.5):  # follow the job; a reload leaves it running (the tab's timer shows it then)
+            progress(job.fraction, desc=job.desc)
+        return (job.message, *listing(owner), None)
 
     def on_delete(doc_id, request: gr.Request):
         owner = authz.require_user(request)
@@ -139,6 +171,15 @@ def build_docs_tab(kb, authz=None) -> dict:
         owner = authz.require_user(request)
         return table_rows(kb, owner), gr.update(choices=choices(kb, owner)), gr.update(
             visible=authz.is_admin(request))
+
+    def on_job(request: gr.Request):  # the caller's upload job, if one runs: its progress, then its outcome
+        owner = authz.require_user(request)
+        job = jobs.status(owner)
+        if job is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+        if job["running"]:
+            return status_text(job), gr.skip(), gr.skip(), gr.Timer(active=True)
+        return (status_text(job), *listing(owner), gr.Timer(active=False))
 
     def on_select(evt: gr.SelectData):
         row = evt.row_value if evt is not None else None
@@ -151,7 +192,9 @@ def build_docs_tab(kb, authz=None) -> dict:
     delete.click(on_delete, pick, [status, table, pick], api_visibility="private")
     refresh.click(on_refresh, None, [table, pick, shared], api_visibility="private")
     table.select(on_select, None, pick, api_visibility="private")
+    timer.tick(on_job, None, [status, table, pick, timer], api_visibility="private", queue=False)
     if isinstance(parent, gr.Tab):
-        parent.select(on_refresh, None, [table, pick, shared], api_visibility="private")
+        parent.select(on_refresh, None, [table, pick, shared], api_visibility="private").then(
+            on_job, None, [status, table, pick, timer], api_visibility="private")
     return {"upload": upload, "shared": shared, "status": status, "table": table, "pick": pick, "delete": delete,
-            "refresh": refresh}
+            "refresh": refresh, "timer": timer}
