@@ -150,15 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         base_answers = answer(Settings(data_dir=work / "base", base_model=base_model), None, prompts,
                               args.max_new_tokens)
         results = []
+        report = {"edits": len(train), "eval_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+                  "recipe_overrides": overrides, "goals": GOALS, "styles": results}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         for name in styles:
             log(f"style {name}: edits -> run_once -> answers")
             results.append(run_style(name, train, prompts, base_answers, base_model, work, args.max_new_tokens,
                                      overrides))
             log(json.dumps({k: results[-1].get(k) for k in ("style", "status", "version", "goals")}))
-    report = {"edits": len(train), "eval_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
-              "recipe_overrides": overrides, "goals": GOALS, "styles": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+            args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")  # after each style: a stopped
+            # run keeps the styles it finished
     print(json.dumps(report, indent=2))
     return 0
 
