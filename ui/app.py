@@ -31,7 +31,9 @@ CSS = """
   #chatbot { height: 52vh !important; min-height: 240px; }
   #why-panel { position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 50; max-height: 70vh; overflow: auto;
                box-shadow: 0 -4px 16px rgba(0, 0, 0, 0.25); }  /* a bottom sheet next to the thumb just pressed */
-  table th, table td { word-break: normal !important; overflow-wrap: normal !important; min-width: 4.5em; }
+  /* headers break between words only: Gradio's own span inside each header breaks anywhere ("thumb|s") */
+  table th, table th *, table td { word-break: normal !important; overflow-wrap: normal !important; }
+  table th, table td { min-width: 4.5em; }
 }
 """
 # The history sidebar and the chat settings start open on a desktop and closed on a phone, where they would push
