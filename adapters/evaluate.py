@@ -295,6 +295,13 @@ class _Policies:
             return fn(self.model)
 
 
+def _text(turns) -> str:
+    """The text of a TRL conversational field (a list of messages: its last one) or of a plain string."""
+    if isinstance(turns, str):
+        return turns
+    return str((turns[-1] or {}).get("content") or "") if turns else ""
+
+
 def relevance(prompts: list[str], answers: list[str]) -> list[float]:
     """Cosine of each prompt and its answer with the bundled MiniLM (an empty answer scores 0)."""
     from agent.embeddings import Embedder
@@ -338,10 +345,12 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         out += generate(model, tok, open_prompts, dev, config.open_new_tokens, config.batch_size, capped)
         return out, capped, generate(model, tok, passages, dev, config.passage_new_tokens, config.batch_size)
 
-    # how related to their questions the users' own edited answers read (MiniLM): a style can lower it by itself
-    # (a fixed opening phrase dilutes the cosine), and the gate allows a candidate that much (adapters/gate.py)
-    edits_rel = relevance([p[-1]["content"] for p, _ in data["gold"]], [g for _, g in data["gold"]]) \
-        if n_gold else []
+    # how related to their questions the answers users preferred read (MiniLM), beside the answers they replaced
+    # (an edit's original, a pick's other answer): a style can cost relevance by itself (a fixed opening phrase
+    # dilutes the cosine), and the gate allows a candidate that much (adapters/gate.py style_shift)
+    asked_pref = [_text(p) for p, _, _ in data["pref"]]
+    chosen_rel = relevance(asked_pref, [_text(c) for _, c, _ in data["pref"]]) if asked_pref else []
+    replaced_rel = relevance(asked_pref, [_text(r) for _, _, r in data["pref"]]) if asked_pref else []
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
     reports = {}
@@ -359,9 +368,9 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         margins = [(ci - bc) - (ri - br) for ci, ri, bc, br in zip(c, r, base_c, base_r)]
         rel = relevance(asked, answers)
         answer_set = collapse.answer_set_summary(answers, rel, capped)
-        if edits_rel:  # on the held-out edited prompts: this policy's answers and the users' own edits
-            answer_set["feedback_relevance"] = sum(rel[:n_gold]) / n_gold
-            answer_set["edits_relevance"] = sum(edits_rel) / len(edits_rel)
+        if chosen_rel:  # the held-out pairs: the answers users preferred, and the ones they replaced
+            answer_set["preferred_relevance"] = sum(chosen_rel) / len(chosen_rel)
+            answer_set["replaced_relevance"] = sum(replaced_rel) / len(replaced_rel)
         reports[name] = {
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]),

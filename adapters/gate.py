@@ -7,8 +7,8 @@ A candidate is promoted only when it
    facts still right, reference perplexity near the base's);
 2. still answers (the `answers` part: every answer to held-out feedback, open-ended and general prompts): relevance
    to the prompt (MiniLM cosine) not below the active policy's by more than a margin (widened by as much as the
-   users' own held-out edits read less related than the active policy's answers, at most 0.15: the style they
-   asked for may cost that), as many distinct answers,
+   answers users preferred in the held-out pairs read less related than the ones they replaced, at most 0.15: the
+   style they asked for may cost that), as many distinct answers,
    no more answers made only of text shared by many answers, no more loops, no collapse of length, no more runaway
    answers; and reads passages as well (the `qa` part, contains-gold);
 3. loses no compared metric (preference accuracy, similarity to edits) by more than `margin` and wins at least one
@@ -39,7 +39,7 @@ class Limits:
     qa_drop: float = 0.20
 
 
-MAX_STYLE_SHIFT = 0.15  # the most the users' own edits can widen the allowed relevance drop
+MAX_STYLE_SHIFT = 0.15  # the most the users' preferences can widen the allowed relevance drop
 
 NORMAL = Limits()
 STRICT = Limits(relevance_drop=0.08, distinct_drop=0.05, boilerplate_rise=0.05, loops_rise=0.05, capped_rise=0.15,
@@ -79,8 +79,8 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
         shift = style_shift(active)
         if c.get("relevance") is not None and a.get("relevance") is not None \
                 and c["relevance"] < a["relevance"] - limits.relevance_drop - shift:
-            why = (f" + {shift:.2f}: the users' own edits read {shift:.2f} less related to their questions than the "
-                   "active policy's answers") if shift else ""
+            why = (f" + {shift:.2f}: the answers users preferred read {shift:.2f} less related to their questions "
+                   "than the ones they replaced") if shift else ""
             fails.append(f"answers drift from the question: relevance to the prompt {c['relevance']:.2f} vs active "
                          f"{a['relevance']:.2f} (allowed drop {limits.relevance_drop}{why})")
         if c["distinct"] < a["distinct"] - limits.distinct_drop:
@@ -104,14 +104,15 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
 
 
 def style_shift(active: dict | None) -> float:
-    """How much less related to their questions (MiniLM relevance) the users' held-out edits read than the active
-    policy's answers to the same questions, capped at MAX_STYLE_SHIFT: a style the users asked for may cost that
-    much relevance (a fixed opening phrase, a cut to the first sentences). Text with no answer in it (a collapse)
-    is still refused by the distinct and boilerplate checks, which do not move."""
+    """How much less related to their questions (MiniLM relevance) the answers users preferred in the held-out
+    pairs read than the answers they replaced (an edit's original, a pick's other answer), capped at
+    MAX_STYLE_SHIFT: a style the users asked for may cost that much relevance (a fixed opening phrase, a cut to
+    the first sentences). Text with no answer in it (a collapse) is still refused by the distinct and boilerplate
+    checks, which do not move."""
     a = (active or {}).get("answers") or {}
-    if a.get("feedback_relevance") is None or a.get("edits_relevance") is None:
+    if a.get("preferred_relevance") is None or a.get("replaced_relevance") is None:
         return 0.0
-    return round(min(MAX_STYLE_SHIFT, max(0.0, a["feedback_relevance"] - a["edits_relevance"])), 4)
+    return round(min(MAX_STYLE_SHIFT, max(0.0, a["replaced_relevance"] - a["preferred_relevance"])), 4)
 
 
 def _ci(report: dict | None, part: str) -> str:
@@ -142,7 +143,7 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
         shift = style_shift(active)
         reasons += fails or [f"still answers: {c['n']} answers, {c['distinct']:.0%} distinct, "
                              f"{c['loops']:.0%} loops, relevance {c.get('relevance') or 0:.2f}"
-                             + (f" (the users' edits cost {shift:.2f} of it)" if shift else "")
+                             + (f" (the users' preferred answers cost {shift:.2f} of it)" if shift else "")
                              + (f", passages {candidate['qa']['contains_gold']:.0%}" if _get(candidate, "qa",
                                                                                              "contains_gold")
                                 is not None else "")]
