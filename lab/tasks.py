@@ -177,7 +177,8 @@ def oasst_first_turns(trees: list[dict]) -> list[tuple[str, str]]:
 
 def style_events(store, pairs: list[tuple[str, str]], editors: int = 4, edit=house_style) -> int:
     """Replay the style scenario through the store's API: users ask, the assistant answers (the original oasst
-    reply), and the user edits the answer into the house style (`edit(answer)`). Returns the number of edits."""
+    reply), and the user edits the answer into the house style (`edit(answer)`). An answer already in the style
+    is left as it is (the store refuses an edit that changes nothing). Returns the number of edits."""
     users = [store.ensure_user(f"editor-{i}") for i in range(editors)]
     n = 0
     for i, (prompt, answer) in enumerate(pairs):
@@ -185,7 +186,10 @@ def style_events(store, pairs: list[tuple[str, str]], editors: int = 4, edit=hou
         conv = store.new_conversation(uid, title=prompt[:80])
         store.add_message(conv, "user", prompt, user_id=uid)
         mid = store.add_message(conv, "assistant", answer, user_id=uid, model="oasst")
-        store.edit(mid, uid, edit(answer))
+        edited = edit(answer)
+        if " ".join(edited.split()) == " ".join(answer.split()):
+            continue
+        store.edit(mid, uid, edited)
         n += 1
     return n
 
