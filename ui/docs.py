@@ -152,11 +152,13 @@ def build_docs_tab(kb, authz=None, jobs: IngestJobs | None = None) -> dict:
             if not paths:
                 return ("No file selected.", *listing(owner), None)
             job = jobs.start(owner, upload_label(paths), work)
-        except BaseException as e:
+        except BusyError as e:
             for p in paths:
                 discard_upload(p)
-            if isinstance(e, BusyError):
-                return (f"- refused: {e}", *listing(owner), None)
+            return (f"- refused: {e}", *listing(owner), None)
+        except BaseException:
+            for p in paths:
+                discard_upload(p)
             raise
         while not job.wait(0.5):  # follow the job; a reload leaves it running (the tab's timer shows it then)
             progress(job.fraction, desc=job.desc)
@@ -165,7 +167,7 @@ def build_docs_tab(kb, authz=None, jobs: IngestJobs | None = None) -> dict:
     def on_delete(doc_id, request: gr.Request):
         owner = authz.require_user(request)
         msg = delete_doc(kb, doc_id, owner, admin=authz.is_admin(request))
-        return msg, table_rows(kb, owner), gr.update(choices=choices(kb, owner), value=None)
+        return (msg, *listing(owner))
 
     def on_refresh(request: gr.Request):
         owner = authz.require_user(request)
