@@ -1,0 +1,75 @@
+"""The chat's own settings in Chromium: the temperature and max-tokens sliders decide the next answer, are stored
+with it, shown in Answer details and brought back by a reload; a forged value sent to /chat directly is refused in
+words. Real model, real app (the session's `app_server`)."""
+import json
+
+import pytest
+
+from tests.test_browser import browser, db_rows, page, send, status_has, stored_answer  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def set_slider(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answer_details(page, app_server, tmp_path):
+    """The chat's own temperature and max tokens (Settings accordion) decide the next answer, are stored with it,
+    and the closed "Answer details" shows them with its time and tokens; a reload brings them back with the
+    conversation."""
+    set_slider(page, "temperature", 0.7)
+    set_slider(page, "max-tokens", 16)
+    (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
+    send(page, "Write a long story about a lighthouse keeper.")
+    answer_id, _ = stored_answer(app_server, before)
+    (decoding, tokens), = db_rows(app_server, "select decoding, completion_tokens from messages where id=?", answer_id)
+    assert json.loads(decoding) == {"temperature": 0.7, "top_p": 0.95, "seed": None, "max_new_tokens": 16}
+    assert tokens == 16
+    status_has(page, "cut off at 16 tokens")
+    details = page.locator("#answer-details")
+    assert not details.is_visible()  # on demand: the accordion starts closed
+    page.locator("#answer-details-box button").first.click()
+    page.wait_for_function("document.querySelector('#answer-details').innerText.includes('temperature 0.7')",
+                           timeout=15_000)
+    text = details.inner_text()
+    assert "16 out (cap 16)" in text and "template: plain" in text and "adapter: base" in text
+    page.screenshot(path=str(tmp_path / "answer-details.png"), full_page=True)
+    # a reload reopens the conversation with its own settings, not the server's defaults
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"bot\"]').length == 1")
+    page.wait_for_function("document.querySelector('#max-tokens input[type=number]').value == '16'",
+                           timeout=15_000)
+    assert float(page.locator("#temperature input[type=number]").input_value()) == 0.7
+    page.screenshot(path=str(tmp_path / "settings-after-reload.png"), full_page=True)
+    page.locator("#answer-details-box button").first.click()  # closed again after the reload
+    # back to greedy: the next answer is decoded greedily and says so
+    set_slider(page, "temperature", 0)
+    send(page, "And what did he eat?")
+    second_id, _ = stored_answer(app_server, answer_id)
+    (decoding,), = db_rows(app_server, "select decoding from messages where id=?", second_id)
+    assert json.loads(decoding)["temperature"] == 0
+    page.wait_for_function("document.querySelector('#answer-details').innerText.includes('greedy')", timeout=15_000)
+
+
+def test_a_forged_temperature_or_length_is_refused_in_words_and_stores_nothing(app_server):
+    """The sliders' ranges hold on the server: the /chat endpoint called directly with temperature 9.9 or a
+    million tokens answers with the allowed range, and no message is stored (Gradio's Slider checks its bounds
+    first; ui/chat.py chat_options checks again for every other caller)."""
+    from tests import raw_client as R
+
+    c = R.client(app_server["url"])
+    cfg = R.config(c)
+    [chat] = [e for e in R.endpoints(cfg) if e["api_name"] == "chat"]
+    (before,), = db_rows(app_server, "select count(*) from messages")
+    for temp, length, bound in ((9.9, 64, "1.5"), (0.5, 10**6, "1024")):
+        data = R.default_inputs(cfg, chat)
+        data[0], data[-2], data[-1] = "hello", temp, length
+        result = R.call(c, chat["fn_index"], data)
+        said = R.error_text(result).replace(",", "")
+        assert result["success"] is False and bound in said and ("maximum" in said or "must be" in said), result
+    (after,), = db_rows(app_server, "select count(*) from messages")
+    assert after == before
