@@ -12,7 +12,9 @@ A candidate is promoted only when it
    no more answers made only of text shared by many answers, no more loops, no collapse of length, no more runaway
    answers; and reads passages as well (the `qa` part, contains-gold);
 3. loses no compared metric (preference accuracy, similarity to edits) by more than `margin` and wins at least one
-   by `margin`.
+   by `margin`; and when most held-out pairs are the users' edits, similarity to the edits is among the wins:
+   preference accuracy compares likelihoods, which training on the pairs raises (DPO does at once) without changing
+   a word the model writes, while the edits say what it should write.
 When the held-out feedback is small (fewer than SMALL_PREF pairs and SMALL_EDITS edited answers) the gate says so,
 with the confidence interval, and the checks of 2. use the strict limits: a win on four pairs means little, so the
 candidate must pass with room to spare.
@@ -151,13 +153,14 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
         reasons.append(f"held-out feedback is small ({n_pref} preference pairs{_ci(candidate, 'pref')}; {n_sim} "
                        f"edited answers): a win means little, so the answer checks used the strict limits")
     wins = compared = 0
+    deltas = {}
     for label, part, key in (("preference accuracy", "pref", "accuracy"),
                              ("similarity to edits", "similarity", "rouge_l")):
         c, a = _get(candidate, part, key), _get(active, part, key)
         if c is None or a is None:
             continue
         compared += 1
-        delta = c - a
+        delta = deltas[part] = c - a
         text = f"{label}: {c:.3f} vs active {a:.3f} ({delta:+.3f}{_ci(candidate, part)})"
         if delta < -margin:
             ok = False
@@ -173,4 +176,19 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
     elif not wins:
         ok = False
         reasons.append(f"does not beat the active policy by the margin {margin} on any metric")
+    elif (why := edits_unmet(candidate, deltas, margin)):
+        ok = False
+        reasons.append(why)
     return ok, reasons
+
+
+def edits_unmet(candidate: dict, deltas: dict, margin: float) -> str | None:
+    """The refusal when most held-out pairs are edits and the candidate's answers came no closer to the edited ones
+    (None: the rule does not apply or is met)."""
+    n_pref, n_edits = int(_get(candidate, "pref", "n") or 0), int(_get(candidate, "pref", "from_edits") or 0)
+    sim = deltas.get("similarity")
+    if not n_edits or 2 * n_edits < n_pref or sim is None or sim >= margin or "pref" not in deltas:
+        return None
+    return (f"writes no closer to the users' edits: {n_edits} of {n_pref} held-out pairs are edits, and similarity "
+            f"to the edited answers moved {sim:+.3f} (a win needs {margin}); the preference-accuracy win is in "
+            "likelihoods only, so the answers people would see are unchanged")

@@ -2,6 +2,8 @@
 refused against a good active adapter, which stays active."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from adapters import evaluate as E
@@ -63,6 +65,30 @@ def test_gate_refuses_worse_equal_or_regressing_candidates():
     for bad in (dict(nonempty=0.5), dict(degenerate=2), dict(repetition=0.8), dict(ppl_ratio=3.0)):
         ok, reasons = E.gate(report(acc=1.0, sim=0.9, **bad), report())
         assert not ok and any(r.startswith("regression:") for r in reasons), bad
+
+
+def test_gate_wants_answers_closer_to_the_edits_when_the_pairs_are_edits():
+    """A DPO adapter raises preference accuracy on edit pairs without changing what it writes (seen in the style
+    suite: promoted with 0% of answers in the style); when most held-out pairs are edits, similarity must win too."""
+    edits = report(acc=0.9, sim=0.21)
+    edits["pref"]["from_edits"] = 6  # of 8
+    ok, reasons = E.gate(edits, report(acc=0.5, sim=0.2))
+    assert not ok and reasons[-1].startswith("writes no closer to the users' edits: 6 of 8 held-out pairs are edits")
+    edits["similarity"]["rouge_l"] = 0.3  # the answers moved toward the edits
+    assert E.gate(edits, report(acc=0.5, sim=0.2))[0]
+    picks = report(acc=0.9, sim=0.21)
+    picks["pref"]["from_edits"] = 3  # mostly picks: their accuracy is the measure
+    assert E.gate(picks, report(acc=0.5, sim=0.2))[0]
+
+
+def test_held_out_pairs_from_edits_are_counted(tmp_path):
+    turn = [{"role": "user", "content": "Hi"}]
+    rows = [{"prompt": turn, "chosen": [{"role": "assistant", "content": "A"}],
+             "rejected": [{"role": "assistant", "content": "B"}], "source": source}
+            for source in (["edit:4"], ["choice:7", "rating:2"], ["rating:9"])]
+    (tmp_path / "dpo_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = E.load_eval_data(tmp_path, E.EvalConfig())
+    assert len(data["pref"]) == 3 and data["pref_edits"] == 1
 
 
 def test_gate_needs_held_out_data_and_judges_relative_to_the_active():
