@@ -25,9 +25,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
-from agent import ingest, rerank
+from agent import chroma, ingest, rerank
 from agent.ingest import IngestError
 from agent.ranking import (FOOTER, HEADER, Hit, HybridConfig, _Bm25, _cosine_from_chroma,  # noqa: F401
                            convex_fuse, format_sources, rrf_fuse)
@@ -53,36 +52,6 @@ def owner_key(owner: str | None, shared: bool = False) -> str:
     if not isinstance(owner, str) or not owner:
         raise ValueError("documents need an owner (a user name)")
     return "user:" + owner
-
-
-def _collection(client, name: str):
-    return client.get_or_create_collection(name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
-
-
-def open_local_collection(folder: Path, name: str, uploads_dir: Path, chroma_settings=None):
-    """Collection `name` of the persistent Chroma store in `folder`. A damaged store fails here, at start, naming its
-    path and what to do (feedback.integrity.CorruptStoreError): SQLite's quick_check on `chroma.sqlite3` first,
-    then the open itself and a count (Chroma reads its segments there)."""
-    import chromadb
-
-    from feedback.integrity import CorruptStoreError, quick_check
-
-    folder.mkdir(parents=True, exist_ok=True)
-    db = folder / "chroma.sqlite3"
-    hint = (f"Stop the app, move the folder {folder} aside (keep it: `sqlite3 {db} .recover` may save its chunks) and "
-            f"start again: a new, empty document store is made there. Then upload the documents again (the app kept "
-            f"a copy of each original in {uploads_dir}).")
-    problems = quick_check(db)
-    if problems:
-        raise CorruptStoreError(f"the document store {db} is damaged: {'; '.join(problems[:5])}. {hint}")
-    try:
-        client = chromadb.PersistentClient(path=str(folder), settings=chroma_settings)
-        col = _collection(client, name)
-        col.count()
-    except Exception as e:  # noqa: BLE001  chromadb raises InternalError, sqlite3 and Rust-side errors alike
-        raise CorruptStoreError(f"the document store {folder} cannot be opened ({type(e).__name__}: {e}). "
-                                f"{hint}") from e
-    return col
 
 
 class KnowledgeBase:
@@ -116,20 +85,8 @@ class KnowledgeBase:
     @classmethod
     def from_settings(cls, settings: Settings, collection: str = COLLECTION, **kwargs) -> "KnowledgeBase":
         """Local persistent Chroma in settings.chroma_dir, or the server at settings.chroma_url."""
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        chroma_settings = ChromaSettings(anonymized_telemetry=False)
-        if settings.chroma_url:
-            url = urlparse(settings.chroma_url if "://" in settings.chroma_url else "http://" + settings.chroma_url)
-            if not url.hostname:
-                raise ValueError(f"KAIZEN_CHROMA_URL={settings.chroma_url!r} is not a URL like http://host:8000")
-            client = chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
-                                         ssl=url.scheme == "https", settings=chroma_settings)
-            col = _collection(client, collection)
-        else:
-            col = open_local_collection(Path(settings.chroma_dir), collection, Path(settings.uploads_dir),
-                                        chroma_settings)
+        col = chroma.open_collection(settings.chroma_url, Path(settings.chroma_dir), collection,
+                                     Path(settings.uploads_dir))
         kwargs.setdefault("device", settings.device)
         kwargs.setdefault("hybrid", HybridConfig(method=settings.retriever))
         kwargs.setdefault("max_chunks", settings.max_doc_chunks)

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAKE_STORE = """
 import sys
 from pathlib import Path
-from agent.retrieval import COLLECTION, open_local_collection
+from agent.chroma import open_local_collection
+from agent.retrieval import COLLECTION
 col = open_local_collection(Path(sys.argv[1]), COLLECTION, Path(sys.argv[2]))
 col.add(ids=[f"d:{i}" for i in range(400)], embeddings=[[float(i % 7), 1.0, 0.5] for i in range(400)],
         documents=[f"chunk {i} " + "lorem ipsum " * 40 for i in range(400)],
@@ -39,7 +40,8 @@ def make_store(data: Path) -> Path:
 
 @pytest.mark.slow
 def test_damaged_pages_are_refused_with_the_path_and_what_to_do(tmp_path):
-    from agent.retrieval import COLLECTION, open_local_collection
+    from agent.chroma import open_local_collection
+    from agent.retrieval import COLLECTION
     from feedback.integrity import CorruptStoreError
 
     data = tmp_path / "data"
@@ -59,7 +61,8 @@ def test_a_store_sound_to_sqlite_that_chroma_cannot_read_is_refused_in_words(tmp
     and count fail inside Chroma, and that error comes back as the same refusal, not a Rust-side traceback."""
     import sqlite3
 
-    from agent.retrieval import COLLECTION, open_local_collection
+    from agent.chroma import open_local_collection
+    from agent.retrieval import COLLECTION
     from feedback.integrity import CorruptStoreError, quick_check
 
     data = tmp_path / "data"
