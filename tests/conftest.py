@@ -63,10 +63,15 @@ def chat_model(base_model_dir):
 
 
 @pytest.fixture(scope="session")
-def tokenizer(base_model_dir):
+def tokenizer():
+    """The bundled model's tokenizer, read from the GGUF's metadata: the same one `convert_gguf` saves beside the
+    weights, without converting them (that is `base_model_dir`'s job, ~70 s on a fresh machine)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(base_model_dir)
+    from agent.model import bundled_gguf
+
+    gguf = bundled_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 @pytest.fixture(scope="session")
