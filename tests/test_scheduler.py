@@ -14,8 +14,12 @@ from adapters.registry import Registry
 from adapters.train import recipe_for
 from tests.train_support import fill_store_with_edits, save_tiny_base, tiny_settings
 
-FAST = dict(recipe=recipe_for("sft", steps=3, batch_size=2, max_length=128, lr=5e-3),
-            eval_config=EvalConfig(max_new_tokens=4, general=2, max_generate=2), timeout=600)
+# 10 steps: enough for the tiny model's answers to move toward the edits (the gate wants that when the held-out pairs
+# are edits; 3 or 6 steps raised preference accuracy only); four 8-token open answers keep the random model's
+# babble from reading as loops
+FAST = dict(recipe=recipe_for("sft", steps=10, batch_size=2, max_length=128, lr=5e-3),
+            eval_config=EvalConfig(max_new_tokens=4, general=2, max_generate=2, open=4, open_new_tokens=8),
+            timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def test_a_run_trains_evaluates_registers_and_promotes(env):
     assert meta["state"] == "active" and meta["gate"]["promote"] is True
     assert meta["dataset"]["format"].startswith("kaizen-datasets") and meta["rows"]["sft"] > 0
     assert meta["eval"]["candidate"]["pref"]["accuracy"] > meta["eval"]["active"]["pref"]["accuracy"]
-    assert meta["metrics"]["steps"] == 3 and meta["recipe"]["lr"] == 5e-3
+    assert meta["metrics"]["steps"] == 10 and meta["recipe"]["lr"] == 5e-3
     assert (reg.folder(v) / "metrics.jsonl").exists() and (reg.folder(v) / "train.log").exists()
     assert not list(reg.root.glob(".tmp-*"))
     assert S.run_once(settings, store=store)["status"] == "skipped"  # nothing new since
