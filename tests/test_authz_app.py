@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from feedback import auth
@@ -348,3 +349,45 @@ def test_login_is_rate_limited_per_user_and_address(login_app):
     # limited before the password is even checked: the right one is refused too, for bob and from this address
     assert c.post("login", data={"username": "bob", "password": PASSWORDS["bob"]}).status_code == 429
     assert c.post("login", data={"username": "alice", "password": PASSWORDS["alice"]}).status_code == 429
+
+
+def test_an_upload_job_is_seen_by_its_owner_only(login_app):
+    """A's big upload is indexed in a background job: while it runs, A's job poll (the Documents tab's timer)
+    shows its progress and B's shows nothing of it; once done, A's poll gives the outcome and B's still nothing."""
+    import threading
+    import time
+
+    def login(user):  # the tests before this one made failed logins from this address: wait out the backoff
+        for _ in range(10):
+            c = httpx.Client(base_url=login_app["url"], timeout=60, follow_redirects=False)
+            r = c.post("login", data={"username": user, "password": PASSWORDS[user]})
+            if r.status_code != 429:
+                assert r.status_code == 200, r.text
+                return c
+            time.sleep(float(r.json().get("retry_after_s", 1)))
+        raise AssertionError(f"{user} could not log in: still rate-limited")
+
+    alice, bob = login("alice"), login("bob")
+    cfg = R.config(alice)
+    poll = endpoint(cfg, "on_job")["fn_index"]
+    text = "\n\n".join(f"Ledger page {i}: the heron count at the weir was {i * 7} on the {i % 28 + 1}th."
+                       for i in range(3000))  # ~200 KB: seconds of embedding
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(upload(alice, cfg, "heron-ledger.txt", text)))
+    worker.start()
+    try:
+        seen_running = False
+        while worker.is_alive() and not seen_running:
+            a = R.call(alice, poll, [])
+            assert a["success"], R.error_text(a)
+            seen_running = "Indexing heron-ledger.txt in the background" in json.dumps(a["output"])
+            b = R.call(bob, poll, [])
+            assert b["success"] and "heron" not in json.dumps(b["output"]), b["output"]
+    finally:
+        worker.join(300)
+    assert seen_running, "A's poll never showed the running job"
+    assert done["success"], R.error_text(done)
+    a, b = R.call(alice, poll, []), R.call(bob, poll, [])
+    assert "heron-ledger.txt" in json.dumps(a["output"]) and "added" in json.dumps(a["output"])
+    assert b["success"] and "heron" not in json.dumps(b["output"])
+    assert "heron-ledger.txt" not in json.dumps(doc_rows(bob, cfg))

@@ -1,6 +1,6 @@
-"""The loop's stages one by one (adapters/stages.py), without training: collect counts and decides, build and write
-give the datasets and the methods to try, decide is the gate over a report file; each runs as
-`python -m adapters.stages <stage>` and prints JSON."""
+"""The loop's stages one by one (adapters/stages.py): collect counts and decides, build and write give the datasets
+and the methods to try, decide is the gate over a report file; each runs as `python -m adapters.stages <stage>`
+and prints JSON, and the six from build to promote chain through their files on a tiny model."""
 from __future__ import annotations
 
 import json
@@ -49,8 +49,8 @@ def test_collect_build_write_and_decide(tmp_path):
     assert stages.decide(report, margin=5.0).promote is False
 
 
-def run_stage(tmp_path, *argv) -> dict:
-    env = {**os.environ, "KAIZEN_DATA_DIR": str(tmp_path / "data"), "KAIZEN_ENGINE": "transformers"}
+def run_stage(tmp_path, *argv, env: dict | None = None) -> dict:
+    env = {**os.environ, "KAIZEN_DATA_DIR": str(tmp_path / "data"), "KAIZEN_ENGINE": "transformers", **(env or {})}
     done = subprocess.run([sys.executable, "-m", "adapters.stages", *argv], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -67,3 +67,32 @@ def test_each_stage_runs_alone_and_prints_json(tmp_path):
     report.write_text(json.dumps({"candidate": {"pref": {"accuracy": 0.9, "n": 30}},
                                   "active": {"pref": {"accuracy": 0.5, "n": 30}}}))
     assert run_stage(tmp_path, "decide", "--report", str(report))["promote"] is True
+
+
+@pytest.mark.slow  # six child processes, a tiny model trained
+def test_the_stages_chain_as_commands_into_the_registry(tmp_path, tiny_base):
+    """build -> train -> evaluate -> decide -> register -> promote, each as `python -m adapters.stages`, on a tiny
+    random model: every stage reads what the previous one wrote, and promote records decide's reasons."""
+    settings = settings_for(tmp_path)
+    store = Store.from_settings(settings)
+    try:
+        fill_store_with_edits(store, 24)
+    finally:
+        store.close()
+    env = {"KAIZEN_BASE_MODEL": str(tiny_base), "KAIZEN_THREADS": "2"}
+    data, adapter, report = tmp_path / "sets", tmp_path / "adapter", tmp_path / "eval.json"
+
+    def stage(*argv):
+        return run_stage(tmp_path, *argv, env=env)
+
+    assert stage("build", "--out", str(data))["methods"][0] == "sft"
+    trained = stage("train", "--method", "sft", "--data", str(data), "--out", str(adapter), "--steps", "2")
+    assert trained["steps"] == 2 and (adapter / "adapter_config.json").exists()
+    out = stage("evaluate", "--data", str(data), "--adapter", str(adapter), "--against", "base", "--out", str(report))
+    assert out["candidate"]["pref"]["n"] > 0 and json.loads(report.read_text())["candidate"]["answers"]["n"] > 0
+    decided = stage("decide", "--report", str(report))
+    version = stage("register", "--adapter", str(adapter), "--method", "sft")["version"]
+    assert version == "v0001-sft"
+    promoted = stage("promote", "--version", version, "--report", str(report))
+    assert promoted["status"] == ("promoted" if decided["promote"] else "refused")
+    assert promoted["reasons"][: len(decided["reasons"])] == decided["reasons"]
