@@ -73,3 +73,26 @@ def test_a_forged_temperature_or_length_is_refused_in_words_and_stores_nothing(a
         assert result["success"] is False and bound in said and ("maximum" in said or "must be" in said), result
     (after,), = db_rows(app_server, "select count(*) from messages")
     assert after == before
+
+
+def test_a_desktop_window_made_phone_narrow_closes_the_panels(browser, app_server, tmp_path):
+    """Open on a desktop, the sidebar and the chat settings close when the window narrows to a phone's width (the
+    message box stays on screen), and a panel opened again on the narrow window stays open."""
+    pg = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        pg.goto(app_server["url"])
+        pg.wait_for_selector("#message textarea")
+        pg.wait_for_function("document.querySelector('#history-sidebar').classList.contains('open')")
+        assert pg.locator("#chat-settings .label-wrap.open").count() == 1
+        pg.set_viewport_size({"width": 390, "height": 844})
+        pg.wait_for_function("!document.querySelector('#history-sidebar').classList.contains('open')")
+        assert pg.locator("#chat-settings .label-wrap.open").count() == 0
+        pg.screenshot(path=str(tmp_path / "resized-390.png"))
+        box = pg.locator("#message textarea").bounding_box()
+        assert box["x"] >= 0 and box["y"] + box["height"] <= 844, box
+        pg.locator("#history-sidebar .toggle-button").click()  # the user opens it on purpose
+        pg.set_viewport_size({"width": 390, "height": 600})  # e.g. the phone's keyboard shows
+        pg.wait_for_timeout(500)
+        assert "open" in pg.locator("#history-sidebar").get_attribute("class")
+    finally:
+        pg.close()

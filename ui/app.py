@@ -37,12 +37,20 @@ CSS = """
 }
 """
 # The history sidebar and the chat settings start open on a desktop and closed on a phone, where they would push
-# the message box off the screen.
-CLOSE_PANELS_ON_PHONES = """() => { if (window.innerWidth < 768) {
-  const bar = document.querySelector('#history-sidebar');
-  if (bar && bar.classList.contains('open')) bar.querySelector('.toggle-button')?.click();
-  const opts = document.querySelector('#chat-settings');
-  if (opts && opts.querySelector('.label-wrap.open')) opts.querySelector('.label-wrap').click(); } }"""
+# the message box off the screen; a desktop window made phone-narrow closes them too (only when the width crosses
+# the line, so a panel a phone user opens is never shut by the keyboard's resize).
+CLOSE_PANELS_ON_PHONES = """() => {
+  const close = () => {
+    const bar = document.querySelector('#history-sidebar');
+    if (bar && bar.classList.contains('open')) bar.querySelector('.toggle-button')?.click();
+    const opts = document.querySelector('#chat-settings');
+    if (opts && opts.querySelector('.label-wrap.open')) opts.querySelector('.label-wrap').click(); };
+  let wide = window.innerWidth >= 768;
+  if (!wide) close();
+  window.addEventListener('resize', () => {
+    const now = window.innerWidth >= 768;
+    if (wide && !now) close();
+    wide = now; }); }"""
 
 
 class StopFlags:
