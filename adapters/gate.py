@@ -8,7 +8,8 @@ A candidate is promoted only when it
 2. still answers (the `answers` part: every answer to held-out feedback, open-ended and general prompts): relevance
    to the prompt (MiniLM cosine) not below the active policy's by more than a margin (widened by as much as the
    answers users preferred in the held-out pairs read less related than the ones they replaced, at most 0.15: the
-   style they asked for may cost that), as many distinct answers,
+   style they asked for may cost that; or as related as the answers users preferred, less the margin, whichever
+   is lower, within the same 0.15), as many distinct answers,
    no more answers made only of text shared by many answers, no more loops, no collapse of length, no more runaway
    answers; and reads passages as well (the `qa` part, contains-gold);
 3. loses no compared metric (preference accuracy, similarity to edits) by more than `margin` and wins at least one
@@ -80,11 +81,13 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
     if c.get("n") and a.get("n"):
         shift = style_shift(active)
         if c.get("relevance") is not None and a.get("relevance") is not None \
-                and c["relevance"] < a["relevance"] - limits.relevance_drop - shift:
+                and c["relevance"] < relevance_floor(a, limits.relevance_drop):
             why = (f" + {shift:.2f}: the answers users preferred read {shift:.2f} less related to their questions "
                    "than the ones they replaced") if shift else ""
+            pref = a.get("preferred_relevance")
+            also = (f"; the answers users preferred read {pref:.2f}") if pref is not None else ""
             fails.append(f"answers drift from the question: relevance to the prompt {c['relevance']:.2f} vs active "
-                         f"{a['relevance']:.2f} (allowed drop {limits.relevance_drop}{why})")
+                         f"{a['relevance']:.2f} (allowed drop {limits.relevance_drop}{why}{also})")
         if c["distinct"] < a["distinct"] - limits.distinct_drop:
             fails.append(f"collapse: only {c['distinct']:.0%} of {c['n']} answers differ from one another (active "
                          f"{a['distinct']:.0%}); it gives the same answer to different questions")
@@ -103,6 +106,28 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
         fails.append(f"reading: questions about a passage answered {cq:.0%} vs active {aq:.0%} "
                      f"(allowed drop {limits.qa_drop:.0%})")
     return fails
+
+
+def relevance_floor(a: dict, drop: float) -> float:
+    """The lowest relevance a candidate may have: the active policy's less the allowed drop and the style shift,
+    or, when lower, as related to their questions as the answers users preferred less the allowed drop (a candidate
+    that writes as the users asked has not drifted further than they did: edits of loosely related human answers
+    read 0.62-0.68 where the base's own answers read 0.72); never below the active policy's less the drop and
+    MAX_STYLE_SHIFT, so text with no answer in it is still refused."""
+    floor = a["relevance"] - drop - style_shift({"answers": a})
+    if a.get("preferred_relevance") is not None:
+        floor = min(floor, a["preferred_relevance"] - drop)
+    return max(floor, a["relevance"] - drop - MAX_STYLE_SHIFT)
+
+
+def _near_preferred(c: dict, a: dict, limits: Limits) -> str:
+    """Words for a pass that only the preferred answers' relevance allowed (else "")."""
+    if c.get("relevance") is None or a.get("relevance") is None or a.get("preferred_relevance") is None:
+        return ""
+    if c["relevance"] >= a["relevance"] - limits.relevance_drop - style_shift({"answers": a}):
+        return ""
+    return (f" (below the active's {a['relevance']:.2f}, but as related as the answers users preferred, "
+            f"{a['preferred_relevance']:.2f})")
 
 
 def style_shift(active: dict | None) -> float:
@@ -146,6 +171,7 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
         reasons += fails or [f"still answers: {c['n']} answers, {c['distinct']:.0%} distinct, "
                              f"{c['loops']:.0%} loops, relevance {c.get('relevance') or 0:.2f}"
                              + (f" (the users' preferred answers cost {shift:.2f} of it)" if shift else "")
+                             + _near_preferred(c, (active or {}).get("answers") or {}, STRICT if small else NORMAL)
                              + (f", passages {candidate['qa']['contains_gold']:.0%}" if _get(candidate, "qa",
                                                                                              "contains_gold")
                                 is not None else "")]

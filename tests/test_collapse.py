@@ -148,6 +148,29 @@ def test_the_relevance_the_users_own_preferences_give_up_is_allowed_and_said_but
     assert style_shift(with_pairs(report(REAL, 0.6), 0.6, 0.7)) == 0.0
 
 
+def test_a_candidate_as_related_as_the_answers_users_preferred_has_not_drifted():
+    """Measured in the loop test: users edited loosely related human answers (0.62 relevance) into the house style
+    (0.68 on the 7 held-out pairs), the base's own answers read 0.72, and the SFT adapter in the style 0.63: a drop
+    of 0.09 that the strict 0.08 refused, although it writes as related as the users' own preferred answers."""
+    from adapters.gate import relevance_floor
+
+    def with_pairs(r, replaced, preferred):
+        r["answers"].update(replaced_relevance=replaced, preferred_relevance=preferred)
+        return r
+
+    active = with_pairs(report(REAL, 0.72, pref_n=7, acc=0.5, sim=0.2), 0.616, 0.678)
+    assert relevance_floor(active["answers"], 0.08) == pytest.approx(0.598)
+    ok, reasons = gate(report(REAL, 0.63, pref_n=7, acc=1.0, sim=0.3), active)
+    assert ok, reasons
+    assert any("as related as the answers users preferred, 0.68" in r for r in reasons)
+    ok, reasons = gate(report(REAL, 0.55, pref_n=7, acc=1.0, sim=0.3), active)
+    assert not ok and any(r.startswith("answers drift") and "the answers users preferred read 0.68" in r
+                          for r in reasons)
+    # preferred answers that barely answer lower the floor only down to the cap
+    loose = with_pairs(report(REAL, 0.72, pref_n=7, acc=0.5, sim=0.2), 0.2, 0.2)
+    assert relevance_floor(loose["answers"], 0.08) == pytest.approx(0.72 - 0.08 - 0.15)
+
+
 def test_review_shows_the_decision_and_answers_side_by_side():
     from adapters.review import review_text, side_by_side
 
