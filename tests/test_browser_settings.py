@@ -77,7 +77,10 @@ def test_a_forged_temperature_or_length_is_refused_in_words_and_stores_nothing(a
 
 def test_a_desktop_window_made_phone_narrow_closes_the_panels(browser, app_server, tmp_path):
     """Open on a desktop, the sidebar and the chat settings close when the window narrows to a phone's width (the
-    message box stays on screen), and a panel opened again on the narrow window stays open."""
+    message box on screen); a panel opened again on the narrow window stays open when the keyboard resizes it; and
+    widened again, the window reopens what narrowing closed."""
+    on_screen = """(() => { const r = document.querySelector('#message textarea').getBoundingClientRect();
+                            return r.width > 200 && r.left >= 0 && r.bottom <= innerHeight; })()"""
     pg = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
         pg.goto(app_server["url"])
@@ -87,12 +90,15 @@ def test_a_desktop_window_made_phone_narrow_closes_the_panels(browser, app_serve
         pg.set_viewport_size({"width": 390, "height": 844})
         pg.wait_for_function("!document.querySelector('#history-sidebar').classList.contains('open')")
         assert pg.locator("#chat-settings .label-wrap.open").count() == 0
+        pg.wait_for_function(on_screen, timeout=10_000)  # the layout settles with the message box in view
         pg.screenshot(path=str(tmp_path / "resized-390.png"))
-        box = pg.locator("#message textarea").bounding_box()
-        assert box["x"] >= 0 and box["y"] + box["height"] <= 844, box
         pg.locator("#history-sidebar .toggle-button").click()  # the user opens it on purpose
         pg.set_viewport_size({"width": 390, "height": 600})  # e.g. the phone's keyboard shows
         pg.wait_for_timeout(500)
         assert "open" in pg.locator("#history-sidebar").get_attribute("class")
+        pg.set_viewport_size({"width": 1366, "height": 900})
+        pg.wait_for_function("!!document.querySelector('#chat-settings .label-wrap.open')")
+        assert "open" in pg.locator("#history-sidebar").get_attribute("class")
+        pg.screenshot(path=str(tmp_path / "widened-1366.png"))
     finally:
         pg.close()

@@ -37,19 +37,27 @@ CSS = """
 }
 """
 # The history sidebar and the chat settings start open on a desktop and closed on a phone, where they would push
-# the message box off the screen; a desktop window made phone-narrow closes them too (only when the width crosses
-# the line, so a panel a phone user opens is never shut by the keyboard's resize).
+# the message box off the screen. A desktop window narrowed past 768 px closes them too, and widened again reopens
+# the ones it closed; only crossing the line acts, so a panel a phone user opens is never shut by the keyboard.
 CLOSE_PANELS_ON_PHONES = """() => {
+  const bar = () => document.querySelector('#history-sidebar');
+  const opts = () => document.querySelector('#chat-settings');
+  const barOpen = () => bar()?.classList.contains('open');
+  const optsOpen = () => !!opts()?.querySelector('.label-wrap.open');
+  let closed = [];
   const close = () => {
-    const bar = document.querySelector('#history-sidebar');
-    if (bar && bar.classList.contains('open')) bar.querySelector('.toggle-button')?.click();
-    const opts = document.querySelector('#chat-settings');
-    if (opts && opts.querySelector('.label-wrap.open')) opts.querySelector('.label-wrap').click(); };
+    closed = [];
+    if (barOpen()) { bar().querySelector('.toggle-button')?.click(); closed.push('bar'); }
+    if (optsOpen()) { opts().querySelector('.label-wrap')?.click(); closed.push('opts'); } };
+  const reopen = () => {
+    if (closed.includes('bar') && bar() && !barOpen()) bar().querySelector('.toggle-button')?.click();
+    if (closed.includes('opts') && opts() && !optsOpen()) opts().querySelector('.label-wrap')?.click();
+    closed = []; };
   let wide = window.innerWidth >= 768;
   if (!wide) close();
   window.addEventListener('resize', () => {
     const now = window.innerWidth >= 768;
-    if (wide && !now) close();
+    if (wide && !now) close(); else if (!wide && now) reopen();
     wide = now; }); }"""
 
 
