@@ -114,17 +114,22 @@ def relevance_floor(a: dict, drop: float) -> float:
     that writes as the users asked has not drifted further than they did: edits of loosely related human answers
     read 0.62-0.68 where the base's own answers read 0.72); never below the active policy's less the drop and
     MAX_STYLE_SHIFT, so text with no answer in it is still refused."""
-    floor = a["relevance"] - drop - style_shift({"answers": a})
+    floor = _shifted_floor(a, drop)
     if a.get("preferred_relevance") is not None:
         floor = min(floor, a["preferred_relevance"] - drop)
     return max(floor, a["relevance"] - drop - MAX_STYLE_SHIFT)
+
+
+def _shifted_floor(a: dict, drop: float) -> float:
+    """The active policy's relevance less the allowed drop and the style shift."""
+    return a["relevance"] - drop - style_shift({"answers": a})
 
 
 def _near_preferred(c: dict, a: dict, limits: Limits) -> str:
     """Words for a pass that only the preferred answers' relevance allowed (else "")."""
     if c.get("relevance") is None or a.get("relevance") is None or a.get("preferred_relevance") is None:
         return ""
-    if c["relevance"] >= a["relevance"] - limits.relevance_drop - style_shift({"answers": a}):
+    if c["relevance"] >= _shifted_floor(a, limits.relevance_drop):
         return ""
     return (f" (below the active's {a['relevance']:.2f}, but as related as the answers users preferred, "
             f"{a['preferred_relevance']:.2f})")
@@ -163,15 +168,16 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
         reasons += fails or ["regression checks passed" + (f" (perplexity {ratio:.2f}x base)" if ratio else "")]
     n_pref, n_sim = held_out_size(candidate)
     small = n_pref < SMALL_PREF and n_sim < SMALL_EDITS
+    limits = STRICT if small else NORMAL
     if (candidate or {}).get("answers", {}).get("n"):
-        fails = answer_checks(candidate, active, STRICT if small else NORMAL)
+        fails = answer_checks(candidate, active, limits)
         ok = ok and not fails
         c = candidate["answers"]
         shift = style_shift(active)
         reasons += fails or [f"still answers: {c['n']} answers, {c['distinct']:.0%} distinct, "
                              f"{c['loops']:.0%} loops, relevance {c.get('relevance') or 0:.2f}"
                              + (f" (the users' preferred answers cost {shift:.2f} of it)" if shift else "")
-                             + _near_preferred(c, (active or {}).get("answers") or {}, STRICT if small else NORMAL)
+                             + _near_preferred(c, (active or {}).get("answers") or {}, limits)
                              + (f", passages {candidate['qa']['contains_gold']:.0%}" if _get(candidate, "qa",
                                                                                              "contains_gold")
                                 is not None else "")]
@@ -213,7 +219,7 @@ def edits_unmet(candidate: dict, deltas: dict, margin: float) -> str | None:
     (None: the rule does not apply or is met)."""
     n_pref, n_edits = int(_get(candidate, "pref", "n") or 0), int(_get(candidate, "pref", "from_edits") or 0)
     sim = deltas.get("similarity")
-    if not n_edits or 2 * n_edits < n_pref or sim is None or sim >= margin or "pref" not in deltas:
+    if not n_edits or 2 * n_edits < n_pref or sim is None or sim >= margin:
         return None
     return (f"writes no closer to the users' edits: {n_edits} of {n_pref} held-out pairs are edits, and similarity "
             f"to the edited answers moved {sim:+.3f} (a win needs {margin}); the preference-accuracy win is in "

@@ -3,16 +3,23 @@ with any `fn_index` and read the event's result from the SSE stream. No gradio_c
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
 
 
-def client(url: str, user: str | None = None, password: str | None = None) -> httpx.Client:
-    """An HTTP client for the app at `url`, logged in as `user` when given (the login must succeed)."""
+def client(url: str, user: str | None = None, password: str | None = None, wait_backoff: bool = False) -> httpx.Client:
+    """An HTTP client for the app at `url`, logged in as `user` when given (the login must succeed).
+    `wait_backoff`: a login refused by the rate limit (429, after other tests' failed logins from this address) is
+    tried again after its `retry_after_s`, up to ten times."""
     c = httpx.Client(base_url=url, timeout=60, follow_redirects=False)
     if user is not None:
-        r = c.post("login", data={"username": user, "password": password})
+        for _ in range(10 if wait_backoff else 1):
+            r = c.post("login", data={"username": user, "password": password})
+            if r.status_code != 429 or not wait_backoff:
+                break
+            time.sleep(float(r.json().get("retry_after_s", 1)))
         assert r.status_code == 200, f"login of {user} failed: {r.status_code} {r.text[:200]}"
     return c
 

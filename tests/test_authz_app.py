@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from feedback import auth
@@ -355,19 +354,8 @@ def test_an_upload_job_is_seen_by_its_owner_only(login_app):
     """A's big upload is indexed in a background job: while it runs, A's job poll (the Documents tab's timer)
     shows its progress and B's shows nothing of it; once done, A's poll gives the outcome and B's still nothing."""
     import threading
-    import time
 
-    def login(user):  # the tests before this one made failed logins from this address: wait out the backoff
-        for _ in range(10):
-            c = httpx.Client(base_url=login_app["url"], timeout=60, follow_redirects=False)
-            r = c.post("login", data={"username": user, "password": PASSWORDS[user]})
-            if r.status_code != 429:
-                assert r.status_code == 200, r.text
-                return c
-            time.sleep(float(r.json().get("retry_after_s", 1)))
-        raise AssertionError(f"{user} could not log in: still rate-limited")
-
-    alice, bob = login("alice"), login("bob")
+    alice, bob = (R.client(login_app["url"], u, PASSWORDS[u], wait_backoff=True) for u in ("alice", "bob"))
     cfg = R.config(alice)
     poll = endpoint(cfg, "on_job")["fn_index"]
     text = "\n\n".join(f"Ledger page {i}: the heron count at the weir was {i * 7} on the {i % 28 + 1}th."
