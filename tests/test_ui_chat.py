@@ -248,6 +248,18 @@ def test_a_cut_off_answer_says_so_and_continue_extends_it(logic):
     assert len(st["shown"]) == 2
 
 
+def test_a_corrected_cut_off_answer_is_not_continued(logic):
+    """The user's correction is their whole answer: Continue would generate on from their text."""
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "hello")
+    assert can_continue(st)
+    logic.edit(st, uid, 1, "A complete answer.")
+    assert not can_continue(st) and cut_off_notice(st) == ""
+    with pytest.raises(ValueError, match="nothing to continue"):
+        for _ in logic.continue_answer(st, uid, "plain", "off", "default", threading.Event()):
+            pass
+
+
 def test_continue_refuses_a_complete_answer(logic):
     uid = logic.user_id(None)
     st = ask(logic, new_state(), uid, "hello")

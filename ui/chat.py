@@ -405,6 +405,7 @@ class ChatLogic:
             raise ValueError(f"the corrected answer is too long ({len(edited):,} characters; the limit is {limit:,})")
         self.store.edit(m["id"], user_id, edited)
         m["content"] = edited
+        m.pop("cut_off", None)  # the correction is the user's whole answer: no Continue on it (as after a reload)
         return f"Saved: your correction of {answer_name(state, i)}."
 
     def pick(self, state, user_id, which: str) -> str:
