@@ -171,6 +171,8 @@ class HTTPEngine(EngineBase):
                 if not finished or stop.is_set():  # the consumer went away or pressed stop
                     stop.set()
                     gen.cancelled = True
+                    if not gen.completion_tokens and gen.text:  # the server's count comes only with its last event
+                        gen.completion_tokens = len(self.tok(gen.text, add_special_tokens=False)["input_ids"])
 
         gen.pieces = pieces()
         return gen

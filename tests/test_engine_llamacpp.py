@@ -88,7 +88,7 @@ def test_stop_cancels_only_its_own_stream(engine):
             if i == 3:
                 stop.set()
         assert fut.result(120)
-    assert mine.cancelled and mine.completion_tokens < 200
+    assert mine.cancelled and 0 < mine.completion_tokens < 200  # a stopped answer's tokens are counted too
     assert not other.cancelled and other.completion_tokens > 10
 
 
