@@ -22,6 +22,8 @@ Rules (each one a small function below):
 - DPO pairs whose chosen and rejected are the same text after normalization (case, width, whitespace) are dropped
   and counted (`stages.dpo.identical`): e.g. a retry that gave the same answer again.
 - siblings: answers to the same `parent_id`, one voted up, one voted down -> DPO (every up x down pair).
+- stopped answers (the user pressed Stop): a row that takes one as good (its 👍, or picking it) is dropped and
+  counted (`stages.<kind>.stopped_answer`): the text is a fragment. Its edit and its 👎 stay.
 - KTO: voted messages that are in no sibling pair and were not edited ("unpaired thumbs").
 """
 from __future__ import annotations
@@ -173,6 +175,14 @@ def sft_rows(events: list[dict]) -> list[dict]:
     return _sorted(rows)
 
 
+def endorses_stopped(event: dict) -> bool:
+    """The event takes as good an answer the user stopped before its end (a 👍 on it, or picking it): that text is
+    a fragment, never a gold answer. Edits and 👎 of stopped answers stay (the user's text is the gold; a 👎 is
+    true of the fragment)."""
+    return bool(event.get("stopped")) and (event["kind"] == "choice"
+                                           or (event["kind"] == "rating" and event.get("value") == 1))
+
+
 def same_answer(row: dict) -> bool:
     """A DPO pair whose two sides are the same text after normalization (case, width, whitespace)."""
     return normalize_text(row["chosen"][0]["content"]) == normalize_text(row["rejected"][0]["content"])
@@ -321,6 +331,9 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
             st[reason] = len(gone)
             drops[reason] += [s for r in gone for s in r["source"]]
 
+        stopped = [any(endorses_stopped(by_id[s]) for s in r["source"]) for r in rows]
+        drop("stopped_answer", [r for r, gone in zip(rows, stopped) if gone])  # a fragment taken as good
+        rows = [r for r, gone in zip(rows, stopped) if not gone]
         if kind == "dpo":  # the same text on both sides (a retry that repeated itself, a no-op edit)
             drop("identical", [r for r in rows if same_answer(r)])
             rows = [r for r in rows if not same_answer(r)]

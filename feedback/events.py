@@ -4,7 +4,8 @@
 Event dict (all kinds): event_id ("rating:12"), kind, id, user_id, user, opted_out, created, message_id,
 parent_id (the user message answered), conversation_id, prompt ([{"role","content"}], the conversation up to and
 including that user message, no system messages; earlier answers as the user saw them, i.e. with the latest edit
-made before this answer was generated), answer (the text as generated), template, model, adapter, superseded
+made before this answer was generated), answer (the text as generated), template, model, adapter, stopped (the
+user stopped that answer before its end), superseded
 (a later event of the same kind by the same user on the same message / prompt exists: readers take the latest).
 rating: value, reasons, comment. edit: edited. choice: chosen, rejected, candidate_ids, picked_id, candidates
 ([{id, content, template, model, adapter}] in the order shown). For a choice, message_id/answer are the pick's.
@@ -90,7 +91,8 @@ def build_events(rows: dict[str, list[dict]], latest: dict[str, set[int]], messa
                 "message_id": answer_id, "parent_id": parent_id, "conversation_id": answer["conversation_id"],
                 "prompt": prompt_chain(messages, edits, parent_id, answer["created"]) if parent_id else [],
                 "answer": answer["content"], "template": answer["template"], "model": answer["model"],
-                "adapter": answer["adapter"], "superseded": r["id"] not in latest[kind],
+                "adapter": answer["adapter"], "stopped": bool(answer.get("stopped")),
+                "superseded": r["id"] not in latest[kind],
             }
             if kind == "rating":
                 ev.update(value=r["value"], reasons=json.loads(r["reasons"]), comment=r["comment"])

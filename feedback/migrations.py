@@ -208,8 +208,15 @@ def m006_undos(db: Database) -> None:
         db.execute(sql)
 
 
+def m007_stopped_answers(db: Database) -> None:
+    """An answer the user stopped before its end (Stop in the chat, a client that went away): 1; NULL otherwise.
+    Its text is a fragment: the datasets never take it as a gold answer (feedback/datasets.py `endorses_stopped`)."""
+    db.execute("ALTER TABLE messages ADD COLUMN stopped INTEGER")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api,
-                                                 m004_conversation_changes, m005_answer_decoding, m006_undos]
+                                                 m004_conversation_changes, m005_answer_decoding, m006_undos,
+                                                 m007_stopped_answers]
 
 
 def migration_set(functions: Sequence[Callable[[Database], None]] = MIGRATIONS) -> Migrations:

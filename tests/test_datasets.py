@@ -291,6 +291,29 @@ def test_a_retraction_ends_a_sibling_pair():
     assert [r["label"] for r in kto_rows([a, b, b_back])] == [True]
 
 
+def test_a_stopped_answer_is_never_taken_as_good_but_its_edit_and_thumbs_down_stay():
+    """The user pressed Stop: the stored text is a fragment. Its 👍 (SFT, KTO desirable) and picking it (DPO chosen)
+    are dropped and counted; its 👎 (KTO undesirable) and its edit (the user's own text) are kept."""
+    liked = up(msg=1, q="Tell me about Rome.", answer="Rome was founded", stopped=True)
+    disliked = down(msg=2, parent=19, q="Tell me about Greece.", answer="Greece is a", stopped=True)
+    edited = ev("edit", msg=3, parent=29, q="Tell me about Egypt.", answer="Egypt lies", stopped=True,
+                edited="Egypt lies in north-east Africa, along the Nile.")
+    picked = ev("choice", msg=4, parent=39, q="Tell me about Peru.", answer="Peru is", stopped=True,
+                chosen="Peru is", rejected=["Peru is a country in South America on the Pacific coast."],
+                candidate_ids=[4, 5], picked_id=4)
+    whole = up(msg=6, parent=49, q="Tell me about Chile.", answer="Chile is a long, narrow country.")
+    files, m = build_datasets([liked, disliked, edited, picked, whole], eval_fraction=0.0)
+    assert sorted(r["messages"][-1]["content"] for r in files["sft"]) == [
+        "Chile is a long, narrow country.", "Egypt lies in north-east Africa, along the Nile."]
+    assert [(r["completion"][0]["content"], r["label"]) for r in files["kto"]] == [
+        ("Greece is a", False), ("Chile is a long, narrow country.", True)]
+    assert [r["source"] for r in files["dpo"]] == [[edited["event_id"]]]
+    assert m["dropped"]["sft"]["stopped_answer"] == [liked["event_id"]]
+    assert m["dropped"]["kto"]["stopped_answer"] == [liked["event_id"]]
+    assert m["dropped"]["dpo"]["stopped_answer"] == [picked["event_id"]]
+    assert m["stages"]["sft"]["stopped_answer"] == 1
+
+
 def test_identical_pick_pairs_are_dropped_and_counted():
     c = ev("choice", msg=5, answer="Paris.", chosen="Paris is the capital of France.",
            rejected=["paris is the  capital of France. "], candidate_ids=[5, 6], picked_id=5)

@@ -260,6 +260,26 @@ def test_a_corrected_cut_off_answer_is_not_continued(logic):
             pass
 
 
+def test_a_stopped_answer_is_stored_as_stopped_and_its_thumbs_up_trains_nothing(logic):
+    """Stop mid-answer: the fragment is stored (the user saw it) marked stopped, and a 👍 on it makes no SFT row."""
+    from feedback.datasets import build_datasets
+
+    uid = logic.user_id(None)
+    stop = threading.Event()
+    for st in logic.respond(new_state(), uid, "hello", "plain", "off", "default", stop):
+        stop.set()  # Stop pressed at the first piece
+    stopped = logic.store.message(st["shown"][1]["id"], uid)
+    assert stopped["stopped"] == 1 and not st["shown"][1].get("cut_off")
+    st = ask(logic, st, uid, "hello again")
+    whole = logic.store.message(st["shown"][3]["id"], uid)
+    assert whole["stopped"] is None
+    logic.rate(st, uid, 1, True)
+    logic.rate(st, uid, 3, True)
+    files, manifest = build_datasets(logic.store.training_events(), eval_fraction=0.0)
+    assert [r["messages"][-1]["content"] for r in files["sft"]] == [whole["content"]]
+    assert manifest["stages"]["sft"]["stopped_answer"] == 1
+
+
 def test_continue_refuses_a_complete_answer(logic):
     uid = logic.user_id(None)
     st = ask(logic, new_state(), uid, "hello")

@@ -321,7 +321,7 @@ class ChatLogic:
                 template=reply.template, model=gen.model, adapter=gen.adapter, sources=reply.sources,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                decoding=answer_decoding(decoding, gen.max_new_tokens),
+                decoding=answer_decoding(decoding, gen.max_new_tokens), stopped=gen.cancelled,
             )
         yield state
 

@@ -255,7 +255,8 @@ class KaizenAPI:
                     model=gen.model, adapter=gen.adapter, sources=reply.sources,
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),
                     prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                    decoding=answer_decoding(decoding or self.answerer.decoding(), gen.max_new_tokens))
+                    decoding=answer_decoding(decoding or self.answerer.decoding(), gen.max_new_tokens),
+                    stopped=gen.cancelled)
                 api_store.record_completion(store, cid, message_id, uid)
         emit("done", {
             "id": cid, "text": gen.text, "finish": schema.finish_reason(gen.truncated),
