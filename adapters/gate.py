@@ -79,7 +79,7 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
     c, a = (candidate or {}).get("answers") or {}, (active or {}).get("answers") or {}
     fails = []
     if c.get("n") and a.get("n"):
-        shift = style_shift(active)
+        shift = style_shift(a)
         if c.get("relevance") is not None and a.get("relevance") is not None \
                 and c["relevance"] < relevance_floor(a, limits.relevance_drop):
             why = (f" + {shift:.2f}: the answers users preferred read {shift:.2f} less related to their questions "
@@ -122,7 +122,7 @@ def relevance_floor(a: dict, drop: float) -> float:
 
 def _shifted_floor(a: dict, drop: float) -> float:
     """The active policy's relevance less the allowed drop and the style shift."""
-    return a["relevance"] - drop - style_shift({"answers": a})
+    return a["relevance"] - drop - style_shift(a)
 
 
 def _near_preferred(c: dict, a: dict, limits: Limits) -> str:
@@ -135,13 +135,12 @@ def _near_preferred(c: dict, a: dict, limits: Limits) -> str:
             f"{a['preferred_relevance']:.2f})")
 
 
-def style_shift(active: dict | None) -> float:
+def style_shift(a: dict) -> float:
     """How much less related to their questions (MiniLM relevance) the answers users preferred in the held-out
     pairs read than the answers they replaced (an edit's original, a pick's other answer), capped at
     MAX_STYLE_SHIFT: a style the users asked for may cost that much relevance (a fixed opening phrase, a cut to
     the first sentences). Text with no answer in it (a collapse) is still refused by the distinct and boilerplate
-    checks, which do not move."""
-    a = (active or {}).get("answers") or {}
+    checks, which do not move. `a`: the answers part of the active policy's report."""
     if a.get("preferred_relevance") is None or a.get("replaced_relevance") is None:
         return 0.0
     return round(min(MAX_STYLE_SHIFT, max(0.0, a["replaced_relevance"] - a["preferred_relevance"])), 4)
@@ -172,12 +171,12 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
     if (candidate or {}).get("answers", {}).get("n"):
         fails = answer_checks(candidate, active, limits)
         ok = ok and not fails
-        c = candidate["answers"]
-        shift = style_shift(active)
+        c, a = candidate["answers"], (active or {}).get("answers") or {}
+        shift = style_shift(a)
         reasons += fails or [f"still answers: {c['n']} answers, {c['distinct']:.0%} distinct, "
                              f"{c['loops']:.0%} loops, relevance {c.get('relevance') or 0:.2f}"
                              + (f" (the users' preferred answers cost {shift:.2f} of it)" if shift else "")
-                             + _near_preferred(c, (active or {}).get("answers") or {}, limits)
+                             + _near_preferred(c, a, limits)
                              + (f", passages {candidate['qa']['contains_gold']:.0%}" if _get(candidate, "qa",
                                                                                              "contains_gold")
                                 is not None else "")]

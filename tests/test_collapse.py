@@ -125,7 +125,7 @@ def test_the_relevance_the_users_own_preferences_give_up_is_allowed_and_said_but
 
     active = with_pairs(report(REAL, 0.72, pref_n=10, acc=0.5, sim=0.2), 0.72, 0.62)
     styled = report(REAL, 0.62, pref_n=10, acc=1.0, sim=0.35)
-    assert style_shift(active) == 0.1
+    assert style_shift(active["answers"]) == 0.1
     ok, reasons = gate(styled, active)
     assert ok, reasons
     assert any("the users' preferred answers cost 0.10 of it" in r for r in reasons)
@@ -141,11 +141,11 @@ def test_the_relevance_the_users_own_preferences_give_up_is_allowed_and_said_but
     # preferred answers that are only a fixed line: the shift is capped, and the collapse checks (which never move)
     # refuse it
     fixed = with_pairs(report(REAL, 0.72, pref_n=10, acc=0.5, sim=0.2), 0.72, 0.05)
-    assert style_shift(fixed) == MAX_STYLE_SHIFT
+    assert style_shift(fixed["answers"]) == MAX_STYLE_SHIFT
     ok, reasons = gate(report([FIXED] * 7 + REAL[:1], 0.1, pref_n=10, acc=1.0, sim=0.9), fixed)
     assert not ok and any(r.startswith("collapse: only 25% of 8 answers differ") for r in reasons)
     # preferred answers that read *more* related than the replaced ones widen nothing
-    assert style_shift(with_pairs(report(REAL, 0.6), 0.6, 0.7)) == 0.0
+    assert style_shift(with_pairs(report(REAL, 0.6), 0.6, 0.7)["answers"]) == 0.0
 
 
 def test_a_candidate_as_related_as_the_answers_users_preferred_has_not_drifted():
