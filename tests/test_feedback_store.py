@@ -128,6 +128,7 @@ def _forgeries(w):
                                                               parent_id=w["a1"]),
         "bad sources": lambda: s.add_message(w["ca"], "assistant", "x", user_id=alice, sources="a.md"),
         "negative latency": lambda: s.add_message(w["ca"], "assistant", "x", user_id=alice, latency_ms=-1),
+        "a stopped question": lambda: s.add_message(w["ca"], "user", "x", user_id=alice, stopped=True),
         "candidates not siblings": lambda: s.choose(w["q1"], alice, [w["a1"], w["a3"]], w["a1"]),
         "candidate of another user": lambda: s.choose(w["q1"], alice, [w["a1"], w["ba"]], w["a1"]),
         "picked not a candidate": lambda: s.choose(w["q1"], alice, [w["a1"], w["a2"]], w["a3"]),

@@ -139,7 +139,8 @@ def build_ui(services) -> gr.Blocks:
                                            label="Max tokens of an answer", elem_id="max-tokens")
             chatbot = gr.Chatbot(elem_id="chatbot", editable="all", feedback_options=("Like", "Dislike"),
                                  sanitize_html=True, height=480, buttons=["copy"],
-                                 placeholder="Ask anything. Edit an answer (✎) to correct it, or Retry (↻) for another one.")
+                                 placeholder="Ask anything. Edit an answer (✎) to correct it, "
+                                             "or Retry (↻) for another one.")
             with gr.Row():
                 box = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
                                  elem_id="message", max_lines=8)
