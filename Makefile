@@ -33,8 +33,11 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/kaizen serve
 
+# Debian's Chromium for the browser tests, and a colour emoji font so their screenshots show 👍/👎, not boxes.
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 chromium:
-	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	@(command -v chromium >/dev/null && test -f $(EMOJI_FONT)) || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-color-emoji)
 
 test: install chromium
 	$(PY) -m pytest -q -rs --durations=30

@@ -34,11 +34,26 @@ def current_branch(messages: list[dict], picks: dict[int, int] | None = None, un
     return path[::-1]
 
 
-def list_label(conv: dict) -> str:
-    """One line of the sidebar: title · date · adapter of its latest answer."""
+def list_label(conv: dict, with_time: bool = False) -> str:
+    """One line of the sidebar: title · date (and time, with `with_time`) · adapter of its latest answer."""
     title = (conv.get("title") or "").strip() or "Untitled"
     if len(title) > 48:
         title = title[:47] + "…"
-    day = (conv.get("last_message") or conv.get("created") or "")[:10]
+    stamp = conv.get("last_message") or conv.get("created") or ""
+    day = stamp[:16].replace("T", " ") if with_time else stamp[:10]
     adapter = conv.get("adapter") or "base"
     return f"{title} · {day} · {adapter}"
+
+
+def list_labels(convs: list[dict]) -> list[str]:
+    """The sidebar's lines for `convs` (newest first), each one different: conversations whose lines would be the
+    same ("Name a colour." twice on one day) also show the time of their latest message, and where even that is the
+    same, a number in order of age (#1 the oldest), so a person can tell which one they are opening."""
+    plain = [list_label(c) for c in convs]
+    labels = [list_label(c, with_time=plain.count(p) > 1) for c, p in zip(convs, plain)]
+    for label in set(labels):
+        same = [i for i, x in enumerate(labels) if x == label]
+        if len(same) > 1:
+            for n, i in enumerate(reversed(same), 1):  # newest first in the list: the last one is the oldest
+                labels[i] = f"{label} #{n}"
+    return labels

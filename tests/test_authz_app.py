@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 # feedback statistics, the page load. Keyed by the api_name Gradio gives each endpoint (the function's name,
 # numbered when repeated). Everything else is for admins.
 NON_ADMIN_OK = {
-    "chat", "on_send", "on_stop", "on_new", "on_new_1", "on_retry",  # chat
+    "chat", "on_send_typed_ahead", "on_send_typed_ahead_1", "on_stop", "on_new", "on_new_1", "on_retry",  # chat
     "clear_view", "clear_view_1", "on_view", "on_view_1", "on_continue",  # the pick row and Continue
     "on_like", "on_why", "on_edit", "handler", "handler_1", "on_undo",  # feedback on one's own answers
     "on_upload", "on_delete", "on_refresh", "on_select", "on_refresh_1",  # one's own documents

@@ -2,6 +2,7 @@
 with it, shown in Answer details and brought back by a reload; a forged value sent to /chat directly is refused in
 words. Real model, real app (the session's `app_server`)."""
 import json
+import time
 
 import pytest
 
@@ -102,3 +103,36 @@ def test_a_desktop_window_made_phone_narrow_closes_the_panels(browser, app_serve
         pg.screenshot(path=str(tmp_path / "widened-1366.png"))
     finally:
         pg.close()
+
+
+def test_a_question_typed_while_an_answer_streams_stays_in_the_box_and_is_sent_next(page, app_server, tmp_path):
+    """What a person types while an answer is still streaming is not wiped when the answer ends (only the first
+    frame empties the box); Enter then sends it as the next question of the same conversation."""
+    set_slider(page, "max-tokens", 400)
+    page.locator("#answer-details-box button").first.click()  # open: it shows when the answer's chain has run
+    (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
+    page.fill("#message textarea", "Write a long story about a lighthouse keeper and his cat.")
+    page.press("#message textarea", "Enter")
+    page.wait_for_function("document.querySelector('#message textarea').value === ''")  # the first frame
+    page.wait_for_function("(document.querySelector('[data-testid=\"bot\"]') || {}).innerText", timeout=180_000)
+    page.locator("#message textarea").press_sequentially("And what was the cat's name?")
+    typed_at = " ".join(page.locator('[data-testid="bot"]').last.inner_text().split())
+    answer_id, _ = stored_answer(app_server, before)
+    (answer,), = db_rows(app_server, "select content from messages where id=?", answer_id)
+    page.wait_for_function("document.querySelector('#answer-details').textContent.includes('(cap 400)')",
+                           timeout=30_000)  # the chain after the answer (pick row, history, details) has run
+    assert len(" ".join(answer.split())) > len(typed_at)  # frames kept arriving after the typing
+    assert page.locator("#message textarea").input_value() == "And what was the cat's name?"
+    page.screenshot(path=str(tmp_path / "typed-ahead.png"))
+    page.press("#message textarea", "Enter")
+    deadline = time.time() + 60
+    while not db_rows(app_server, "select id from messages where role='user' and id > ? and content=?",
+                      answer_id, "And what was the cat's name?"):
+        assert time.time() < deadline, "the typed-ahead question was not sent"
+        time.sleep(0.5)
+    (conv_first,), = db_rows(app_server, "select conversation_id from messages where id=?", answer_id)
+    (conv_next,), = db_rows(app_server, "select conversation_id from messages where content=? order by id desc "
+                                        "limit 1", "And what was the cat's name?")
+    assert conv_next == conv_first
+    stored_answer(app_server, answer_id)  # let its answer end before the next test
+    set_slider(page, "max-tokens", 40)

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from ui.chat import ChatLogic, feedback_values, restored_state
-from feedback.history import current_branch, list_label
+from feedback.history import current_branch, list_label, list_labels
 from feedback.store import FeedbackError, NotFoundError, Store
 
 
@@ -43,6 +43,21 @@ def test_list_label_names_title_day_and_adapter():
         "Trip to Kyoto · 2026-12-01 · v3"
     assert list_label({"title": "", "created": "2026-11-30T09:00", "adapter": None}) == "Untitled · 2026-11-30 · base"
     assert len(list_label({"title": "x" * 200})) < 70
+
+
+def test_list_labels_tell_apart_conversations_with_the_same_title():
+    """Two "Name a colour." chats on one day show their times; two at the same minute are numbered, oldest #1;
+    a title seen once keeps its short line."""
+    convs = [{"title": "Name a colour.", "last_message": "2026-12-01T15:02:09", "adapter": None},
+             {"title": "Trip to Kyoto", "last_message": "2026-12-01T12:00:00", "adapter": "v3"},
+             {"title": "Name a colour.", "last_message": "2026-12-01T10:00:30", "adapter": None},
+             {"title": "Name a colour.", "last_message": "2026-12-01T10:00:01", "adapter": None},
+             {"title": "Name a colour.", "last_message": "2026-11-30T10:00:01", "adapter": None}]
+    assert list_labels(convs) == ["Name a colour. · 2026-12-01 15:02 · base", "Trip to Kyoto · 2026-12-01 · v3",
+                                  "Name a colour. · 2026-12-01 10:00 · base #2",
+                                  "Name a colour. · 2026-12-01 10:00 · base #1",
+                                  "Name a colour. · 2026-11-30 · base"]
+    assert list_labels([]) == []
 
 
 @pytest.fixture

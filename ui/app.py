@@ -147,6 +147,7 @@ def build_ui(services) -> gr.Blocks:
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 stop = gr.Button("Stop", scale=1, elem_id="stop")
                 new = gr.Button("New chat", scale=1, elem_id="new-chat")
+                api_chat = gr.Button(visible=False)  # the /chat API's trigger (below)
             cont = gr.Button("Continue", visible=False, elem_id="continue", size="sm")
             with gr.Group(visible=False, elem_id="pick-row") as pick_row:  # only with two different answers
                 gr.Markdown("Which answer is better?")
@@ -173,15 +174,27 @@ def build_ui(services) -> gr.Blocks:
             status_text = f"⚠️ {error}" if error else (st.get("notice") or cut_off_notice(st))
             return [gr.update(visible=bool(first)), first, second, gr.update(visible=can_continue(st)), status_text]
 
-        def on_send(message, st, tmpl, rag_mode, adapter_choice, temp=None, length=None, request: gr.Request = None):
+        def answer(message, st, tmpl, rag_mode, adapter_choice, temp, length, request, typed_ahead: bool):
+            """Stream the answer to `message` as (state, chatbot, box, status). With `typed_ahead` (the browser)
+            only the first frame empties the box, so what the person types while the answer streams stays there
+            for their next question; without it (the /chat API) every frame returns the box empty, as before."""
+            shown = False  # has a frame (and so the question) reached the screen?
             try:
                 options = chat_options(settings, temp, length)
                 for st in stops.run(request, lambda ev: logic.respond(st, uid(request), message, tmpl, rag_mode,
                                                                       adapter_arg(adapter_choice), ev, options)):
-                    yield st, to_chatbot(st), "", view(st)[-1]
-            except (ValueError, KeyError) as e:
+                    yield st, to_chatbot(st), gr.skip() if shown and typed_ahead else "", view(st)[-1]
+                    shown = True
+            except (ValueError, KeyError) as e:  # refused before any frame: the message goes back into the box
                 gr.Warning(str(e))
-                yield st, to_chatbot(st), message, f"⚠️ {e}"
+                yield st, to_chatbot(st), gr.skip() if shown and typed_ahead else message, f"⚠️ {e}"
+
+        def on_send(message, st, tmpl, rag_mode, adapter_choice, temp=None, length=None, request: gr.Request = None):
+            yield from answer(message, st, tmpl, rag_mode, adapter_choice, temp, length, request, typed_ahead=False)
+
+        def on_send_typed_ahead(message, st, tmpl, rag_mode, adapter_choice, temp=None, length=None,
+                                request: gr.Request = None):
+            yield from answer(message, st, tmpl, rag_mode, adapter_choice, temp, length, request, typed_ahead=True)
 
         def on_view(st):  # after an answer: the pick row and Continue as the state says
             return view(st)[:-1]
@@ -292,14 +305,14 @@ def build_ui(services) -> gr.Blocks:
         # running, a newcomer first), not in Gradio's first-come queue; KAIZEN_USER_MAX_GENERATIONS bounds each user.
         gen_queue = dict(concurrency_id="generate", concurrency_limit=16 * answerer.gate.slots)
         demo.kaizen_max_threads = 40 + 16 * answerer.gate.slots  # a waiting answer holds a worker thread
-        box.submit(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue).then(
-            on_view, [state], view_outputs[:-1], api_visibility="private").then(
-            history_saved, [state], [open_conv, history], api_visibility="private").then(
-            on_details, [state], [details], api_visibility="private")
-        send.click(on_send, chat_inputs, chat_outputs, api_visibility="private", **gen_queue).then(
-            on_view, [state], view_outputs[:-1], api_visibility="private").then(
-            history_saved, [state], [open_conv, history], api_visibility="private").then(
-            on_details, [state], [details], api_visibility="private")
+        # The public /chat API (gradio_client, scripts) has its own listener on a button no one sees, so the
+        # browser's Enter and Send can leave alone what is typed during an answer without changing its outputs.
+        api_chat.click(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue)
+        for trigger in (box.submit, send.click):
+            trigger(on_send_typed_ahead, chat_inputs, chat_outputs, api_visibility="private", **gen_queue).then(
+                on_view, [state], view_outputs[:-1], api_visibility="private").then(
+                history_saved, [state], [open_conv, history], api_visibility="private").then(
+                on_details, [state], [details], api_visibility="private")
         stop.click(on_stop, None, None, api_visibility="private", queue=False)
         new_outputs = [state, chatbot, why_panel] + view_outputs
         def history_cleared():  # a new chat: nothing open, nothing selected in the list

@@ -203,9 +203,10 @@ class ChatLogic:
 
     def conversations(self, user_id: int) -> list[tuple[str, int]]:
         """(label, id) choices for the sidebar: the user's own conversations, newest first."""
-        from feedback.history import list_label
+        from feedback.history import list_labels
 
-        return [(list_label(c), c["id"]) for c in self.store.conversations(user_id)]
+        convs = self.store.conversations(user_id)
+        return list(zip(list_labels(convs), [c["id"] for c in convs]))
 
     # -- answering ---------------------------------------------------------------------------------------
     def history(self, state: dict, upto: int | None = None) -> list[dict]:
