@@ -35,7 +35,7 @@ from pathlib import Path
 
 from rouge_score import rouge_scorer
 
-from adapters import collapse
+from adapters import collapse, edit_style
 from adapters.gate import gate  # noqa: F401  (the gate's home is adapters.gate; callers import it from here too)
 from adapters.regression import GENERAL, OPEN, PASSAGES, passage_prompt
 from agent.settings import Settings
@@ -120,11 +120,26 @@ def pref_summary(margins: list[float], raw: list[float]) -> dict:
             "margin_mean": _mean(margins), "ci": collapse.wilson(acc * len(margins), len(margins))}
 
 
-def similarity_summary(answers: list[str], golds: list[str]) -> dict:
+def similarity_summary(answers: list[str], golds: list[str], replaced: list[str | None] | None = None) -> dict:
+    """ROUGE-L F and token F1 of the answers against their gold answers; where a gold answer is a user's edit and
+    the answer it replaced is known (`replaced[i]`), `toward_edits`: the mean of ROUGE-L(answer, edit) -
+    ROUGE-L(answer, original) over those, i.e. whether the answers read more like what users changed answers into
+    than like what they changed them from (the content the two share cancels out)."""
     if not answers:
         return {"n": 0, "rouge_l": None, "token_f1": None}
-    return {"n": len(answers), "rouge_l": _mean(rouge_l(a, g) for a, g in zip(answers, golds)),
-            "token_f1": _mean(token_f1(a, g) for a, g in zip(answers, golds))}
+    out = {"n": len(answers), "rouge_l": _mean(rouge_l(a, g) for a, g in zip(answers, golds)),
+           "token_f1": _mean(token_f1(a, g) for a, g in zip(answers, golds))}
+    moved = [rouge_l(a, g) - rouge_l(a, r) for a, g, r in zip(answers, golds, replaced or []) if r is not None]
+    if moved:
+        out.update(toward_edits=_mean(moved), toward_edits_n=len(moved))
+    return out
+
+
+def replaced_answers(gold: list[tuple[list, str]], pref: list[tuple]) -> list[str | None]:
+    """For each held-out (prompt, gold answer): the answer the user replaced with it, when a held-out preference
+    pair has the same prompt and the gold answer as its chosen side (an edit's pair), else None. Pure."""
+    originals = {(_text(p), _text(c)): _text(r) for p, c, r in pref}
+    return [originals.get((_text(p), g)) for p, g in gold]
 
 
 def mentions(answer: str, keywords: list[str]) -> bool:
@@ -250,7 +265,9 @@ def load_eval_data(data_dir: str | Path, config: EvalConfig) -> dict:
         system = json.loads((d / "manifest.json").read_text(encoding="utf-8"))["config"].get("system")
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         system = None
-    return {"pref": pref, "pref_edits": sum(map(from_edit, dpo)), "gold": gold, "general": GENERAL[: config.general],
+    edit_pairs = [(_text(r["rejected"]), _text(r["chosen"])) for r in dpo if from_edit(r)]  # (original, edited)
+    return {"pref": pref, "pref_edits": len(edit_pairs), "edit_pairs": edit_pairs, "gold": gold,
+            "general": GENERAL[: config.general],
             "open": OPEN[: config.open], "passages": PASSAGES[: config.passages],
             "system": [{"role": "system", "content": system}] if system else []}
 
@@ -357,6 +374,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
     asked_pref = [_text(p) for p, _, _ in data["pref"]]
     chosen_rel = relevance(asked_pref, [_text(c) for _, c, _ in data["pref"]]) if asked_pref else []
     replaced_rel = relevance(asked_pref, [_text(r) for _, _, r in data["pref"]]) if asked_pref else []
+    sig = edit_style.signature(data.get("edit_pairs") or [])  # what most held-out edits changed the same way
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
     reports = {}
@@ -380,10 +398,12 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         reports[name] = {
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]) | {"from_edits": data["pref_edits"]},
-            "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]]),
+            "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]],
+                                             replaced_answers(data["gold"], data["pref"])),
             "general": general_summary(gen_a, nll, base_nll, [k for _, _, k in data["general"]]),
             "answers": answer_set,
             "qa": qa_summary(qa_a, [g for _, _, g in data["passages"]]),
+            "edit_style": {"signature": sig, "shown": edit_style.follows(sig, gold_a + open_a)},
             "samples": [{"prompt": p[-1]["content"], "answer": a, "gold": g}
                         for (p, g), a in zip(data["gold"][:3], gold_a)]
                        + [{"prompt": q, "answer": a} for (q, _, _), a in zip(data["general"][:3], gen_a)],

@@ -13,9 +13,11 @@ A candidate is promoted only when it
    no more answers made only of text shared by many answers, no more loops, no collapse of length, no more runaway
    answers; and reads passages as well (the `qa` part, contains-gold);
 3. loses no compared metric (preference accuracy, similarity to edits) by more than `margin` and wins at least one
-   by `margin`; and when most held-out pairs are the users' edits, similarity to the edits is among the wins:
-   preference accuracy compares likelihoods, which training on the pairs raises (DPO does at once) without changing
-   a word the model writes, while the edits say what it should write.
+   by `margin`; and when most held-out pairs are the users' edits, the answers move toward them: similarity to the
+   edits is among the wins, or the answers show what most edits changed the same way (an added sign-off or label,
+   lists, length: adapters/edit_style.py) clearly more than the active policy's. Preference accuracy compares
+   likelihoods, which training on the pairs raises (DPO does at once) without changing a word the model writes,
+   while the edits say what it should write.
 When the held-out feedback is small (fewer than SMALL_PREF pairs and SMALL_EDITS edited answers) the gate says so,
 with the confidence interval, and the checks of 2. use the strict limits: a win on four pairs means little, so the
 candidate must pass with room to spare.
@@ -207,19 +209,32 @@ def gate(candidate: dict, active: dict, margin: float = 0.05, *, max_ppl_ratio: 
     elif not wins:
         ok = False
         reasons.append(f"does not beat the active policy by the margin {margin} on any metric")
-    elif (why := edits_unmet(candidate, deltas, margin)):
+    elif (why := edits_unmet(candidate, active, deltas, margin, reasons)):
         ok = False
         reasons.append(why)
     return ok, reasons
 
 
-def edits_unmet(candidate: dict, deltas: dict, margin: float) -> str | None:
-    """The refusal when most held-out pairs are edits and the candidate's answers came no closer to the edited ones
-    (None: the rule does not apply or is met)."""
+def edits_unmet(candidate: dict, active: dict | None, deltas: dict, margin: float, said: list | None = None
+                ) -> str | None:
+    """The refusal when most held-out pairs are edits and the candidate's answers came no closer to them: neither
+    the similarity to the edited answers won by `margin`, nor did the answers move toward what most edits changed
+    the same way (adapters/edit_style.py: an added sign-off or label, lists, length). None: the rule does not apply
+    or is met; what the edit style showed is appended to `said`."""
     n_pref, n_edits = int(_get(candidate, "pref", "n") or 0), int(_get(candidate, "pref", "from_edits") or 0)
     sim = deltas.get("similarity")
     if not n_edits or 2 * n_edits < n_pref or sim is None or sim >= margin:
         return None
-    return (f"writes no closer to the users' edits: {n_edits} of {n_pref} held-out pairs are edits, and similarity "
-            f"to the edited answers moved {sim:+.3f} (a win needs {margin}); the preference-accuracy win is in "
-            "likelihoods only, so the answers people would see are unchanged")
+    from adapters.edit_style import moved
+
+    style = (candidate or {}).get("edit_style") or {}
+    shown, words = moved(style.get("signature"), style.get("shown"),
+                         ((active or {}).get("edit_style") or {}).get("shown"))
+    if shown:
+        if said is not None:
+            said.append(f"follows what the users' edits changed: {words}")
+        return None
+    return (f"writes no closer to the users' edits: {n_edits} of {n_pref} held-out pairs are edits, similarity to "
+            f"the edited answers moved {sim:+.3f} (a win needs {margin})"
+            + (f", and its answers do not follow what the edits changed ({words})" if words else "")
+            + "; the preference-accuracy win is in likelihoods only, so the answers people would see are unchanged")

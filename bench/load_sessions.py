@@ -56,7 +56,8 @@ def start_values(cfg: dict, dep: dict) -> list:
 
 
 def chat_endpoint(c: httpx.Client) -> int:
-    """The fn_index of the public `chat` endpoint (the message box's submit); remembers its inputs' start values."""
+    """The fn_index of the public `chat` endpoint (the API's own trigger, in the answers' queue like the message box);
+    remembers its inputs' start values."""
     cfg = c.get("config").json()
     for i, dep in enumerate(cfg["dependencies"]):
         if dep.get("api_name") == "chat":

@@ -110,7 +110,17 @@ def run_style(name: str, train: list[tuple[str, str]], prompts: list[str], base_
         meta = reg.get(version)
         out.update(version=version, method=meta.get("method"), train=meta.get("metrics"),
                    gate=meta.get("gate"), served=reg.serving())
-        adapter = measure(style, prompts, answer(settings, meta["folder"], prompts, max_new_tokens))
+        measured = {}  # every version the loop trained, refused ones too: did the gate refuse a good adapter?
+        for attempt in out["attempts"] or [{"version": version}]:
+            v = attempt.get("version")
+            if v and v not in measured:
+                measured[v] = measure(style, prompts, answer(settings, reg.get(v)["folder"], prompts,
+                                                             max_new_tokens))
+            if v:
+                attempt["measured"] = {k: x for k, x in measured[v].items() if k != "examples"}
+                attempt["gate_similarity"] = {who: (rep or {}).get("similarity") for who, rep in
+                                              ((reg.get(v).get("eval") or {}).items()) if who != "active_version"}
+        adapter = measured[version]
         out["adapter"] = adapter
         out["goals"] = {"compliance": adapter["compliance"] >= GOALS["compliance"],
                         "relevance": adapter["relevance"] >= out["base"]["relevance"] - GOALS["relevance_drop"],

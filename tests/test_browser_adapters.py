@@ -115,6 +115,8 @@ def y_tick_labels(page, plot="#loss-plot") -> list[str]:
 
 
 def test_versions_from_another_process_appear_without_a_click(page, app_server, base_model_dir, lora, tmp_path):
+    # (this module's app is new: its sidebar says what will be listed there, instead of an empty box)
+    body_has(page, "none yet: each chat you start is listed here", where="document.querySelector('#history-sidebar')")
     page.get_by_role("tab", name="Adapters").click()
     body_has(page, "Serving:")
     version = register_elsewhere(app_server, base_model_dir, lora, "passed")

@@ -100,6 +100,10 @@ def test_a_desktop_window_made_phone_narrow_closes_the_panels(browser, app_serve
         pg.set_viewport_size({"width": 1366, "height": 900})
         pg.wait_for_function("!!document.querySelector('#chat-settings .label-wrap.open')")
         assert "open" in pg.locator("#history-sidebar").get_attribute("class")
+        # the open sidebar pushes the page aside again (Gradio slides the padding in over 0.3 s), not over it
+        pg.wait_for_function("""document.querySelector('#chatbot').getBoundingClientRect().left >=
+                                document.querySelector('#history-sidebar').getBoundingClientRect().right""",
+                             timeout=5_000)
         pg.screenshot(path=str(tmp_path / "widened-1366.png"))
     finally:
         pg.close()

@@ -81,6 +81,25 @@ def test_gate_wants_answers_closer_to_the_edits_when_the_pairs_are_edits():
     assert E.gate(picks, report(acc=0.5, sim=0.2))[0]
 
 
+def test_answers_that_follow_what_the_edits_changed_meet_the_edits_rule_without_a_similarity_win():
+    """The style suite's "short" adapter answered in two sentences yet scored 0.247 ROUGE-L against the edits, as
+    the base did: the edits' own signature (here: all of them add a sign-off) is the measure the gate also takes;
+    answers that do not show it stay refused, with what was measured in the reason."""
+    sig = {"pairs": 8, "phrases": ["hope this helps ! - kaizen"], "bullets": False, "length_ratio": 0.4}
+    def with_style(rep, share):
+        rep["edit_style"] = {"signature": sig, "shown": {"n": 24, "phrases": share, "bullets": 0.0,
+                                                         "median_words": 40}}
+        rep["pref"]["from_edits"] = 8
+        return rep
+    active = with_style(report(acc=0.5, sim=0.2), 0.0)
+    ok, reasons = E.gate(with_style(report(acc=0.9, sim=0.2), 0.8), active)
+    assert ok and any(r.startswith("follows what the users' edits changed: 8 held-out edits add \"hope this helps")
+                      and "80% of the answers vs active 0%" in r for r in reasons), reasons
+    ok, reasons = E.gate(with_style(report(acc=0.9, sim=0.2), 0.1), active)  # DPO: likelihoods only
+    assert not ok and reasons[-1].startswith("writes no closer to the users' edits")
+    assert "do not follow what the edits changed (8 held-out edits add" in reasons[-1]
+
+
 def test_held_out_pairs_from_edits_are_counted(tmp_path):
     turn = [{"role": "user", "content": "Hi"}]
     rows = [{"prompt": turn, "chosen": [{"role": "assistant", "content": "A"}],

@@ -234,7 +234,9 @@ def build_ui(services) -> gr.Blocks:
 
         # -- the history sidebar: the caller's own conversations (the store checks every id's owner) -----------
         def history_list(user: int, selected=None):
-            return gr.update(choices=logic.conversations(user), value=selected)
+            choices = logic.conversations(user)
+            return gr.update(choices=choices, value=selected, label="Your conversations" if choices else
+                             "Your conversations (none yet: each chat you start is listed here)")
 
         def opened(st):  # [state, chatbot, reason panel] showing `st` (a new chat: an empty one, no thumbs)
             return [st, gr.update(value=to_chatbot(st), feedback_value=feedback_values(st)), gr.update(visible=False)]
