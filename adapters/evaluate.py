@@ -375,6 +375,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
     chosen_rel = relevance(asked_pref, [_text(c) for _, c, _ in data["pref"]]) if asked_pref else []
     replaced_rel = relevance(asked_pref, [_text(r) for _, _, r in data["pref"]]) if asked_pref else []
     sig = edit_style.signature(data.get("edit_pairs") or [])  # what most held-out edits changed the same way
+    replaced = replaced_answers(data["gold"], data["pref"])  # the answer each held-out edit replaced, if known
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
     reports = {}
@@ -398,8 +399,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         reports[name] = {
             "policy": folder or "base",
             "pref": pref_summary(margins, [ci - ri for ci, ri in zip(c, r)]) | {"from_edits": data["pref_edits"]},
-            "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]],
-                                             replaced_answers(data["gold"], data["pref"])),
+            "similarity": similarity_summary(gold_a, [g for _, g in data["gold"]], replaced),
             "general": general_summary(gen_a, nll, base_nll, [k for _, _, k in data["general"]]),
             "answers": answer_set,
             "qa": qa_summary(qa_a, [g for _, _, g in data["passages"]]),

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.edit_style import moved
+
 SMALL_PREF = 20
 SMALL_EDITS = 10
 
@@ -225,8 +227,6 @@ def edits_unmet(candidate: dict, active: dict | None, deltas: dict, margin: floa
     sim = deltas.get("similarity")
     if not n_edits or 2 * n_edits < n_pref or sim is None or sim >= margin:
         return None
-    from adapters.edit_style import moved
-
     style = (candidate or {}).get("edit_style") or {}
     shown, words = moved(style.get("signature"), style.get("shown"),
                          ((active or {}).get("edit_style") or {}).get("shown"))

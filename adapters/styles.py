@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from adapters.edit_style import bullet_lines, word_count
 from adapters.scoring import HOUSE_PHRASE, follows_style, house_style
 
 SIGNOFF = "Hope this helps! - Kaizen"
@@ -39,10 +40,6 @@ def _first(text: str, max_chars: int) -> str:
     return out[:max_chars].rstrip()
 
 
-def _words(text: str) -> int:
-    return len(re.findall(r"\w+", text or ""))
-
-
 def bullets_edit(answer: str) -> str:
     points = [s.rstrip(".") for s in _sentences(answer) if len(s) <= 200][:4]
     if len(points) < 2:  # one long sentence: split at its commas
@@ -51,21 +48,21 @@ def bullets_edit(answer: str) -> str:
 
 
 def bullets_follows(answer: str) -> bool:
-    items = [ln for ln in (answer or "").splitlines() if re.match(r"\s*([-*\u2022]|\d+[.)])\s+\S", ln)]
-    return len(items) >= 2 and all(_words(i) >= 3 for i in items[:2])
+    items = bullet_lines(answer)
+    return len(items) >= 2 and all(word_count(i) >= 3 for i in items[:2])
 
 
 def short_edit(answer: str) -> str:
     out = ""
     for s in _sentences(answer)[:2]:
-        if out and _words(out) + _words(s) > 40:
+        if out and word_count(out) + word_count(s) > 40:
             break
         out = f"{out} {s}".strip()
     return " ".join(out.split()[:40])
 
 
 def short_follows(answer: str) -> bool:
-    n = _words(answer)
+    n = word_count(answer)
     return 4 <= n <= 45 and len(_sentences(answer)) <= 2
 
 
@@ -76,7 +73,7 @@ def signoff_edit(answer: str) -> str:
 def signoff_follows(answer: str) -> bool:
     text = (answer or "").strip()
     at = text.lower().rfind("hope this helps")
-    return at >= 0 and len(text) - at <= len(SIGNOFF) + 8 and _words(text[:at]) >= 8
+    return at >= 0 and len(text) - at <= len(SIGNOFF) + 8 and word_count(text[:at]) >= 8
 
 
 def tldr_edit(answer: str) -> str:
@@ -89,12 +86,12 @@ def tldr_edit(answer: str) -> str:
 def tldr_follows(answer: str) -> bool:
     text = answer or ""
     m = re.search(r"(?im)^\W*tl;?dr\W*:?\s*(.+)$", text)
-    return bool(m) and _words(m.group(1)) >= 3 and _words(text[:m.start()]) >= 8
+    return bool(m) and word_count(m.group(1)) >= 3 and word_count(text[:m.start()]) >= 8
 
 
 def opening_follows(answer: str) -> bool:
     head = (answer or "").lstrip(" \t\n\"'*_#>`")
-    return follows_style(answer) and _words(head[len(HOUSE_PHRASE):]) >= 4
+    return follows_style(answer) and word_count(head[len(HOUSE_PHRASE):]) >= 4
 
 
 @dataclass(frozen=True)

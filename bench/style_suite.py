@@ -113,13 +113,14 @@ def run_style(name: str, train: list[tuple[str, str]], prompts: list[str], base_
         measured = {}  # every version the loop trained, refused ones too: did the gate refuse a good adapter?
         for attempt in out["attempts"] or [{"version": version}]:
             v = attempt.get("version")
-            if v and v not in measured:
-                measured[v] = measure(style, prompts, answer(settings, reg.get(v)["folder"], prompts,
-                                                             max_new_tokens))
-            if v:
-                attempt["measured"] = {k: x for k, x in measured[v].items() if k != "examples"}
-                attempt["gate_similarity"] = {who: (rep or {}).get("similarity") for who, rep in
-                                              ((reg.get(v).get("eval") or {}).items()) if who != "active_version"}
+            if not v:
+                continue
+            v_meta = reg.get(v)
+            if v not in measured:
+                measured[v] = measure(style, prompts, answer(settings, v_meta["folder"], prompts, max_new_tokens))
+            attempt["measured"] = {k: x for k, x in measured[v].items() if k != "examples"}
+            attempt["gate_similarity"] = {who: (rep or {}).get("similarity") for who, rep in
+                                          (v_meta.get("eval") or {}).items() if who != "active_version"}
         adapter = measured[version]
         out["adapter"] = adapter
         out["goals"] = {"compliance": adapter["compliance"] >= GOALS["compliance"],
