@@ -59,7 +59,16 @@ the `old` figures of the two runs below are the same answers.
 The penalty stops the loops but changes short factual answers too (2 of 24 SQuAD answers lost the gold span);
 the answer-only 4-gram ban only acts when the answer is about to repeat itself, so short answers stay the greedy
 ones and loops cannot form: it is the new default (KAIZEN_NO_REPEAT_NGRAM_SIZE=4, KAIZEN_REPETITION_PENALTY=1).
-±1 answer is ±4 points at 24 items: a full run (100 / 100) on an idle machine is still to do.
+±1 answer is ±4 points at 24 items: the full run below settles it.
+
+Full run 2026-12-02, idle 2-core machine (2 threads, batch 8), the defaults: the first 100 lottery prompts (256-token
+cap) and the first 100 questions of the SQuAD sample (48 tokens), in one run:
+
+                          loop rate  repeated sentence  n-gram loop  mean words  mean tokens  cut off   SQuAD+RAG
+  old (greedy)              76.0%         55.0%            73.0%        175.9       227.2      83.0%    24% (24/100)
+  new (ng4, the default)     1.0%          0.0%             1.0%        170.9       220.9      71.0%    24% (24/100)
+
+SQuAD answers with RAG looped 6% of the time before and 0% after; contains-gold did not drop (24 = 24).
 """
 
 
