@@ -14,6 +14,10 @@ say what users wanted, so the signature keeps only what most of them changed the
   only when the edits add no phrase and make no lists: there, the length is a side effect).
 A feature that only some edits show is left out: those edits are content corrections, and the similarity to them
 (adapters/evaluate.py `similarity`) is the measure for those.
+
+Phrases the edits add at the end (`ending`: a sign-off) cannot show in an answer the evaluation's token cap cut
+off: such an answer without the phrase is unknown, not a miss, and is left out of the phrase share (`unknown`
+counts them). Answers that loop to the cap are the collapse check's to refuse (adapters/collapse.py).
 """
 from __future__ import annotations
 
@@ -84,10 +88,22 @@ def signature(pairs: list[tuple[str, str]]) -> dict | None:
     ratio = statistics.median(ratios)
     same_way = sum(r < 1 for r in ratios) if ratio < 1 else sum(r > 1 for r in ratios)
     lists = sum(is_list(e) and not is_list(o) for o, e in pairs)
-    return {"pairs": n, "phrases": phrases,
+    return {"pairs": n, "phrases": phrases, "ending": bool(phrases) and _at_end(phrases, pairs),
             "bullets": lists >= FEATURE_SHARE * n,
             "length_ratio": round(ratio, 3) if (ratio <= SHORTER or ratio >= LONGER)
             and same_way >= FEATURE_SHARE * n else None}
+
+
+def _at_end(phrases: list[str], pairs: list[tuple[str, str]]) -> bool:
+    """Do the edits that add a phrase mostly add it in the second half of the edited answer?"""
+    where = []
+    for _, e in pairs:
+        j = f" {' '.join(tokens(e))} "
+        for p in phrases:
+            if (at := j.find(f" {p} ")) >= 0:
+                where.append(at / max(1, len(j)))
+                break
+    return bool(where) and statistics.median(where) >= 0.5
 
 
 def consistent(sig: dict | None) -> bool:
@@ -95,14 +111,18 @@ def consistent(sig: dict | None) -> bool:
     return bool(sig and (sig["phrases"] or sig["bullets"] or sig["length_ratio"]))
 
 
-def follows(sig: dict | None, answers: list[str]) -> dict | None:
-    """How a policy's answers show the signature: the share containing an added phrase, the share that are lists,
-    their median words."""
+def follows(sig: dict | None, answers: list[str], capped: list[bool] | None = None) -> dict | None:
+    """How a policy's answers show the signature: the share containing an added phrase (of the answers where it
+    could show: with an `ending` phrase, an answer cut at the token cap (`capped[i]`) without it is unknown), the
+    share that are lists, their median words."""
     if not consistent(sig) or not answers:
         return None
-    joined = [f" {' '.join(tokens(a))} " for a in answers]
-    return {"n": len(answers),
-            "phrases": sum(any(f" {p} " in j for p in sig["phrases"]) for j in joined) / len(answers),
+    capped = list(capped or []) + [False] * (len(answers) - len(capped or []))
+    has = [any(f" {p} " in f" {' '.join(tokens(a))} " for p in sig["phrases"]) for a in answers]
+    unknown = sum(1 for h, c in zip(has, capped) if c and not h) if sig.get("ending") else 0
+    known = len(answers) - unknown
+    return {"n": len(answers), "unknown": unknown,
+            "phrases": sum(has) / known if known else 0.0,
             "bullets": sum(map(is_list, answers)) / len(answers),
             "median_words": statistics.median(word_count(a) for a in answers)}
 
@@ -118,7 +138,8 @@ def moved(sig: dict | None, cand: dict | None, active: dict | None) -> tuple[boo
             rise = cand[key] - active[key]
             what = f"\"{' / '.join(show)}\"" if key == "phrases" else ""
             hits.append(rise >= MOVED_SHARE)
-            said.append(f"{label} {what}".strip() + f": {cand[key]:.0%} of the answers vs active {active[key]:.0%}")
+            said.append(f"{label} {what}".strip() + f": {cand[key]:.0%} of the answers vs active {active[key]:.0%}"
+                        + (_cut(cand, active) if key == "phrases" else ""))
     if sig["length_ratio"] and not hits:  # alone only: beside an added phrase or lists it is a side effect
         a, c = active["median_words"], cand["median_words"]
         target = a * sig["length_ratio"]
@@ -127,3 +148,10 @@ def moved(sig: dict | None, cand: dict | None, active: dict | None) -> tuple[boo
         said.append(f"are {'shorter' if sig['length_ratio'] < 1 else 'longer'} (x{sig['length_ratio']:.2f} the "
                     f"original): median {c:g} words vs active {a:g}")
     return any(hits), f"{sig['pairs']} held-out edits " + "; ".join(said)
+
+
+def _cut(cand: dict, active: dict) -> str:
+    """Words for the answers cut off before an ending phrase could show, when there were any."""
+    parts = [f"{who} {d['unknown']} of {d['n']}" for who, d in (("candidate", cand), ("active", active))
+             if d.get("unknown")]
+    return f" (cut off at the token cap, so not counted: {', '.join(parts)})" if parts else ""

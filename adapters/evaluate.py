@@ -403,7 +403,8 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
             "general": general_summary(gen_a, nll, base_nll, [k for _, _, k in data["general"]]),
             "answers": answer_set,
             "qa": qa_summary(qa_a, [g for _, _, g in data["passages"]]),
-            "edit_style": {"signature": sig, "shown": edit_style.follows(sig, gold_a + open_a)},
+            "edit_style": {"signature": sig, "shown": edit_style.follows(
+                sig, gold_a + open_a, capped[:n_gold] + capped[len(short):])},
             "samples": [{"prompt": p[-1]["content"], "answer": a, "gold": g}
                         for (p, g), a in zip(data["gold"][:3], gold_a)]
                        + [{"prompt": q, "answer": a} for (q, _, _), a in zip(data["general"][:3], gen_a)],

@@ -93,3 +93,24 @@ def test_the_length_alone_counts_only_when_the_edits_add_nothing(answer_pairs):
     short = S.signature([(a, STYLES["short"].edit(a)) for a, _ in edits])
     ok, words = S.moved(short, S.follows(short, shortened), S.follows(short, answers))
     assert ok is True and "are shorter" in words
+
+
+def test_an_answer_cut_off_before_its_sign_off_is_unknown_not_a_miss(answer_pairs):
+    """The evaluation caps answers at a few dozen tokens: a sign-off at the end cannot show in a cut answer, so
+    such an answer is left out of the share; an opening phrase can always show, so there a cut answer still
+    counts as a miss."""
+    edits, answers = answer_pairs[:10], [b for _, b in answer_pairs[10:]]
+    signoff = S.signature([(a, STYLES["signoff"].edit(a)) for a, _ in edits])
+    opening = S.signature([(a, STYLES["opening"].edit(a)) for a, _ in edits])
+    assert signoff["ending"] is True and opening["ending"] is False
+    half = len(answers) // 2
+    cand = [STYLES["signoff"].edit(b) for b in answers[:half]] + answers[half:]  # the rest cut before the end
+    capped = [False] * half + [True] * (len(answers) - half)
+    seen = S.follows(signoff, cand, capped)
+    assert seen["phrases"] == 1.0 and seen["unknown"] == len(answers) - half
+    assert S.follows(signoff, cand)["phrases"] == half / len(answers)  # not told which were cut: all count
+    ok, words = S.moved(signoff, seen, S.follows(signoff, answers, [True] * len(answers)))
+    n, cut = len(answers), len(answers) - half
+    assert ok is True and f"not counted: candidate {cut} of {n}, active {n} of {n}" in words
+    cut_opening = S.follows(opening, [STYLES["opening"].edit(b) for b in answers[:half]] + answers[half:], capped)
+    assert cut_opening["unknown"] == 0 and cut_opening["phrases"] == half / len(answers)
