@@ -111,7 +111,8 @@ def test_a_desktop_window_made_phone_narrow_closes_the_panels(browser, app_serve
 
 def test_a_question_typed_while_an_answer_streams_stays_in_the_box_and_is_sent_next(page, app_server, tmp_path):
     """What a person types while an answer is still streaming is not wiped when the answer ends (only the first
-    frame empties the box); Enter then sends it as the next question of the same conversation."""
+    frame empties the box); Enter pressed while it streams sends nothing (the box keeps the text), Enter after it
+    sends it as the next question of the same conversation."""
     set_slider(page, "max-tokens", 400)
     page.locator("#answer-details-box button").first.click()  # open: it shows when the answer's chain has run
     (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
@@ -121,12 +122,14 @@ def test_a_question_typed_while_an_answer_streams_stays_in_the_box_and_is_sent_n
     page.wait_for_function("(document.querySelector('[data-testid=\"bot\"]') || {}).innerText", timeout=180_000)
     page.locator("#message textarea").press_sequentially("And what was the cat's name?")
     typed_at = " ".join(page.locator('[data-testid="bot"]').last.inner_text().split())
+    page.press("#message textarea", "Enter")  # Enter while the answer streams: not sent, not lost
     answer_id, _ = stored_answer(app_server, before)
     (answer,), = db_rows(app_server, "select content from messages where id=?", answer_id)
     page.wait_for_function("document.querySelector('#answer-details').textContent.includes('(cap 400)')",
                            timeout=30_000)  # the chain after the answer (pick row, history, details) has run
     assert len(" ".join(answer.split())) > len(typed_at)  # frames kept arriving after the typing
     assert page.locator("#message textarea").input_value() == "And what was the cat's name?"
+    assert not db_rows(app_server, "select id from messages where content=?", "And what was the cat's name?")
     page.screenshot(path=str(tmp_path / "typed-ahead.png"))
     page.press("#message textarea", "Enter")
     deadline = time.time() + 60
