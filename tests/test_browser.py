@@ -92,20 +92,20 @@ def test_thumbs_down_with_reason_edit_retry_and_pick_are_stored(page, app_server
     page.locator("#reasons label:has-text('wrong')").click()
     page.fill("#comment textarea", "not a fruit")
     page.click("#why-save")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Saved')")
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Saved')")
 
     bot.hover()
     page.locator('[aria-label="Edit"]').last.click()
     page.fill(".edit-textarea", "An apple is a fruit.")
     page.locator('[aria-label="Submit"]').click()
-    page.wait_for_function("document.querySelector('#status').innerText.includes('correction')")
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('correction')")
     assert "An apple is a fruit." in bot_text(page)
 
     page.locator('[data-testid="bot"]').last.hover()
     page.locator('[aria-label="Retry"]').last.click()
     page.wait_for_selector("#pick-row", state="visible", timeout=180_000)
     page.click("#pick-second")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('preferred')")
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('preferred')")
 
     ratings = db_rows(app_server, "select value, reasons, comment, user_id from ratings where message_id=?", answer_id)
     assert [(v, json.loads(r), c) for v, r, c, _ in ratings][-1] == (-1, ["wrong"], "not a fruit")
@@ -126,7 +126,7 @@ def test_script_in_an_edit_is_shown_escaped_and_never_runs(page, app_server):
     page.locator('[aria-label="Edit"]').last.click()
     page.fill(".edit-textarea", payload)
     page.locator('[aria-label="Submit"]').click()
-    page.wait_for_function("document.querySelector('#status').innerText.includes('correction')")
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('correction')")
     page.wait_for_timeout(1000)
     assert payload in bot_text(page)  # shown as text
     assert page.locator('#chatbot img[src="x"]').count() == 0
@@ -203,7 +203,7 @@ def test_hostile_markdown_in_chat_fetches_nothing_remote_and_runs_no_script(brow
     finally:
         pg.close()
 def status_has(page, text, timeout=30_000):
-    page.wait_for_function(f"document.querySelector('#status').innerText.includes({json.dumps(text)})",
+    page.wait_for_function(f"document.querySelector('#status')?.innerText.includes({json.dumps(text)})",
                            timeout=timeout)
 
 
@@ -279,7 +279,7 @@ def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page
                    "and the lid hinge. It does not cover damage from dropping the kettle.\n")
     page.get_by_role("tab", name="Documents").click()
     page.set_input_files("#docs-upload input[type=file]", str(doc))
-    page.wait_for_function("document.querySelector('#docs-status').innerText.includes('added')", timeout=120_000)
+    page.wait_for_function("document.querySelector('#docs-status')?.innerText.includes('added')", timeout=120_000)
     page.get_by_role("tab", name="Chat").click()
     page.locator("#rag label:has-text('on')").click()
     (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
@@ -302,7 +302,7 @@ def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page
         (answer_id, "Three years.")]
     page.wait_for_selector('#chatbot :text("Sources")')  # still shown under the answer
     page.locator('#chatbot :text("Sources")').last.click()  # opens: the note lists the file
-    page.wait_for_function("document.querySelector('#chatbot').innerText.includes('kettle.txt')")
+    page.wait_for_function("document.querySelector('#chatbot')?.innerText.includes('kettle.txt')")
     page.screenshot(path=str(tmp_path / "sources-open.png"))
 
     (old_q, old_parent), = db_rows(app_server, "select id, parent_id from messages where role='user' "

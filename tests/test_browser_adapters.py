@@ -222,7 +222,7 @@ def test_the_lab_tab_says_how_long_a_run_takes_and_its_empty_table_has_real_colu
     which follows the task, the techniques, the steps and the items chosen; no server folder is on the page."""
     page.get_by_role("tab", name="Lab").click()
     estimate = page.locator("#lab-estimate")
-    page.wait_for_function("document.querySelector('#lab-estimate').innerText.includes('Expected time')",
+    page.wait_for_function("document.querySelector('#lab-estimate')?.innerText.includes('Expected time')",
                            timeout=15_000)
     before = estimate.inner_text()
     table = page.locator("#lab-table")
@@ -235,7 +235,7 @@ def test_the_lab_tab_says_how_long_a_run_takes_and_its_empty_table_has_real_colu
     assert estimate.inner_text() != before
     page.click("#lab-task input")
     page.locator('[role="option"]:has-text("House style")').first.click()
-    page.wait_for_function("document.querySelector('#lab-table').innerText.includes('phrase_anywhere')",
+    page.wait_for_function("document.querySelector('#lab-table')?.innerText.includes('phrase_anywhere')",
                            timeout=15_000)
     assert str(app_server["data_dir"]) not in page.content()
     shoot(page, tmp_path, "lab-before-a-run")

@@ -37,7 +37,7 @@ def test_a_big_upload_survives_a_reload_shows_its_progress_and_the_chat_answers_
     page.reload()  # the upload request goes away with the page; its job does not
     page.wait_for_selector("#message textarea")
     page.get_by_role("tab", name="Documents").click()
-    page.wait_for_function("document.querySelector('#docs-status').innerText.includes('in the background')",
+    page.wait_for_function("document.querySelector('#docs-status')?.innerText.includes('in the background')",
                            timeout=60_000)
     assert "Indexing squad-passages.txt" in status(page) and "%" in status(page)
     page.screenshot(path=str(tmp_path / "upload-progress-after-reload.png"), full_page=True)
@@ -52,13 +52,13 @@ def test_a_big_upload_survives_a_reload_shows_its_progress_and_the_chat_answers_
         time.sleep(0.5)
 
     page.get_by_role("tab", name="Documents").click()
-    page.wait_for_function("document.querySelector('#docs-status').innerText.includes('added')", timeout=600_000)
+    page.wait_for_function("document.querySelector('#docs-status')?.innerText.includes('added')", timeout=600_000)
     assert "`squad-passages.txt`: added" in status(page) or "squad-passages.txt: added" in status(page)
-    page.wait_for_function("document.querySelector('#docs-table').innerText.includes('squad-passages.txt')",
+    page.wait_for_function("document.querySelector('#docs-table')?.innerText.includes('squad-passages.txt')",
                            timeout=30_000)
     page.screenshot(path=str(tmp_path / "upload-done.png"), full_page=True)
     # leave the shared app as it was: the other browser tests' answers must not find these passages
     page.click("#docs-pick input")
     page.get_by_role("option", name="squad-passages.txt").first.click()
     page.click("#docs-delete")
-    page.wait_for_function("document.querySelector('#docs-status').innerText.includes('Deleted')", timeout=60_000)
+    page.wait_for_function("document.querySelector('#docs-status')?.innerText.includes('Deleted')", timeout=60_000)

@@ -34,7 +34,7 @@ def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answe
     details = page.locator("#answer-details")
     assert not details.is_visible()  # on demand: the accordion starts closed
     page.locator("#answer-details-box button").first.click()
-    page.wait_for_function("document.querySelector('#answer-details').innerText.includes('temperature 0.7')",
+    page.wait_for_function("document.querySelector('#answer-details')?.innerText.includes('temperature 0.7')",
                            timeout=15_000)
     text = details.inner_text()
     assert "16 out (cap 16)" in text and "template: plain" in text and "adapter: base" in text
@@ -42,7 +42,7 @@ def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answe
     # a reload reopens the conversation with its own settings, not the server's defaults
     page.reload()
     page.wait_for_function("document.querySelectorAll('[data-testid=\"bot\"]').length == 1")
-    page.wait_for_function("document.querySelector('#max-tokens input[type=number]').value == '16'",
+    page.wait_for_function("document.querySelector('#max-tokens input[type=number]')?.value == '16'",
                            timeout=15_000)
     assert float(page.locator("#temperature input[type=number]").input_value()) == 0.7
     page.screenshot(path=str(tmp_path / "settings-after-reload.png"), full_page=True)
@@ -53,7 +53,7 @@ def test_chat_settings_temperature_and_length_are_used_stored_and_shown_in_answe
     second_id, _ = stored_answer(app_server, answer_id)
     (decoding,), = db_rows(app_server, "select decoding from messages where id=?", second_id)
     assert json.loads(decoding)["temperature"] == 0
-    page.wait_for_function("document.querySelector('#answer-details').innerText.includes('greedy')", timeout=15_000)
+    page.wait_for_function("document.querySelector('#answer-details')?.innerText.includes('greedy')", timeout=15_000)
 
 
 def test_a_forged_temperature_or_length_is_refused_in_words_and_stores_nothing(app_server):
@@ -118,14 +118,14 @@ def test_a_question_typed_while_an_answer_streams_stays_in_the_box_and_is_sent_n
     (before,), = db_rows(app_server, "select coalesce(max(id), 0) from messages")
     page.fill("#message textarea", "Write a long story about a lighthouse keeper and his cat.")
     page.press("#message textarea", "Enter")
-    page.wait_for_function("document.querySelector('#message textarea').value === ''")  # the first frame
+    page.wait_for_function("document.querySelector('#message textarea')?.value === ''")  # the first frame
     page.wait_for_function("(document.querySelector('[data-testid=\"bot\"]') || {}).innerText", timeout=180_000)
     page.locator("#message textarea").press_sequentially("And what was the cat's name?")
     typed_at = " ".join(page.locator('[data-testid="bot"]').last.inner_text().split())
     page.press("#message textarea", "Enter")  # Enter while the answer streams: not sent, not lost
     answer_id, _ = stored_answer(app_server, before)
     (answer,), = db_rows(app_server, "select content from messages where id=?", answer_id)
-    page.wait_for_function("document.querySelector('#answer-details').textContent.includes('(cap 400)')",
+    page.wait_for_function("document.querySelector('#answer-details')?.textContent.includes('(cap 400)')",
                            timeout=30_000)  # the chain after the answer (pick row, history, details) has run
     assert len(" ".join(answer.split())) > len(typed_at)  # frames kept arriving after the typing
     assert page.locator("#message textarea").input_value() == "And what was the cat's name?"
