@@ -423,10 +423,13 @@ def build_ui(services) -> gr.Blocks:
                 build_docs_tab(answerer.kb, authz=authz)
         with gr.Tab("Feedback"):
             build_feedback_tab(store, lambda request=None: uid(request))
-        with gr.Tab("Adapters") as adapters_tab:
+        # Gradio 6 cannot hide a shown tab (an update to visible=False leaves its button there), so with logins
+        # the admin tabs start hidden and the page load shows them to admins; in single-user mode all are admins.
+        admins_only = authz.login_mode
+        with gr.Tab("Adapters", visible=not admins_only) as adapters_tab:
             adapter_parts = build_adapters_tab(registry, scheduler, watcher.sync_now, authz=authz,
                                                timer_active=False)
-        with gr.Tab("Lab") as lab_tab:
+        with gr.Tab("Lab", visible=not admins_only) as lab_tab:
             build_lab_tab(settings, authz=authz)
         admin_tabs = [adapters_tab, lab_tab]
         adapters_shown = gr.State(None)  # per session: the chat's Adapter choices last sent
