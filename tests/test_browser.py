@@ -75,9 +75,10 @@ def test_reply_streams_in_and_template_switch_takes_effect(page, app_server):
     assert len(seen) >= 2, f"the answer should appear piece by piece, saw {seen}"
     assert "Paris" in seen[-1]
     choose_template(page, "academic")
+    page.wait_for_function("document.querySelector('#template input')?.value === 'academic'")
     send(page, "volcanoes")
-    (template, content), = db_rows(app_server, "select template, content from messages where role='assistant' "
-                                               "order by id desc limit 1")
+    _, answer_id, content = answer_to(app_server, "volcanoes")  # stored when it ends (after the last frame)
+    (template,), = db_rows(app_server, "select template from messages where id=?", answer_id)
     assert template == "academic" and content.strip() and content.strip()[:20] in bot_text(page)
 
 
