@@ -80,9 +80,10 @@ def describe(engine) -> str:
     server = getattr(engine, "server", None)
     if server is not None:  # the model as users name it, never the converted file's path-derived name
         from agent.files import last_part
+        from agent.gguf import QUANTS
 
-        parts = server.gguf.name.rsplit(".", 2)
-        quant = f", {parts[1].upper()}" if len(parts) == 3 and parts[1] in ("q8_0", "f16", "bf16") else ""
+        parts = server.gguf.name.rsplit(".", 2)  # a converted base is NAME.QUANT.gguf (agent/gguf.py)
+        quant = f", {parts[1].upper()}" if len(parts) == 3 and parts[1] in QUANTS else ""
         name = last_part(getattr(engine, "name", None) or server.gguf.name)
         slots, threads = server.parallel, server.threads
         return (f"llama.cpp ({name}{quant}, {slots} slot{'s' * (slots != 1)}, "
