@@ -88,57 +88,58 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
     failure has "error" and leaves the active version as it was. Without `method`, up to `max_attempts` methods
     are tried in `auto_methods` order until one passes the gate (each candidate is registered; refused ones are
     retired). The stages are adapters/stages.py's, in order."""
-    say, t0 = progress or (lambda e: None), time.perf_counter()
+    t0 = time.perf_counter()
     with run_lock(settings) as mine:
         if not mine:
             return {"status": "busy", "reason": "another adaptation run is in progress"}
         registry = Registry(settings)
         registry.clean_tmp("run-")  # leftovers of killed runs (we hold the lock: none is live)
         state, started = read_state(settings), now_iso()
-        with _opened(settings, store) as store, contextlib.ExitStack() as cleanup:
-            try:
-                state["watching_since"] = state.get("watching_since") or started
-                seen = stages.collect(settings, store, state, force, now=started)
-                if not seen.due:
-                    return _finish(settings, state, {"status": "skipped", "reason": seen.reason,
-                                                     "new_events": seen.new_events})
-                say({"event": "datasets", "new_events": seen.new_events})
-                built = stages.build(settings, store, method, max_attempts)
-                if not built.methods:
-                    return _finish(settings, state, {"status": "skipped", "new_events": seen.new_events,
-                                                     "rows": built.counts, "reason": built.reason}, started)
-                run_dir = registry.tmp_folder(f"run-{built.methods[0]}")
-                cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
-                data_dir, against = stages.write(built, run_dir / "data"), stages.baseline(registry)
-                attempts = []
-                for chosen in built.methods:  # automatic runs: the next method when the gate refuses the previous
-                    trained = stages.train(settings, chosen, data_dir, run_dir / f"adapter-{chosen}", recipe, say,
-                                           timeout, stop, rows=built.counts)
-                    reports = stages.evaluate(settings, data_dir, trained.folder, against,
-                                              run_dir / f"eval-{chosen}.json", eval_config, say, timeout, stop)
-                    decision = stages.decide(reports, margin)
-                    version = stages.register(registry, trained, built, seen.new_events, reports, against, decision)
-                    status, decision = stages.promote(settings, registry, version, decision, say)
-                    attempts.append(stages.Outcome(chosen, version, status, decision, trained, reports))
-                    if status == "promoted":
-                        break
-                state["last_version"] = version
-                _finish(settings, state, {"status": status}, started)
-                return _result(attempts, built, seen, _announce(registry, attempts[-1], on_promote), t0)
-            except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
-                log.warning("adaptation run failed: %s", e)
-                state["last_error"] = str(e)[:2000]
-                return _finish(settings, state, {"status": "failed", "error": str(e),
-                                                 "reason": str(e).splitlines()[0] if str(e) else "failed",
-                                                 "seconds": round(time.perf_counter() - t0, 1)}, started)
+        state["watching_since"] = state.get("watching_since") or started
+        try:
+            with _opened(settings, store) as store, contextlib.ExitStack() as cleanup:
+                result = _run_stages(settings, registry, store, state, started, cleanup, force=force, method=method,
+                                     say=progress or (lambda e: None), on_promote=on_promote, margin=margin,
+                                     recipe=recipe, eval_config=eval_config, stop=stop, timeout=timeout,
+                                     max_attempts=max_attempts)
+        except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
+            log.warning("adaptation run failed: %s", e)
+            state["last_error"] = str(e)[:2000]
+            result = {"status": "failed", "error": str(e), "reason": str(e).splitlines()[0] if str(e) else "failed"}
+        if result["status"] != "skipped" or "rows" in result:  # a run that looked at the data
+            state.update(last_run=started, last_status=result["status"])
+        _save_state(settings, state)
+        return {**result, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _finish(settings: Settings, state: dict, result: dict, started: str | None = None) -> dict:
-    """Bookkeeping at the end of a run: the state file (a run that looked at data: its time and status)."""
-    if started is not None:
-        state.update(last_run=started, last_status=result["status"])
-    _save_state(settings, state)
-    return result
+def _run_stages(settings: Settings, registry: Registry, store, state: dict, started: str, cleanup, *, force, method,
+                say, on_promote, margin, recipe, eval_config, stop, timeout, max_attempts) -> dict:
+    """The loop's stages in order (adapters/stages.py): collect -> build -> write -> baseline, then per method
+    train -> evaluate -> decide -> register -> promote until one is promoted; the run's result."""
+    seen = stages.collect(settings, store, state, force, now=started)
+    if not seen.due:
+        return {"status": "skipped", "reason": seen.reason, "new_events": seen.new_events}
+    say({"event": "datasets", "new_events": seen.new_events})
+    built = stages.build(settings, store, method, max_attempts)
+    if not built.methods:
+        return {"status": "skipped", "new_events": seen.new_events, "rows": built.counts, "reason": built.reason}
+    run_dir = registry.tmp_folder(f"run-{built.methods[0]}")
+    cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
+    data_dir, against = stages.write(built, run_dir / "data"), stages.baseline(registry)
+    attempts = []
+    for chosen in built.methods:  # automatic runs: the next method when the gate refuses the previous
+        trained = stages.train(settings, chosen, data_dir, run_dir / f"adapter-{chosen}", recipe, say, timeout, stop,
+                               rows=built.counts)
+        reports = stages.evaluate(settings, data_dir, trained.folder, against, run_dir / f"eval-{chosen}.json",
+                                  eval_config, say, timeout, stop)
+        decision = stages.decide(reports, margin)
+        version = stages.register(registry, trained, built, seen.new_events, reports, against, decision)
+        status, decision = stages.promote(settings, registry, version, decision, say)
+        attempts.append(stages.Outcome(chosen, version, status, decision, trained, reports))
+        if status == "promoted":
+            break
+    state["last_version"] = attempts[-1].version
+    return _result(attempts, built, seen, _announce(registry, attempts[-1], on_promote))
 
 
 def _announce(registry: Registry, last: stages.Outcome, on_promote) -> str | None:
@@ -153,14 +154,13 @@ def _announce(registry: Registry, last: stages.Outcome, on_promote) -> str | Non
     return None
 
 
-def _result(attempts: list[stages.Outcome], built: stages.Built, seen: stages.Collected, swap_error, t0) -> dict:
+def _result(attempts: list[stages.Outcome], built: stages.Built, seen: stages.Collected, swap_error) -> dict:
     last = attempts[-1]
     return {"status": last.status, "version": last.version, "method": last.method, "new_events": seen.new_events,
             "rows": built.counts, "swap_error": swap_error, "train": stages.plain(last.trained.metrics),
             "gate": {"promote": last.decision.promote, "reasons": last.decision.reasons},
             "eval": {"candidate": stages.brief(last.reports["candidate"]), "active": stages.brief(last.reports["active"])},
-            "attempts": [a.row() for a in attempts], "seconds": round(time.perf_counter() - t0, 1),
-            "reason": "; ".join(last.decision.reasons)}
+            "attempts": [a.row() for a in attempts], "reason": "; ".join(last.decision.reasons)}
 
 
 def _save_state(settings: Settings, state: dict) -> None:
