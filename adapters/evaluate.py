@@ -55,6 +55,9 @@ class EvalConfig:
     passage_new_tokens: int = 24  # the gold answer is a name or a number: it comes first or not at all
     max_length: int = 384  # tokens of prompt + answer when scoring
     batch_size: int = 8
+    # answers decoded as the app serves them (greedy, with the settings' repetition penalty and n-gram ban): the
+    # gate judges what users would read; False: plain greedy, as before
+    served_decoding: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- pure metrics
@@ -218,9 +221,10 @@ def sequence_logps(model, tok, pairs: list[tuple[list[dict], list[dict]]], devic
 
 
 def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens: int = 64,
-             batch_size: int = 8, capped: list | None = None) -> list[str]:
-    """Greedy answers, batched with left padding; `capped` (a list) gets, per answer, whether it ran to
-    `max_new_tokens` without ending."""
+             batch_size: int = 8, capped: list | None = None, decoding=None) -> list[str]:
+    """Answers batched with left padding: greedy, or as `decoding` (agent.model.Decoding) says, its anti-loop
+    rules applied to the answer only; `capped` (a list) gets, per answer, whether it ran to `max_new_tokens`
+    without ending."""
     import torch
 
     answers = []
@@ -234,9 +238,10 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
             ids[j, width - len(r):] = torch.tensor(r)
             mask[j, width - len(r):] = 1
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
-                                 temperature=None, top_p=None, top_k=None)
+            how = (decoding.generate_kwargs(width) if decoding is not None
+                   else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id, **how)
         answers += [tok.decode(o[width:], skip_special_tokens=True).strip() for o in out]
         if capped is not None:
             capped += [tok.eos_token_id not in o[width:].tolist() for o in out]
@@ -362,11 +367,16 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         nll = -sum(s for s, _ in ref_lp) / max(1, sum(c for _, c in ref_lp)) if ref_lp else None
         return [s for s, _ in lp[:n]], [s for s, _ in lp[n:2 * n]], nll
 
+    from agent.model import served_decoding  # (torch and transformers: the child process has them already)
+
+    how = served_decoding(settings, temperature=0.0, seed=None) if config.served_decoding else None
+
     def answer(model):
         capped = []
-        out = generate(model, tok, short, dev, config.max_new_tokens, config.batch_size, capped)
-        out += generate(model, tok, open_prompts, dev, config.open_new_tokens, config.batch_size, capped)
-        return out, capped, generate(model, tok, passages, dev, config.passage_new_tokens, config.batch_size)
+        out = generate(model, tok, short, dev, config.max_new_tokens, config.batch_size, capped, how)
+        out += generate(model, tok, open_prompts, dev, config.open_new_tokens, config.batch_size, capped, how)
+        return out, capped, generate(model, tok, passages, dev, config.passage_new_tokens, config.batch_size,
+                                     decoding=how)
 
     # how related to their questions the answers users preferred read (MiniLM), beside the answers they replaced
     # (an edit's original, a pick's other answer): a style can cost relevance by itself (a fixed opening phrase
@@ -410,6 +420,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
                        + [{"prompt": q, "answer": a} for (q, _, _), a in zip(data["general"][:3], gen_a)],
             "examples": [{"prompt": q, "answer": a} for q, a in zip(asked[:n_gold] + data["open"],
                                                                    gold_a + open_a)],
+            "decoding": asdict(how) if how is not None else "greedy",  # how its answers were decoded
             "seconds": round(time.perf_counter() - t0, 2),
         }
     say({"event": "done", "seconds": round(time.perf_counter() - started, 2)})

@@ -5,7 +5,7 @@ import threading
 from dataclasses import dataclass, field
 
 from agent.fair import Cancelled, FairGate
-from agent.model import ChatModel, Decoding, Generation
+from agent.model import ChatModel, Decoding, Generation, served_decoding
 from agent.settings import Settings
 from agent.templates import Template, TemplateError, load_templates
 
@@ -70,9 +70,7 @@ class Answerer:
 
     def decoding(self, **overrides) -> Decoding:
         """The settings' decoding (KAIZEN_TEMPERATURE, _TOP_P, _REPETITION_PENALTY, _NO_REPEAT_NGRAM_SIZE)."""
-        s = self.settings
-        return Decoding(**{"temperature": s.temperature, "top_p": s.top_p, "repetition_penalty": s.repetition_penalty,
-                           "no_repeat_ngram_size": s.no_repeat_ngram_size, **overrides})
+        return served_decoding(self.settings, **overrides)
 
     def retry_decoding(self, seed: int) -> Decoding:
         """A retry samples (KAIZEN_RETRY_TEMPERATURE, _RETRY_TOP_P) with its own seed: a genuinely new answer."""

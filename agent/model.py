@@ -236,6 +236,14 @@ class Decoding:
         return kw
 
 
+def served_decoding(settings, **overrides) -> Decoding:
+    """How the app decodes an answer: the settings' KAIZEN_TEMPERATURE, _TOP_P, _REPETITION_PENALTY and
+    _NO_REPEAT_NGRAM_SIZE, with `overrides` (a retry's temperature and seed; the gate's temperature 0)."""
+    s = settings
+    return Decoding(**{"temperature": s.temperature, "top_p": s.top_p, "repetition_penalty": s.repetition_penalty,
+                       "no_repeat_ngram_size": s.no_repeat_ngram_size, **overrides})
+
+
 # ---------------------------------------------------------------------------------------------- the engines' prompts
 class EngineBase:
     """What every engine shares: prompts rendered with the model's own chat template through its HF tokenizer (so

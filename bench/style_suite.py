@@ -5,10 +5,11 @@ For each style (adapters/styles.py): a fresh data dir and SQLite store; scripted
 the OpenAssistant trees and edit every answer into the style (`--edits`, at most 100); one automatic `run_once`
 (datasets, training, evaluation, the gate, promotion: exactly what `kaizen adapt` runs); then the base and the
 adapter the run promoted (or, when the gate refused, its last candidate, to show what was refused) answer the first
-`--eval` prompts of prompt_lottery_en_250_text.jsonl (greedy, the plain template's system prompt, as the app sends
-it; prompts seen in training are skipped; the lottery prompts from index 100 on are never read). Per policy: style
-compliance (the style *and* a real answer), answer relevance to the prompt (MiniLM cosine), distinct-answer share,
-loop rate, median length. Goals per style: compliance >= 90%, relevance within 0.05 of the base, distinct >= 95%.
+`--eval` prompts of prompt_lottery_en_250_text.jsonl (greedy with the app's anti-loop rules and the plain
+template's system prompt, as the app serves them; prompts seen in training are skipped; the lottery prompts from
+index 100 on are never read). Per policy: style compliance (the style *and* a real answer), answer relevance to
+the prompt (MiniLM cosine), distinct-answer share, loop rate, median length. Goals per style: compliance >= 90%,
+relevance within 0.05 of the base, distinct >= 95%.
 
   .venv/bin/python bench/style_suite.py                                  # all five styles, ~1 h on 2 CPU cores
   .venv/bin/python bench/style_suite.py --styles signoff --edits 40 --eval 20 --out /tmp/suite.json
@@ -56,9 +57,10 @@ def load_prompts(data: Path, edits: int, n_eval: int) -> tuple[list[tuple[str, s
 
 
 def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers of the base (folder None) or a LoRA folder, with the plain template's system prompt."""
+    """Answers of the base (folder None) or a LoRA folder, with the plain template's system prompt, decoded as the
+    app serves them (greedy, with the settings' anti-loop rules, as the gate does)."""
     from adapters.evaluate import generate
-    from agent.model import load_base
+    from agent.model import load_base, served_decoding
     from agent.templates import serving_system
 
     model, tok, dev = load_base(settings)
@@ -70,7 +72,7 @@ def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_t
     system = serving_system("plain")
     rows = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
             for p in prompts]
-    return generate(model, tok, rows, dev, max_new_tokens)
+    return generate(model, tok, rows, dev, max_new_tokens, decoding=served_decoding(settings, temperature=0.0, seed=None))
 
 
 def measure(style, prompts: list[str], answers: list[str]) -> dict:

@@ -51,6 +51,24 @@ def test_summaries():
 
 
 # ---------------------------------------------------------------------------------------------- the gate
+def test_the_gate_reads_answers_decoded_as_the_app_serves_them(tiny_llama, tokenizer):
+    """The evaluation's answers (batched, left-padded) follow the app's decoding: with the served n-gram ban a
+    prompt that loops greedily does not loop, and an answer with nothing to ban comes out the same."""
+    from adapters.collapse import loops
+    from agent.model import served_decoding
+    from agent.settings import Settings
+
+    tokenizer.padding_side = "left"
+    prompts = [[{"role": "user", "content": q}] for q in ("Hi", "Tell me about the sea and the ships on it", "Why?")]
+    greedy = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60)
+    how = served_decoding(Settings(), temperature=0.0, seed=None)
+    assert how.no_repeat_ngram_size == 4 and E.EvalConfig().served_decoding
+    served = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60, decoding=how)
+    assert [loops(a) for a in greedy] == [False, True, False]
+    assert not any(map(loops, served))
+    assert served[0] == greedy[0]  # an answer with no repeated 4-gram is not touched
+
+
 def test_gate_promotes_a_clearly_better_candidate():
     ok, reasons = E.gate(report(acc=0.9, sim=0.4), report(acc=0.5, sim=0.2), margin=0.05)
     assert ok and any("better" in r for r in reasons) and reasons[0].startswith("regression checks passed")
@@ -151,7 +169,7 @@ def evaluated(trained):
 
 
 @pytest.mark.slow
-def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(evaluated):
+def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(trained, evaluated):
     _, _, reports = evaluated
     assert reports["base"]["pref"]["accuracy"] == 0.5 and reports["base"]["general"]["ppl_ratio"] == 1.0
     assert reports["good"]["pref"]["n"] == 12
@@ -159,6 +177,8 @@ def test_evaluation_ranks_the_good_adapter_above_base_and_the_swapped_one_below(
     assert reports["swapped"]["pref"]["accuracy"] <= 0.1 and reports["swapped"]["pref"]["margin_mean"] < 0
     assert reports["good"]["similarity"]["n"] == 2 and len(reports["good"]["samples"]) >= 2
     assert reports["good"]["general"]["n"] == len(E.GENERAL)
+    # its answers were decoded as the app serves them (the settings' n-gram ban), the base's too
+    assert {r["decoding"]["no_repeat_ngram_size"] for r in reports.values()} == {trained[0].no_repeat_ngram_size}
     # the held-out pairs' own relevance (preferred and replaced answers), the same in every report
     pairs = {(r["answers"]["preferred_relevance"], r["answers"]["replaced_relevance"]) for r in reports.values()}
     assert len(pairs) == 1 and all(-1 <= x <= 1 for x in pairs.pop())

@@ -16,9 +16,12 @@ from tests.train_support import fill_store_with_edits, save_tiny_base, tiny_sett
 
 # 10 steps: enough for the tiny model's answers to move toward the edits (the gate wants that when the held-out pairs
 # are edits; 3 or 6 steps raised preference accuracy only); four 8-token open answers keep the random model's
-# babble from reading as loops
+# babble from reading as loops. Plain greedy answers: these tests are about the loop's plumbing, and the random
+# model's 8-token babble under the served n-gram ban reads as boilerplate (the served decoding has its own tests in
+# tests/test_gate.py)
 FAST = dict(recipe=recipe_for("sft", steps=10, batch_size=2, max_length=128, lr=5e-3),
-            eval_config=EvalConfig(max_new_tokens=4, general=2, max_generate=2, open=4, open_new_tokens=8),
+            eval_config=EvalConfig(max_new_tokens=4, general=2, max_generate=2, open=4, open_new_tokens=8,
+                                   served_decoding=False),
             timeout=600)
 
 
