@@ -227,6 +227,8 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
     without ending."""
     import torch
 
+    from agent.model import Decoding
+
     answers = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for i in range(0, len(prompts), batch_size):
@@ -238,10 +240,9 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
             ids[j, width - len(r):] = torch.tensor(r)
             mask[j, width - len(r):] = 1
         with torch.inference_mode():
-            how = (decoding.generate_kwargs(width) if decoding is not None
-                   else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id, **how)
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                                 **(decoding or Decoding()).generate_kwargs(width))  # Decoding(): plain greedy
         answers += [tok.decode(o[width:], skip_special_tokens=True).strip() for o in out]
         if capped is not None:
             capped += [tok.eos_token_id not in o[width:].tolist() for o in out]
@@ -369,7 +370,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
 
     from agent.model import served_decoding  # (torch and transformers: the child process has them already)
 
-    how = served_decoding(settings, temperature=0.0, seed=None) if config.served_decoding else None
+    how = served_decoding(settings, temperature=0.0) if config.served_decoding else None
 
     def answer(model):
         capped = []

@@ -72,7 +72,7 @@ def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_t
     system = serving_system("plain")
     rows = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
             for p in prompts]
-    return generate(model, tok, rows, dev, max_new_tokens, decoding=served_decoding(settings, temperature=0.0, seed=None))
+    return generate(model, tok, rows, dev, max_new_tokens, decoding=served_decoding(settings, temperature=0.0))
 
 
 def measure(style, prompts: list[str], answers: list[str]) -> dict:

@@ -61,7 +61,7 @@ def test_the_gate_reads_answers_decoded_as_the_app_serves_them(tiny_llama, token
     tokenizer.padding_side = "left"
     prompts = [[{"role": "user", "content": q}] for q in ("Hi", "Tell me about the sea and the ships on it", "Why?")]
     greedy = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60)
-    how = served_decoding(Settings(), temperature=0.0, seed=None)
+    how = served_decoding(Settings(), temperature=0.0)
     assert how.no_repeat_ngram_size == 4 and E.EvalConfig().served_decoding
     served = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60, decoding=how)
     assert [loops(a) for a in greedy] == [False, True, False]
