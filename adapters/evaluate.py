@@ -223,7 +223,8 @@ def sequence_logps(model, tok, pairs: list[tuple[list[dict], list[dict]]], devic
 def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens: int = 64,
              batch_size: int = 8, capped: list | None = None, decoding=None) -> list[str]:
     """Answers batched with left padding: greedy, or as `decoding` (agent.model.Decoding) says, its anti-loop
-    rules applied to the answer only; `capped` (a list) gets, per answer, whether it ran to `max_new_tokens`
+    rule as the serving engine applies it (`loop_rule`: the n-gram ban on the answer, or llama.cpp's DRY over
+    prompt + answer, the padding left out); `capped` (a list) gets, per answer, whether it ran to `max_new_tokens`
     without ending."""
     import torch
 
@@ -239,10 +240,10 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
         for j, r in enumerate(rows):
             ids[j, width - len(r):] = torch.tensor(r)
             mask[j, width - len(r):] = 1
-        with torch.inference_mode():
+        how = (decoding or Decoding()).generate_kwargs(width, tokenizer=tok, starts=[width - len(r) for r in rows])
+        with torch.inference_mode():  # Decoding(): plain greedy
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
-                                 **(decoding or Decoding()).generate_kwargs(width))  # Decoding(): plain greedy
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id, **how)
         answers += [tok.decode(o[width:], skip_special_tokens=True).strip() for o in out]
         if capped is not None:
             capped += [tok.eos_token_id not in o[width:].tolist() for o in out]

@@ -98,31 +98,33 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
         state["watching_since"] = state.get("watching_since") or started
         try:
             with _opened(settings, store) as store, contextlib.ExitStack() as cleanup:
-                result = _run_stages(settings, registry, store, state, started, cleanup, force=force, method=method,
-                                     say=progress or (lambda e: None), on_promote=on_promote, margin=margin,
-                                     recipe=recipe, eval_config=eval_config, stop=stop, timeout=timeout,
-                                     max_attempts=max_attempts)
+                looked, result = _run_stages(settings, registry, store, state, started, cleanup, force=force,
+                                             method=method, say=progress or (lambda e: None), on_promote=on_promote,
+                                             margin=margin, recipe=recipe, eval_config=eval_config, stop=stop,
+                                             timeout=timeout, max_attempts=max_attempts)
         except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
             log.warning("adaptation run failed: %s", e)
             state["last_error"] = str(e)[:2000]
+            looked = True  # a failed run counts as a run
             result = {"status": "failed", "error": str(e), "reason": str(e).splitlines()[0] if str(e) else "failed"}
-        if result["status"] != "skipped" or "rows" in result:  # a run that looked at the data
+        if looked:
             state.update(last_run=started, last_status=result["status"])
         _save_state(settings, state)
         return {**result, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _run_stages(settings: Settings, registry: Registry, store, state: dict, started: str, cleanup, *, force, method,
-                say, on_promote, margin, recipe, eval_config, stop, timeout, max_attempts) -> dict:
+                say, on_promote, margin, recipe, eval_config, stop, timeout, max_attempts) -> tuple[bool, dict]:
     """The loop's stages in order (adapters/stages.py): collect -> build -> write -> baseline, then per method
-    train -> evaluate -> decide -> register -> promote until one is promoted; the run's result."""
+    train -> evaluate -> decide -> register -> promote until one is promoted. Returns (whether the run built
+    datasets: it counts as the last run, the run's result)."""
     seen = stages.collect(settings, store, state, force, now=started)
     if not seen.due:
-        return {"status": "skipped", "reason": seen.reason, "new_events": seen.new_events}
+        return False, {"status": "skipped", "reason": seen.reason, "new_events": seen.new_events}
     say({"event": "datasets", "new_events": seen.new_events})
     built = stages.build(settings, store, method, max_attempts)
     if not built.methods:
-        return {"status": "skipped", "new_events": seen.new_events, "rows": built.counts, "reason": built.reason}
+        return True, {"status": "skipped", "new_events": seen.new_events, "rows": built.counts, "reason": built.reason}
     run_dir = registry.tmp_folder(f"run-{built.methods[0]}")
     cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
     data_dir, against = stages.write(built, run_dir / "data"), stages.baseline(registry)
@@ -139,7 +141,7 @@ def _run_stages(settings: Settings, registry: Registry, store, state: dict, star
         if status == "promoted":
             break
     state["last_version"] = attempts[-1].version
-    return _result(attempts, built, seen, _announce(registry, attempts[-1], on_promote))
+    return True, _result(attempts, built, seen, _announce(registry, attempts[-1], on_promote))
 
 
 def _announce(registry: Registry, last: stages.Outcome, on_promote) -> str | None:

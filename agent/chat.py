@@ -69,8 +69,9 @@ class Answerer:
         return found[name]
 
     def decoding(self, **overrides) -> Decoding:
-        """The settings' decoding (KAIZEN_TEMPERATURE, _TOP_P, _REPETITION_PENALTY, _NO_REPEAT_NGRAM_SIZE)."""
-        return served_decoding(self.settings, **overrides)
+        """The settings' decoding (KAIZEN_TEMPERATURE, _TOP_P, _REPETITION_PENALTY, _NO_REPEAT_NGRAM_SIZE), its
+        n-gram rule as this engine enforces it."""
+        return served_decoding(self.settings, rule=getattr(self.model, "loop_rule", "ban"), **overrides)
 
     def retry_decoding(self, seed: int) -> Decoding:
         """A retry samples (KAIZEN_RETRY_TEMPERATURE, _RETRY_TOP_P) with its own seed: a genuinely new answer."""

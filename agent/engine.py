@@ -46,6 +46,15 @@ def engine_kind(settings: Settings) -> str:
     return kind
 
 
+def loop_rule(settings: Settings) -> str | None:
+    """How the engine `engine_kind` picks enforces KAIZEN_NO_REPEAT_NGRAM_SIZE (agent.model.Decoding.loop_rule):
+    the same as that engine's own `loop_rule`, for code with no engine open (the gate's child process)."""
+    kind = engine_kind(settings)
+    if kind == "transformers":
+        return "ban"
+    return "dry" if kind == "llamacpp" or settings.engine_dialect == "llama" else None
+
+
 def open_engine(settings: Settings):
     """The engine that answers, per `engine_kind`."""
     kind = engine_kind(settings)

@@ -23,15 +23,16 @@ log = logging.getLogger(__name__)
 
 def llama_body(ids: list[int], *, max_new_tokens: int, decoding: Decoding, lora: list[dict]) -> dict:
     """The /completion request for llama-server. Pure. The no-repeat-n-gram rule has no llama.cpp sampler: DRY
-    (which penalizes extending a sequence already seen) stands in for it, over the answer's own window."""
+    (which penalizes extending a sequence already seen) stands in for it (`Decoding.dry`). llama-server feeds the
+    prompt to its samplers as well, so DRY and the repeat penalty look back over the prompt's last tokens too."""
     body = {"prompt": ids, "n_predict": max_new_tokens, "stream": True, "cache_prompt": True,
             "temperature": decoding.temperature, "top_p": decoding.top_p if decoding.temperature > 0 else 1.0,
             "top_k": 50 if decoding.temperature > 0 else 0, "min_p": 0.0,
             "repeat_penalty": decoding.repetition_penalty or 1.0, "repeat_last_n": max_new_tokens,
             "seed": decoding.seed if decoding.seed is not None else -1, "lora": lora}
-    if decoding.no_repeat_ngram_size > 0:
-        body.update(dry_multiplier=2.0, dry_base=1.75, dry_allowed_length=max(1, decoding.no_repeat_ngram_size - 1),
-                    dry_penalty_last_n=max_new_tokens)
+    dry = decoding.dry()
+    if dry is not None:
+        body.update(dry.body())
     return body
 
 
@@ -82,6 +83,11 @@ class HTTPEngine(EngineBase):
         self._remote_ids: dict[str, int] = {}  # a llama-server run by you: adapter name -> its id
         self.lock = threading.Lock()
         self.client = httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=self.headers)
+
+    @property
+    def loop_rule(self) -> str | None:
+        """How it enforces KAIZEN_NO_REPEAT_NGRAM_SIZE: DRY on llama-server; the OpenAI API has no such rule."""
+        return "dry" if self.dialect == "llama" else None
 
     # -- adapters -----------------------------------------------------------------------------------
     def add_adapter(self, name: str, folder: str | Path) -> None:

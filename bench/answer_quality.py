@@ -13,8 +13,10 @@ Greedy decoding in a batch gives the answers one at a time would, up to float ro
 
   .venv/bin/python bench/answer_quality.py [--prompts 100] [--squad 100] [--variants old,new,rp1.2,ng4,...]
 
-A variant is `old` (greedy, no repetition control: the defaults before), `new` (the settings' defaults now), or
-`rpX` (repetition penalty X), `ngN` (no repeated N-token n-gram), `tX` (temperature X, seeded) joined by `+`.
+A variant is `old` (greedy, no repetition control: the defaults before), `new` (the settings' defaults now, the
+n-gram rule as the engine the settings pick enforces it), or `rpX` (repetition penalty X), `ngN` (no repeated
+N-token n-gram), `dry` (enforce `ngN` as llama-server does: DRY over prompt + answer, `agent.model.DRY`), `tX`
+(temperature X, seeded) joined by `+`.
 
 Results (2 CPU cores shared with two other jobs, SmolLM2-135M fp32): see RESULTS below, filled in from the runs.
 """
@@ -38,7 +40,7 @@ from agent.offline import silence  # noqa: E402
 silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 
 import agent.settings  # noqa: E402,F401  (offline env first)
-from agent.model import Decoding  # noqa: E402
+from agent.model import Decoding, served_decoding  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -111,13 +113,11 @@ def loop_rate(texts: list[str]) -> float:
 
 # ---------------------------------------------------------------------------------------------- variants
 def parse_variant(name: str, settings: Settings) -> Decoding:
-    """'old', 'new', or parts like 'rp1.2', 'ng4', 't0.3' joined by '+' (on top of greedy, no control)."""
+    """'old', 'new', or parts like 'rp1.2', 'ng4', 't0.3', 'dry' joined by '+' (on top of greedy, no control)."""
     if name == "old":
         return Decoding()
     if name == "new":
-        return Decoding(temperature=settings.temperature, top_p=settings.top_p,
-                        repetition_penalty=settings.repetition_penalty,
-                        no_repeat_ngram_size=settings.no_repeat_ngram_size)
+        return served_decoding(settings)
     kw: dict = {}
     for part in name.split("+"):
         if part.startswith("rp"):
@@ -126,6 +126,8 @@ def parse_variant(name: str, settings: Settings) -> Decoding:
             kw["no_repeat_ngram_size"] = int(part[2:])
         elif part.startswith("t"):
             kw.update(temperature=float(part[1:]), seed=0)
+        elif part == "dry":
+            kw["loop_rule"] = "dry"
         else:
             raise ValueError(f"unknown variant part {part!r}")
     return Decoding(**kw)
@@ -161,7 +163,9 @@ def generate(model, prompts: list[list[int]], decoding: Decoding, max_new_tokens
         with torch.inference_mode():
             gen = model.model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                                        max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                       eos_token_id=tok.eos_token_id, **decoding.generate_kwargs(width))
+                                       eos_token_id=tok.eos_token_id,
+                                       **decoding.generate_kwargs(width, tokenizer=tok,
+                                                                  starts=[width - len(prompts[i]) for i in idx]))
         for row, i in enumerate(idx):
             new = gen[row, width:].tolist()
             ended = tok.eos_token_id in new

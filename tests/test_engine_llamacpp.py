@@ -248,3 +248,42 @@ def test_a_killed_app_leaves_no_llama_server_behind(tmp_path):
     else:
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("llama-server outlived the app")
+
+
+def test_the_gate_decodes_as_llama_server_does(base_model_dir, tmp_path):
+    """The gate reads answers as llama.cpp serves them: with the settings' llama.cpp engine, the evaluation's
+    batched transformers answers apply DRY over prompt + answer, as llama-server does (it has no n-gram ban).
+    An F16 server (little rounding beside fp32) gives the same greedy text for nearly every open prompt; the
+    transformers engine's n-gram ban, read in its place, gives fewer (measured: 7 of 8 vs 5 of 8)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapters import evaluate as E
+    from adapters.regression import OPEN
+    from agent.engine import open_engine
+    from agent.model import served_decoding
+    from agent.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir), engine="llamacpp",
+                        llama_quant="f16", parallel=1, threads=2)
+    prompts = [[{"role": "user", "content": q}] for q in OPEN[:8]]
+    dry = served_decoding(settings, temperature=0.0)
+    assert dry.loop_rule == "dry"
+    engine = open_engine(settings)
+    try:
+        served = []
+        for p in prompts:
+            gen = engine.stream(p, max_new_tokens=96, decoding=dry, adapter=None)
+            list(gen)
+            served.append(gen.text.strip())
+    finally:
+        engine.close()
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
+    mirrored = E.generate(model, tok, prompts, "cpu", 96, decoding=dry)
+    banned = E.generate(model, tok, prompts, "cpu", 96, decoding=served_decoding(settings, rule="ban",
+                                                                                   temperature=0.0))
+    same = sum(a == b for a, b in zip(mirrored, served))
+    same_ban = sum(a == b for a, b in zip(banned, served))
+    assert same >= 6 and same > same_ban, (same, same_ban, served, mirrored)

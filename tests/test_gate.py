@@ -61,12 +61,13 @@ def test_the_gate_reads_answers_decoded_as_the_app_serves_them(tiny_llama, token
     tokenizer.padding_side = "left"
     prompts = [[{"role": "user", "content": q}] for q in ("Hi", "Tell me about the sea and the ships on it", "Why?")]
     greedy = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60)
-    how = served_decoding(Settings(), temperature=0.0)
-    assert how.no_repeat_ngram_size == 4 and E.EvalConfig().served_decoding
-    served = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60, decoding=how)
-    assert [loops(a) for a in greedy] == [False, True, False]
-    assert not any(map(loops, served))
-    assert served[0] == greedy[0]  # an answer with no repeated 4-gram is not touched
+    assert [loops(a) for a in greedy] == [False, True, False] and E.EvalConfig().served_decoding
+    for rule in ("ban", "dry"):  # the transformers engine's n-gram ban; llama-server's DRY
+        how = served_decoding(Settings(), rule=rule, temperature=0.0)
+        assert how.no_repeat_ngram_size == 4 and how.loop_rule == rule
+        served = E.generate(tiny_llama, tokenizer, prompts, "cpu", 60, decoding=how)
+        assert not any(map(loops, served)), (rule, served)
+        assert served[0] == greedy[0], rule  # an answer with no repeated 4-gram is not touched
 
 
 def test_gate_promotes_a_clearly_better_candidate():
