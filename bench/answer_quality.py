@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ from agent.offline import silence  # noqa: E402
 silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 
 import agent.settings  # noqa: E402,F401  (offline env first)
-from agent.model import Decoding, served_decoding  # noqa: E402
+from agent.model import DRY, LLAMA_SERVER_BREAKERS, Decoding, served_decoding  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -71,6 +72,21 @@ cap) and the first 100 questions of the SQuAD sample (48 tokens), in one run:
   new (ng4, the default)     1.0%          0.0%             1.0%        170.9       220.9      71.0%    24% (24/100)
 
 SQuAD answers with RAG looped 6% of the time before and 0% after; contains-gold did not drop (24 = 24).
+
+2026-12-04, idle 2-core machine (2 threads, batch 8), two runs: the n-gram rule as llama.cpp enforces it (DRY, its
+Python port `agent.model.dry_penalties`, which gave llama-server's own F16 text for 11 of 12 prompts), on the first
+48 lottery prompts (256-token cap) and the first 100 SQuAD questions (48 tokens):
+
+                                           loop rate  n-gram loop  mean words  cut off   SQuAD+RAG
+  ng4 (the ban: transformers serves it)       0.0%        0.0%        165.0      68.8%    24% (24/100)
+  ng4+dry:k (DRY, llama-server's breakers)   10.4%       10.4%        176.6      75.0%    23% (23/100)
+  ng4+dry (DRY, no breakers: the default)     0.0%        0.0%        174.4      75.0%    23% (23/100)
+  ng4+dry:m4 (multiplier 4, no breakers)      2.1%        2.1%        172.8      70.8%    21% (21/100)
+
+llama-server's default breakers (newline, `:`, `"`, `*`) end a repeat at every list item and bold label, and
+list-shaped loops got through; without them DRY stops them as the ban does. DRY looks back over the prompt too
+(llama-server feeds it to its samplers), which costs a grounded answer one SQuAD question of 100 here, and a
+stronger penalty (m4) three.
 """
 
 
@@ -126,8 +142,16 @@ def parse_variant(name: str, settings: Settings) -> Decoding:
             kw["no_repeat_ngram_size"] = int(part[2:])
         elif part.startswith("t"):
             kw.update(temperature=float(part[1:]), seed=0)
-        elif part == "dry":
-            kw["loop_rule"] = "dry"
+        elif part.startswith("dry"):  # dry, or dry with settings: dry:m4:a2:l128:k (m multiplier, a allowed length,
+            kw["loop_rule"] = "dry"    # l window, k llama-server's default sequence breakers instead of none)
+            opts = {o[0]: o[1:] for o in part.split(":")[1:]}
+            if opts:
+                dry = DRY(allowed_length=max(1, kw.get("no_repeat_ngram_size", 4) - 1))
+                kw["dry_config"] = replace(dry, **{k: v for k, v in {
+                    "multiplier": float(opts["m"]) if "m" in opts else None,
+                    "allowed_length": int(opts["a"]) if "a" in opts else None,
+                    "last_n": int(opts["l"]) if "l" in opts else None,
+                    "breakers": LLAMA_SERVER_BREAKERS if "k" in opts else None}.items() if v is not None})
         else:
             raise ValueError(f"unknown variant part {part!r}")
     return Decoding(**kw)
@@ -229,7 +253,7 @@ def main(argv=None) -> int:
     model = ChatModel.from_settings(settings)
     variants = {v: parse_variant(v, settings) for v in args.variants.split(",") if v}
     report: dict = {"model": settings.base_model, "threads": settings.threads, "batch": args.batch,
-                    "variants": {k: vars(d) for k, d in variants.items()}, "loops": {}, "squad": {}}
+                    "variants": {k: asdict(d) for k, d in variants.items()}, "loops": {}, "squad": {}}
     lines = LOTTERY.read_text(encoding="utf-8").splitlines()[:args.prompts]
     questions = [json.loads(line) for line in lines]
     answerer = Answerer(model, settings)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.engine import loop_rule
-from agent.model import DRY, Decoding, DRYPenalty, dry_penalties, served_decoding
+from agent.model import DRY, LLAMA_SERVER_BREAKERS, Decoding, DRYPenalty, breaker_ids, dry_penalties, served_decoding
 from agent.settings import Settings
 
 
@@ -86,3 +86,13 @@ def test_the_served_rule_follows_the_engine():
     ban = served_decoding(Settings(engine="transformers"), temperature=0.0)
     assert ban == Decoding(no_repeat_ngram_size=4, loop_rule="ban")
     assert ban.dry() == DRY(allowed_length=3, last_n=256)  # what llama-server gets for it
+
+
+def test_breaker_tokens_are_found_as_llama_cpp_finds_them(tokenizer):
+    """Every token whose text contains a breaker: for llama-server's newline that is "\\n" itself and tokens like
+    ".\\n\\n"; our one breaker, a control byte, is a single byte token no answer writes."""
+    newline = breaker_ids(tokenizer, ("\n",))
+    assert tokenizer.convert_tokens_to_ids("Ċ") in newline and len(newline) > 10
+    assert all("\n" in tokenizer.decode([i]) for i in newline)
+    assert len(breaker_ids(tokenizer, DRY().breakers)) == 1
+    assert breaker_ids(tokenizer, LLAMA_SERVER_BREAKERS) >= newline

@@ -33,7 +33,7 @@ def test_llama_body_greedy_and_sampled():
                         lora=[{"id": 0, "scale": 1.0}])
     assert greedy["temperature"] == 0 and greedy["top_k"] == 0 and greedy["prompt"] == [1, 2]
     assert greedy["dry_allowed_length"] == 3 and greedy["dry_penalty_last_n"] == 256  # of prompt + answer, any cap
-    assert greedy["dry_multiplier"] == 2.0 and greedy["dry_sequence_breakers"] == ["\n", ":", '"', "*"]
+    assert greedy["dry_multiplier"] == 2.0 and greedy["dry_sequence_breakers"] == ["\x01"]
     assert greedy["lora"] == [{"id": 0, "scale": 1.0}] and greedy["seed"] == -1
     sampled = llama_body([1], max_new_tokens=8, decoding=Decoding(temperature=0.8, top_p=0.9, seed=7), lora=[])
     assert sampled["temperature"] == 0.8 and sampled["top_p"] == 0.9 and sampled["seed"] == 7
