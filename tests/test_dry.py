@@ -3,8 +3,10 @@ answers decoded as llama-server serves them. Pure: milliseconds. The real llama-
 tests/test_engine_llamacpp.py (`test_the_gate_decodes_as_llama_server_does`)."""
 from __future__ import annotations
 
+import itertools
+
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.engine import loop_rule
@@ -52,12 +54,23 @@ def test_a_breaker_limits_the_repeat_and_is_never_penalized():
     assert dry_penalties([1, 2, 3, 1, 2], DRY(allowed_length=2, last_n=3), set()) == {}  # outside the window
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 4), max_size=60), st.integers(1, 4), st.integers(1, 70),
-       st.sets(st.integers(0, 4), max_size=2))
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=60), st.integers(1, 4), st.integers(1, 70),
+       st.sets(st.integers(0, 3), max_size=2))
+@example([3, 1, 2, 3, 1], 1, 64, {3})  # a repeat that runs past the latest breaker counts only up to it
 def test_the_port_agrees_with_dry_s_definition(tokens, allowed, last_n, breakers):
     dry = DRY(allowed_length=allowed, last_n=last_n)
     assert dry_penalties(tokens, dry, breakers) == naive(tokens, dry, breakers)
+
+
+def test_the_port_agrees_with_dry_s_definition_on_every_short_sequence():
+    """Exhaustively: every sequence of up to 8 tokens over 3 symbols, with and without a breaker."""
+    for n in range(9):
+        for seq in itertools.product(range(3), repeat=n):
+            for breakers in (set(), {0}):
+                for allowed in (1, 2):
+                    dry = DRY(allowed_length=allowed, last_n=64)
+                    assert dry_penalties(list(seq), dry, breakers) == naive(list(seq), dry, breakers), seq
 
 
 def test_the_processor_reads_each_row_past_its_left_padding():
