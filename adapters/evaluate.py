@@ -222,13 +222,13 @@ def sequence_logps(model, tok, pairs: list[tuple[list[dict], list[dict]]], devic
 
 def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens: int = 64,
              batch_size: int = 8, capped: list | None = None, decoding=None) -> list[str]:
-    """Answers batched with left padding: greedy, or as `decoding` (agent.model.Decoding) says, its anti-loop
+    """Answers batched with left padding: greedy, or as `decoding` (agent.decoding.Decoding) says, its anti-loop
     rule as the serving engine applies it (`loop_rule`: the n-gram ban on the answer, or llama.cpp's DRY over
     prompt + answer, the padding left out); `capped` (a list) gets, per answer, whether it ran to `max_new_tokens`
     without ending."""
     import torch
 
-    from agent.model import Decoding
+    from agent.decoding import Decoding
 
     answers = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -369,7 +369,7 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         nll = -sum(s for s, _ in ref_lp) / max(1, sum(c for _, c in ref_lp)) if ref_lp else None
         return [s for s, _ in lp[:n]], [s for s, _ in lp[n:2 * n]], nll
 
-    from agent.model import served_decoding  # (torch and transformers: the child process has them already)
+    from agent.decoding import served_decoding  # (torch and transformers: the child process has them already)
 
     how = served_decoding(settings, temperature=0.0) if config.served_decoding else None
 

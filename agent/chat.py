@@ -5,7 +5,8 @@ import threading
 from dataclasses import dataclass, field
 
 from agent.fair import Cancelled, FairGate
-from agent.model import ChatModel, Decoding, Generation, served_decoding
+from agent.decoding import Decoding, served_decoding
+from agent.model import ChatModel, Generation
 from agent.settings import Settings
 from agent.templates import Template, TemplateError, load_templates
 

@@ -47,12 +47,16 @@ def engine_kind(settings: Settings) -> str:
 
 
 def loop_rule(settings: Settings) -> str | None:
-    """How the engine `engine_kind` picks enforces KAIZEN_NO_REPEAT_NGRAM_SIZE (agent.model.Decoding.loop_rule):
-    the same as that engine's own `loop_rule`, for code with no engine open (the gate's child process)."""
+    """How the engine `engine_kind` picks enforces KAIZEN_NO_REPEAT_NGRAM_SIZE (agent.decoding.Decoding.loop_rule):
+    that engine's own `loop_rule`, for code with no engine open (the gate's child process)."""
     kind = engine_kind(settings)
     if kind == "transformers":
-        return "ban"
-    return "dry" if kind == "llamacpp" or settings.engine_dialect == "llama" else None
+        from agent.model import ChatModel
+
+        return ChatModel.loop_rule
+    from agent.engine_http import DIALECT_LOOP_RULE
+
+    return DIALECT_LOOP_RULE["llama" if kind == "llamacpp" else settings.engine_dialect]
 
 
 def open_engine(settings: Settings):

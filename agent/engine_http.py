@@ -16,9 +16,15 @@ from pathlib import Path
 
 import httpx
 
-from agent.model import MAX_CONTEXT, Decoding, EngineBase, Generation
+from agent.decoding import Decoding
+from agent.model import MAX_CONTEXT, EngineBase, Generation
 
 log = logging.getLogger(__name__)
+
+
+# how each dialect enforces KAIZEN_NO_REPEAT_NGRAM_SIZE (agent.decoding.Decoding.loop_rule): DRY on llama-server;
+# the OpenAI API has no such rule
+DIALECT_LOOP_RULE = {"llama": "dry", "openai": None}
 
 
 def llama_body(ids: list[int], *, max_new_tokens: int, decoding: Decoding, lora: list[dict]) -> dict:
@@ -86,8 +92,8 @@ class HTTPEngine(EngineBase):
 
     @property
     def loop_rule(self) -> str | None:
-        """How it enforces KAIZEN_NO_REPEAT_NGRAM_SIZE: DRY on llama-server; the OpenAI API has no such rule."""
-        return "dry" if self.dialect == "llama" else None
+        """How it enforces KAIZEN_NO_REPEAT_NGRAM_SIZE (`DIALECT_LOOP_RULE`)."""
+        return DIALECT_LOOP_RULE[self.dialect]
 
     # -- adapters -----------------------------------------------------------------------------------
     def add_adapter(self, name: str, folder: str | Path) -> None:

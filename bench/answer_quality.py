@@ -15,7 +15,7 @@ Greedy decoding in a batch gives the answers one at a time would, up to float ro
 
 A variant is `old` (greedy, no repetition control: the defaults before), `new` (the settings' defaults now, the
 n-gram rule as the engine the settings pick enforces it), or `rpX` (repetition penalty X), `ngN` (no repeated
-N-token n-gram), `dry` (enforce `ngN` as llama-server does: DRY over prompt + answer, `agent.model.DRY`), `tX`
+N-token n-gram), `dry` (enforce `ngN` as llama-server does: DRY over prompt + answer, `agent.decoding.DRY`), `tX`
 (temperature X, seeded) joined by `+`.
 
 Results (2 CPU cores shared with two other jobs, SmolLM2-135M fp32): see RESULTS below, filled in from the runs.
@@ -41,7 +41,7 @@ from agent.offline import silence  # noqa: E402
 silence()  # the offline, no-telemetry environment, before gradio and the model libraries load
 
 import agent.settings  # noqa: E402,F401  (offline env first)
-from agent.model import DRY, LLAMA_SERVER_BREAKERS, Decoding, served_decoding  # noqa: E402
+from agent.decoding import LLAMA_SERVER_BREAKERS, Decoding, served_decoding  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -74,7 +74,7 @@ cap) and the first 100 questions of the SQuAD sample (48 tokens), in one run:
 SQuAD answers with RAG looped 6% of the time before and 0% after; contains-gold did not drop (24 = 24).
 
 2026-12-04, idle 2-core machine (2 threads, batch 8), two runs: the n-gram rule as llama.cpp enforces it (DRY, its
-Python port `agent.model.dry_penalties`, which gave llama-server's own F16 text for 11 of 12 prompts), on the first
+Python port `agent.decoding.dry_penalties`, which gave llama-server's own F16 text for 11 of 12 prompts), on the first
 48 lottery prompts (256-token cap) and the first 100 SQuAD questions (48 tokens):
 
                                            loop rate  n-gram loop  mean words  cut off   SQuAD+RAG
@@ -128,6 +128,10 @@ def loop_rate(texts: list[str]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- variants
+DRY_OPTIONS = {"m": ("multiplier", float), "a": ("allowed_length", int), "l": ("last_n", int),
+               "k": ("breakers", lambda _: LLAMA_SERVER_BREAKERS)}
+
+
 def parse_variant(name: str, settings: Settings) -> Decoding:
     """'old', 'new', or parts like 'rp1.2', 'ng4', 't0.3', 'dry' joined by '+' (on top of greedy, no control)."""
     if name == "old":
@@ -135,6 +139,7 @@ def parse_variant(name: str, settings: Settings) -> Decoding:
     if name == "new":
         return served_decoding(settings)
     kw: dict = {}
+    dry: dict = {}  # DRY settings other than the defaults
     for part in name.split("+"):
         if part.startswith("rp"):
             kw["repetition_penalty"] = float(part[2:])
@@ -144,17 +149,19 @@ def parse_variant(name: str, settings: Settings) -> Decoding:
             kw.update(temperature=float(part[1:]), seed=0)
         elif part.startswith("dry"):  # dry, or dry with settings: dry:m4:a2:l128:k (m multiplier, a allowed length,
             kw["loop_rule"] = "dry"    # l window, k llama-server's default sequence breakers instead of none)
-            opts = {o[0]: o[1:] for o in part.split(":")[1:]}
-            if opts:
-                dry = DRY(allowed_length=max(1, kw.get("no_repeat_ngram_size", 4) - 1))
-                kw["dry_config"] = replace(dry, **{k: v for k, v in {
-                    "multiplier": float(opts["m"]) if "m" in opts else None,
-                    "allowed_length": int(opts["a"]) if "a" in opts else None,
-                    "last_n": int(opts["l"]) if "l" in opts else None,
-                    "breakers": LLAMA_SERVER_BREAKERS if "k" in opts else None}.items() if v is not None})
+            for opt in part.split(":")[1:]:
+                if opt[:1] not in DRY_OPTIONS:
+                    raise ValueError(f"unknown dry setting {opt!r} in {part!r}")
+                field, parse = DRY_OPTIONS[opt[0]]
+                dry[field] = parse(opt[1:])
         else:
             raise ValueError(f"unknown variant part {part!r}")
-    return Decoding(**kw)
+    decoding = Decoding(**kw)
+    if dry:
+        if decoding.dry() is None:
+            raise ValueError(f"{name!r}: dry settings apply to an n-gram rule (add ngN)")
+        decoding = replace(decoding, dry_config=replace(decoding.dry(), **dry))
+    return decoding
 
 
 # ---------------------------------------------------------------------------------------------- generation

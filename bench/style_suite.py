@@ -60,7 +60,8 @@ def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_t
     """Answers of the base (folder None) or a LoRA folder, with the plain template's system prompt, decoded as the
     app serves them (greedy, with the settings' anti-loop rules, as the gate does)."""
     from adapters.evaluate import generate
-    from agent.model import load_base, served_decoding
+    from agent.decoding import served_decoding
+    from agent.model import load_base
     from agent.templates import serving_system
 
     model, tok, dev = load_base(settings)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import answer_quality as aq  # noqa: E402
 
 from agent.engine_http import llama_body  # noqa: E402
-from agent.model import DRY  # noqa: E402
+from agent.decoding import DRY  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 
 

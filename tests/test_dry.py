@@ -1,4 +1,4 @@
-"""llama.cpp's DRY sampler mirrored in Python (agent/model.py `dry_penalties`, `DRYPenalty`), so the gate reads
+"""llama.cpp's DRY sampler mirrored in Python (agent/decoding.py `dry_penalties`, `DRYPenalty`), so the gate reads
 answers decoded as llama-server serves them. Pure: milliseconds. The real llama-server comparison is in
 tests/test_engine_llamacpp.py (`test_the_gate_decodes_as_llama_server_does`)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.engine import loop_rule
-from agent.model import DRY, LLAMA_SERVER_BREAKERS, Decoding, DRYPenalty, breaker_ids, dry_penalties, served_decoding
+from agent.decoding import DRY, LLAMA_SERVER_BREAKERS, Decoding, DRYPenalty, breaker_ids, dry_penalties, served_decoding
 from agent.settings import Settings
 
 

@@ -261,7 +261,7 @@ def test_the_gate_decodes_as_llama_server_does(base_model_dir, tmp_path):
     from adapters import evaluate as E
     from adapters.regression import OPEN
     from agent.engine import open_engine
-    from agent.model import served_decoding
+    from agent.decoding import served_decoding
     from agent.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir), engine="llamacpp",

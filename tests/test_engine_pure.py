@@ -13,7 +13,7 @@ from agent.engine import engine_kind
 from agent.engine_http import llama_body, openai_body
 from agent.fair import FairGate
 from agent.llama_server import server_command
-from agent.model import Decoding
+from agent.decoding import Decoding
 from agent.settings import Settings
 
 

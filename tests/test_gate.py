@@ -55,7 +55,7 @@ def test_the_gate_reads_answers_decoded_as_the_app_serves_them(tiny_llama, token
     """The evaluation's answers (batched, left-padded) follow the app's decoding: with the served n-gram ban a
     prompt that loops greedily does not loop, and an answer with nothing to ban comes out the same."""
     from adapters.collapse import loops
-    from agent.model import served_decoding
+    from agent.decoding import served_decoding
     from agent.settings import Settings
 
     tokenizer.padding_side = "left"

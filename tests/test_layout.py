@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("agent", "feedback", "adapters", "lab", "web", "ui", "cli")
 ENGINE = ("torch", "transformers", "peft", "trl", "llama_cpp", "agent.engine", "agent.engine_http", "agent.model",
-          "agent.llama_server", "agent.gguf", "agent.lora_gguf")
+          "agent.decoding", "agent.llama_server", "agent.gguf", "agent.lora_gguf")
 # folder -> what it must never import (a name or a dotted prefix of one)
 FORBIDDEN = {
     "feedback": ("gradio", "agent", "adapters", "lab", "web", "ui", "cli", "app", *ENGINE),

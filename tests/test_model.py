@@ -129,7 +129,7 @@ def test_adapters_switch_without_reloading_the_base(tiny_llama, tokenizer, tmp_p
 
 
 def test_banned_next_blocks_only_repeats_of_the_answers_own_ngrams():
-    from agent.model import banned_next
+    from agent.decoding import banned_next
 
     assert banned_next([1, 2, 3, 1, 2], 3) == {3}  # "1 2" was followed by 3: "1 2 3" may not come again
     assert banned_next([1, 2, 3, 1, 2], 4) == set()
@@ -141,7 +141,7 @@ def test_banned_next_blocks_only_repeats_of_the_answers_own_ngrams():
 def test_repetition_controls_ignore_the_prompt_and_stop_a_loop(tiny_llama, tokenizer):
     """With the answer-only n-gram ban no 2-gram of the answer repeats, while a prompt full of the same tokens
     bans none of them; the repetition penalty skips the prompt too."""
-    from agent.model import AnswerNoRepeatNGram, Decoding
+    from agent.decoding import AnswerNoRepeatNGram, Decoding
 
     m = ChatModel(tiny_llama, tokenizer)
     ids = torch.tensor([m.render([{"role": "user", "content": "Hi Hi Hi Hi"}])])
