@@ -20,11 +20,16 @@ def normalize(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", (text or "").lower()).split())
 
 
+_LIST_MARKER = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+
+
 def tokens(text: str) -> list[str]:
     """White-space tokens, lower-cased, with punctuation at their edges stripped; a token made only of punctuation
-    (`---`, `***`) stays, so a loop of dashes is seen."""
+    (`---`, `***`) stays, so a loop of dashes is seen. A list item's marker (`- `, `* `, `2. ` at the start of a
+    line) is layout, not a word: kept, it made parallel items ("- The dogs are singing", "- The dogs are happy",
+    "- The dogs are enjoying the music") one repeated 4-gram, a loop."""
     out = []
-    for t in (text or "").lower().split():
+    for t in _LIST_MARKER.sub("", text or "").lower().split():
         core = t.strip(".,;:!?\"'()[]{}")
         out.append(core or t)
     return out
@@ -34,14 +39,24 @@ def sentences(text: str) -> list[str]:
     return [s for s in (normalize(p) for p in re.split(r"(?<=[.!?])\s+|\n+", text or "")) if s]
 
 
-def loops(text: str, n: int = 4, times: int = 3) -> bool:
-    """A repeated sentence of three words or more, or a word n-gram that occurs `times` times or more."""
-    seen = Counter(s for s in sentences(text) if len(s.split()) >= 3)
-    if seen and max(seen.values()) >= 2:
-        return True
+def loop_report(text: str, n: int = 4, times: int = 3, sentence_words: int = 3) -> dict:
+    """Does the answer loop? `repeated_sentence`: a sentence or line of `sentence_words` words or more occurs twice;
+    `ngram_loop`: a run of `n` tokens occurs `times` times or more (a loop inside one sentence, list items that
+    only repeat); `loop`: either. The one loop measure: the gate, the style suite and bench/answer_quality.py."""
+    seen = Counter(s for s in sentences(text) if len(s.split()) >= sentence_words)
+    repeated = bool(seen) and max(seen.values()) >= 2
     t = tokens(text)
     grams = Counter(tuple(t[i:i + n]) for i in range(len(t) - n + 1))
-    return bool(grams) and max(grams.values()) >= times
+    ngram = bool(grams) and max(grams.values()) >= times
+    return {"repeated_sentence": repeated, "ngram_loop": ngram, "loop": repeated or ngram}
+
+
+def loops(text: str) -> bool:
+    return loop_report(text)["loop"]
+
+
+def loop_rate(texts: list[str]) -> float:
+    return round(sum(map(loops, texts)) / len(texts), 4) if texts else 0.0
 
 
 def distinct_share(answers: list[str]) -> float | None:

@@ -1,7 +1,7 @@
 """Answer quality under the old and the new decoding defaults, in one run: loops, length, and SQuAD with RAG.
 
-- Loop rate: the share of answers with a repeated sentence or an n-gram loop (`loop_report`, a pure function), and
-  the mean answer length, on the first N prompts (default 100) of
+- Loop rate: the share of answers with a repeated sentence or an n-gram loop (`adapters.collapse.loop_report`, the
+  gate's measure), and the mean answer length, on the first N prompts (default 100) of
   ../shared/data/oasst_en_100/prompt_lottery_en_250_text.jsonl (prompts from index 100 on are reserved: never read
   here), `plain` template, no documents, the app's answer cap (KAIZEN_MAX_NEW_TOKENS, 256).
 - SQuAD contains-gold with RAG: the first N questions (default 100) of bench/rag_squad.py's seeded sample, through
@@ -43,6 +43,7 @@ silence()  # the offline, no-telemetry environment, before gradio and the model 
 import agent.settings  # noqa: E402,F401  (offline env first)
 from agent.decoding import LLAMA_SERVER_BREAKERS, Decoding, served_decoding  # noqa: E402
 from agent.settings import Settings  # noqa: E402
+from adapters.collapse import loop_rate, loop_report  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 LOTTERY = DATA / "oasst_en_100" / "prompt_lottery_en_250_text.jsonl"
@@ -90,41 +91,10 @@ stronger penalty (m4) three.
 """
 
 
-# ---------------------------------------------------------------------------------------------- loop detection (pure)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# ---------------------------------------------------------------------------------------------- loop detection
+# `adapters.collapse.loop_report`, the gate's own measure. Until 2026-12-04 this bench had its own (a sentence of 4+
+# words twice, or a 6-word run three times, words only): the RESULTS above from before that date were counted with it.
 _WORD = re.compile(r"[\w']+")
-
-
-def sentences(text: str) -> list[str]:
-    """Sentences and lines of `text`, normalized (lower case, words only), empty ones dropped."""
-    out = []
-    for part in _SENTENCE_END.split(text or ""):
-        words = _WORD.findall(part.casefold())
-        if words:
-            out.append(" ".join(words))
-    return out
-
-
-def loop_report(text: str, *, min_sentence_words: int = 4, ngram: int = 6, min_repeats: int = 3) -> dict:
-    """Does the answer loop? `repeated_sentence`: a sentence (or line) of at least `min_sentence_words` words
-    occurs twice or more; `ngram_loop`: some run of `ngram` words occurs `min_repeats` times or more (a loop
-    inside one long sentence, or list items that only repeat). `loop`: either."""
-    sents = [s for s in sentences(text) if len(s.split()) >= min_sentence_words]
-    repeated = len(set(sents)) < len(sents)
-    words = _WORD.findall((text or "").casefold())
-    counts: dict[tuple, int] = {}
-    ngram_loop = False
-    for i in range(len(words) - ngram + 1):
-        key = tuple(words[i:i + ngram])
-        counts[key] = counts.get(key, 0) + 1
-        if counts[key] >= min_repeats:
-            ngram_loop = True
-            break
-    return {"repeated_sentence": repeated, "ngram_loop": ngram_loop, "loop": repeated or ngram_loop}
-
-
-def loop_rate(texts: list[str]) -> float:
-    return round(sum(loop_report(t)["loop"] for t in texts) / len(texts), 4) if texts else 0.0
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -219,6 +189,7 @@ def loop_run(model, prompts, decoding, max_new_tokens, batch) -> dict:
             "mean_tokens": round(statistics.mean(r["tokens"] for r in res), 1),
             "cut_off": round(sum(r["cut_off"] for r in res) / len(res), 4),
             "examples": [t[:300] for t, r in zip(texts, reports) if r["loop"]][:2],
+            "looping": [{"prompt": i, "text": t} for i, (t, r) in enumerate(zip(texts, reports)) if r["loop"]],
             "first_answers": [t[:300] for t in texts[:2]]}
 
 

@@ -26,6 +26,43 @@ def test_loops_and_normalisation():
     assert not C.loops("")
 
 
+def test_a_sentence_said_again_is_a_loop():
+    text = "I'm sorry for any confusion. " * 3 + "Let me know."
+    r = C.loop_report(text)
+    assert r["repeated_sentence"] and r["loop"]
+    assert C.loop_report("Paris is the capital. paris is   the CAPITAL!")["repeated_sentence"]
+
+
+def test_list_items_that_repeat_are_a_loop():
+    text = "Things to do:\n" + "\n".join(f"{i}. Visit the Tokyo Tower" for i in range(1, 10))
+    assert C.loop_report(text)["loop"]
+
+
+def test_an_ngram_loop_inside_one_sentence_is_a_loop():
+    text = "and then we went to the shop and then we went to the shop and then we went to the shop"
+    r = C.loop_report(text)
+    assert r["ngram_loop"] and not r["repeated_sentence"] and r["loop"]
+
+
+def test_ordinary_answers_do_not_loop():
+    assert not C.loop_report("The capital of France is Paris. It is on the Seine. Yes.")["loop"]
+    assert not C.loop_report("Yes. Yes. OK.")["loop"]  # short replies repeated are not sentences of 3+ words
+    text = ("Python is a programming language. It is easy to read. Many people use it for data science, "
+            "for the web, and for scripts.")
+    assert not C.loop_report(text)["loop"]
+    assert C.loop_rate(["a b c d. a b c d.", "fine answer here."]) == 0.5 and C.loop_rate([]) == 0.0
+
+
+def test_parallel_list_items_are_not_a_loop_but_items_that_only_repeat_are():
+    """A list item's marker is layout: kept as a token, "- the dogs are" made four different bullets a repeated
+    4-gram (a bullets adapter's answer, counted as a loop by the style suite)."""
+    dogs = ("- The dogs are singing\n- The sound of the dogs is a joyful sound\n- The dogs are happy to be out\n"
+            "- The dogs are enjoying the music")
+    assert not C.loops(dogs) and not C.loops(dogs.replace("- ", "* ")) and not C.loops(dogs.replace("- ", "1. "))
+    assert C.loops("- The dogs are happy\n" * 3) and C.loops("\n".join(["* visit the tower and the park"] * 3))
+    assert C.loops("- " + "--- " * 7)  # a marker dropped, the dashes after it still a loop
+
+
 def test_distinct_and_boilerplate_shares():
     assert C.distinct_share(REAL) == 1.0 and C.distinct_share([]) is None
     assert C.distinct_share([FIXED] * 6 + REAL[:2]) == pytest.approx(3 / 8)
