@@ -21,6 +21,7 @@ import logging
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -98,10 +99,10 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
         state["watching_since"] = state.get("watching_since") or started
         try:
             with _opened(settings, store) as store, contextlib.ExitStack() as cleanup:
-                looked, result = _run_stages(settings, registry, store, state, started, cleanup, force=force,
-                                             method=method, say=progress or (lambda e: None), on_promote=on_promote,
-                                             margin=margin, recipe=recipe, eval_config=eval_config, stop=stop,
-                                             timeout=timeout, max_attempts=max_attempts)
+                run = RunOptions(force=force, method=method, say=progress or (lambda e: None),
+                                 on_promote=on_promote, margin=margin, recipe=recipe, eval_config=eval_config,
+                                 stop=stop, timeout=timeout, max_attempts=max_attempts)
+                looked, result = _run_stages(settings, registry, store, state, started, cleanup, run)
         except (TrainingError, RegistryError, ValueError, RuntimeError, OSError) as e:
             log.warning("adaptation run failed: %s", e)
             state["last_error"] = str(e)[:2000]
@@ -113,16 +114,33 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
         return {**result, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _run_stages(settings: Settings, registry: Registry, store, state: dict, started: str, cleanup, *, force, method,
-                say, on_promote, margin, recipe, eval_config, stop, timeout, max_attempts) -> tuple[bool, dict]:
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run goes (`run_once`'s arguments): `say` gets its progress events, `on_promote(version, folder)`
+    hears of a promotion that is now served."""
+    force: bool = False
+    method: str | None = None
+    say: Callable[[dict], None] = lambda event: None
+    on_promote: Callable[[str, str], None] | None = None
+    margin: float = 0.05
+    recipe: object = None
+    eval_config: object = None
+    stop: threading.Event | None = None
+    timeout: float | None = None
+    max_attempts: int = 2
+
+
+def _run_stages(settings: Settings, registry: Registry, store, state: dict, started: str, cleanup,
+                run: RunOptions) -> tuple[bool, dict]:
     """The loop's stages in order (adapters/stages.py): collect -> build -> write -> baseline, then per method
     train -> evaluate -> decide -> register -> promote until one is promoted. Returns (whether the run built
     datasets: it counts as the last run, the run's result)."""
-    seen = stages.collect(settings, store, state, force, now=started)
+    say = run.say
+    seen = stages.collect(settings, store, state, run.force, now=started)
     if not seen.due:
         return False, {"status": "skipped", "reason": seen.reason, "new_events": seen.new_events}
     say({"event": "datasets", "new_events": seen.new_events})
-    built = stages.build(settings, store, method, max_attempts)
+    built = stages.build(settings, store, run.method, run.max_attempts)
     if not built.methods:
         return True, {"status": "skipped", "new_events": seen.new_events, "rows": built.counts, "reason": built.reason}
     run_dir = registry.tmp_folder(f"run-{built.methods[0]}")
@@ -130,18 +148,18 @@ def _run_stages(settings: Settings, registry: Registry, store, state: dict, star
     data_dir, against = stages.write(built, run_dir / "data"), stages.baseline(registry)
     attempts = []
     for chosen in built.methods:  # automatic runs: the next method when the gate refuses the previous
-        trained = stages.train(settings, chosen, data_dir, run_dir / f"adapter-{chosen}", recipe, say, timeout, stop,
-                               rows=built.counts)
+        trained = stages.train(settings, chosen, data_dir, run_dir / f"adapter-{chosen}", run.recipe, say,
+                               run.timeout, run.stop, rows=built.counts)
         reports = stages.evaluate(settings, data_dir, trained.folder, against, run_dir / f"eval-{chosen}.json",
-                                  eval_config, say, timeout, stop)
-        decision = stages.decide(reports, margin)
+                                  run.eval_config, say, run.timeout, run.stop)
+        decision = stages.decide(reports, run.margin)
         version = stages.register(registry, trained, built, seen.new_events, reports, against, decision)
         status, decision = stages.promote(settings, registry, version, decision, say)
         attempts.append(stages.Outcome(chosen, version, status, decision, trained, reports))
         if status == "promoted":
             break
     state["last_version"] = attempts[-1].version
-    return True, _result(attempts, built, seen, _announce(registry, attempts[-1], on_promote))
+    return True, _result(attempts, built, seen, _announce(registry, attempts[-1], run.on_promote))
 
 
 def _announce(registry: Registry, last: stages.Outcome, on_promote) -> str | None:
