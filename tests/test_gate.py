@@ -70,6 +70,24 @@ def test_the_gate_reads_answers_decoded_as_the_app_serves_them(tiny_llama, token
         assert served[0] == greedy[0], rule  # an answer with no repeated 4-gram is not touched
 
 
+@pytest.mark.slow  # two evaluations of a tiny model, ~10 s
+def test_the_evaluation_report_says_how_its_answers_were_decoded_and_they_were(tiny_llama, tokenizer, tmp_path):
+    """`evaluate` records the decoding in each report: the answers it judged must have been decoded that way (the
+    gate's loop check reads them). A prompt that loops greedily does not loop in the served report."""
+    tiny_llama.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    data = write_data(tmp_path / "data", sft_eval=[{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Big."}]}
+                               for q in ("Hi", "Tell me about the sea and the ships on it", "Why?")])
+    config = dict(general=1, open=1, passages=1, max_new_tokens=60)
+    reports = {served: E.evaluate(tiny_settings(tmp_path / "d", tmp_path / "base"), data, {"active": None},
+                                  E.EvalConfig(served_decoding=served, **config))["active"]
+               for served in (False, True)}
+    greedy, served = reports[False], reports[True]
+    assert greedy["decoding"] == "greedy" and greedy["answers"]["loops"] > 0
+    assert served["decoding"]["no_repeat_ngram_size"] == 4 and served["decoding"]["loop_rule"] == "ban"
+    assert served["answers"]["loops"] == 0, served["examples"]
+
+
 def test_gate_promotes_a_clearly_better_candidate():
     ok, reasons = E.gate(report(acc=0.9, sim=0.4), report(acc=0.5, sim=0.2), margin=0.05)
     assert ok and any("better" in r for r in reasons) and reasons[0].startswith("regression checks passed")
