@@ -12,6 +12,8 @@ import re
 import statistics
 from collections import Counter
 
+from adapters.edit_style import LIST_MARKER
+
 _PUNCT = re.compile(r"[^\w\s]+")
 
 
@@ -20,7 +22,7 @@ def normalize(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", (text or "").lower()).split())
 
 
-_LIST_MARKER = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+_LIST_MARKER = re.compile(LIST_MARKER, re.MULTILINE)
 
 
 def tokens(text: str) -> list[str]:

@@ -30,7 +30,8 @@ FEATURE_SHARE = 0.7  # bullets / length count when this share of the edits show 
 SHORTER, LONGER = 0.6, 1.6  # median words(edit) / words(original) beyond these: the edits change the length
 MOVED_SHARE = 0.25  # a phrase or bullet share must rise at least this much over the active policy
 MOVED_LENGTH = 1 / 3  # the median length must cover this part of the way to the edits' ratio
-_BULLET = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s+\S")
+LIST_MARKER = r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+"  # a list item's marker at the start of a line
+_BULLET = re.compile(LIST_MARKER + r"\S")
 
 
 def tokens(text: str) -> list[str]:

@@ -84,7 +84,8 @@ def measure(style, prompts: list[str], answers: list[str]) -> dict:
             "distinct": collapse.distinct_share(answers), "loops": sum(map(collapse.loops, answers)) / len(answers),
             "median_words": statistics.median(len(a.split()) for a in answers),
             "examples": [{"prompt": p, "answer": a} for p, a in zip(prompts[:4], answers[:4])],
-            "looping": [{"prompt": p, "answer": a} for p, a in zip(prompts, answers) if collapse.loops(a)]}
+            "looping": [{"prompt": p, "answer": a} for p, a in zip(prompts, answers) if collapse.loops(a)],
+            "misses": [{"prompt": p, "answer": a} for p, a in zip(prompts, answers) if not style.follows(a)][:8]}
 
 
 def run_style(name: str, train: list[tuple[str, str]], prompts: list[str], base_answers: list[str],
@@ -122,7 +123,7 @@ def run_style(name: str, train: list[tuple[str, str]], prompts: list[str], base_
             v_meta = reg.get(v)
             if v not in measured:
                 measured[v] = measure(style, prompts, answer(settings, v_meta["folder"], prompts, max_new_tokens))
-            attempt["measured"] = {k: x for k, x in measured[v].items() if k not in ("examples", "looping")}
+            attempt["measured"] = {k: x for k, x in measured[v].items() if k not in ("examples", "looping", "misses")}
             attempt["gate_similarity"] = {who: (rep or {}).get("similarity") for who, rep in
                                           (v_meta.get("eval") or {}).items() if who != "active_version"}
         adapter = measured[version]
