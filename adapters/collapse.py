@@ -41,15 +41,22 @@ def sentences(text: str) -> list[str]:
     return [s for s in (normalize(p) for p in re.split(r"(?<=[.!?])\s+|\n+", text or "")) if s]
 
 
-def loop_report(text: str, n: int = 4, times: int = 3, sentence_words: int = 3) -> dict:
+def loop_report(text: str, n: int = 4, times: int = 3, span: int = 40, sentence_words: int = 3) -> dict:
     """Does the answer loop? `repeated_sentence`: a sentence or line of `sentence_words` words or more occurs twice;
-    `ngram_loop`: a run of `n` tokens occurs `times` times or more (a loop inside one sentence, list items that
-    only repeat); `loop`: either. The one loop measure: the gate, the style suite and bench/answer_quality.py."""
+    `ngram_loop`: a run of `n` tokens occurs `times` times within `span` tokens (a loop inside one sentence, list
+    items that only repeat, "they live to live, they live to live"), or one token `n` times in a row ("brilliant
+    brilliant brilliant brilliant": too short a cycle for the n-gram count); `loop`: either. A phrase a long answer comes
+    back to once a paragraph ("the removal of the statue") is its topic, not a loop: `span` keeps it out (in the
+    gate's answers of 40-48 tokens every repeat is within it). The one loop measure: the gate, the style suite
+    and bench/answer_quality.py."""
     seen = Counter(s for s in sentences(text) if len(s.split()) >= sentence_words)
     repeated = bool(seen) and max(seen.values()) >= 2
     t = tokens(text)
-    grams = Counter(tuple(t[i:i + n]) for i in range(len(t) - n + 1))
-    ngram = bool(grams) and max(grams.values()) >= times
+    where: dict[tuple, list[int]] = {}
+    for i in range(len(t) - n + 1):
+        where.setdefault(tuple(t[i:i + n]), []).append(i)
+    ngram = any(at[j + times - 1] - at[j] <= span for at in where.values() for j in range(len(at) - times + 1))
+    ngram = ngram or any(len(set(t[i:i + n])) == 1 for i in range(len(t) - n + 1))
     return {"repeated_sentence": repeated, "ngram_loop": ngram, "loop": repeated or ngram}
 
 

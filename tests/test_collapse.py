@@ -222,3 +222,13 @@ def test_review_shows_the_decision_and_answers_side_by_side():
     assert text.startswith("v0002-sft (sft, retired): the gate refused it against v0001-sft")
     assert "- collapse: only 25%" in text and f"candidate: {FIXED}" in text and f"active:    {REAL[5]}" in text
     assert review_text({"version": "v1", "method": "sft", "state": "candidate"}).endswith("registered by hand)")
+
+
+def test_a_phrase_a_long_answer_comes_back_to_is_its_topic_but_a_short_cycle_is_a_loop():
+    para = ("The removal of the statue was a significant event for the city and for the country as a whole, "
+            "and people talked about it for many years afterwards in the newspapers and at home. ")
+    assert not C.loops(" ".join(para.replace("statue", w) for w in ("statue", "bronze statue", "old statue")))
+    assert C.loops("This is the way of the people of Dubai. They live to live, they live to live, and they live "
+                   "to live. This is the way of their way of life.")
+    assert C.loops("He was a brilliant thinker. He was brilliant, brilliant. He was brilliant brilliant brilliant "
+                   "brilliant brilliant.")
