@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 NON_ADMIN_OK = {
     "chat", "on_send_typed_ahead", "on_send_typed_ahead_1", "on_stop", "on_new", "on_new_1", "on_retry",  # chat
     "clear_view", "clear_view_1", "on_view", "on_view_1", "on_continue",  # the pick row and Continue
-    "on_like", "on_why", "on_edit", "handler", "handler_1", "on_undo",  # feedback on one's own answers
+    "on_like", "on_why", "on_why_close", "on_edit", "handler", "handler_1", "on_undo",  # feedback on one's own answers
     "on_upload", "on_delete", "on_refresh", "on_select", "on_refresh_1",  # one's own documents
     "on_job", "on_job_1",  # the progress, then the outcome, of one's own upload job
     "refresh", "refresh_1",  # the Feedback tab (scoped to the viewer): its button and its tab select

@@ -458,7 +458,13 @@ def test_phone_layout_keeps_the_message_box_and_reason_panel_on_screen(browser, 
         pg.screenshot(path=str(tmp_path / "chat-390.png"))
         box = pg.locator("#message textarea").bounding_box()
         assert box["y"] + box["height"] <= 844, box
+        # the message box has its own line; Send, Stop and New chat share the one under it, all on screen
+        buttons = [pg.locator(f"#{b}").bounding_box() for b in ("send", "stop", "new-chat")]
+        assert len({round(b["y"]) for b in buttons}) == 1 and buttons[0]["y"] >= box["y"] + box["height"], buttons
+        assert all(b["y"] + b["height"] <= 844 and b["height"] < 60 for b in buttons), buttons  # one line of text
+        assert box["width"] >= 280, box
         send(pg, "Name a vegetable.")
+        (answer_id,), = db_rows(app_server, "select max(id) from messages where role='assistant'")
         pg.locator('[data-testid="bot"]').last.hover()
         pg.locator('[aria-label="Dislike"]').last.click()
         pg.wait_for_selector("#why-panel", state="visible")
@@ -466,5 +472,10 @@ def test_phone_layout_keeps_the_message_box_and_reason_panel_on_screen(browser, 
         pg.screenshot(path=str(tmp_path / "reasons-390.png"))
         panel = pg.locator("#why-save").bounding_box()
         assert 0 <= panel["y"] and panel["y"] + panel["height"] <= 844, panel
+        # the sheet covers the message box: Close puts it away, and the 👎 it belongs to stays stored, once
+        pg.click("#why-close")
+        pg.wait_for_selector("#why-panel", state="hidden")
+        assert pg.locator("#message textarea").is_visible()
+        assert db_rows(app_server, "select value from ratings where message_id=?", answer_id) == [(-1,)]
     finally:
         pg.close()

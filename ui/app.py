@@ -27,13 +27,18 @@ REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "o
 # Phone-sized screens: the chat fills the screen height so the message box is on screen at load, and the
 # settings row and table headers stay readable (the Chatbot's own height is for desktops).
 CSS = """
+/* table headers break between words only: Gradio's own span inside each header breaks anywhere ("Techniqu|e") */
+table th, table th *, table td { word-break: normal !important; overflow-wrap: normal !important; }
 @media (max-width: 768px) {
   #chatbot { height: 52vh !important; min-height: 240px; }
   #why-panel { position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 50; max-height: 70vh; overflow: auto;
                box-shadow: 0 -4px 16px rgba(0, 0, 0, 0.25); }  /* a bottom sheet next to the thumb just pressed */
-  /* headers break between words only: Gradio's own span inside each header breaks anywhere ("thumb|s") */
-  table th, table th *, table td { word-break: normal !important; overflow-wrap: normal !important; }
   table th, table td { min-width: 4.5em; }
+  /* the message box on its own line, Send / Stop / New chat side by side under it (not three full-width rows) */
+  #composer { flex-wrap: wrap !important; gap: 6px !important; }
+  #composer > .form { flex: 1 1 100% !important; min-width: 100% !important; }  /* the message box's wrapper */
+  #composer > button { flex: 1 1 0 !important; min-width: 0 !important; white-space: nowrap;
+                       padding: 0 6px !important; }
 }
 """
 # The history sidebar and the chat settings start open on a desktop and closed on a phone, where they would push
@@ -59,6 +64,13 @@ CLOSE_PANELS_ON_PHONES = """() => {
     const now = window.innerWidth >= 768;
     if (wide && !now) close(); else if (!wide && now) reopen();
     wide = now; }); }"""
+
+# After a retry the "Which answer is better?" row appears under the message box: below the fold on a phone, so it
+# is scrolled into view (only when it is shown and not already on screen).
+SHOW_PICK_ROW = """() => { setTimeout(() => { const r = document.querySelector('#pick-row');
+  if (!r || r.offsetParent === null) return; const b = r.getBoundingClientRect();
+  if (b.top > window.innerHeight - 60 || b.bottom < 0) r.scrollIntoView({behavior: 'smooth', block: 'start'});
+}, 300); }"""
 
 
 class StopFlags:
@@ -137,11 +149,12 @@ def build_ui(services) -> gr.Blocks:
                                             elem_id="temperature")
                     max_tokens = gr.Slider(1, max_tokens_limit(settings), value=settings.max_new_tokens, step=1,
                                            label="Max tokens of an answer", elem_id="max-tokens")
-            chatbot = gr.Chatbot(elem_id="chatbot", editable="all", feedback_options=("Like", "Dislike"),
+            chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", show_label=False, editable="all",
+                                 feedback_options=("Like", "Dislike"),
                                  sanitize_html=True, height=480, buttons=["copy"],
                                  placeholder="Ask anything. Edit an answer (✎) to correct it, "
                                              "or Retry (↻) for another one.")
-            with gr.Row():
+            with gr.Row(elem_id="composer"):
                 box = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
                                  elem_id="message", max_lines=8)
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
@@ -162,7 +175,11 @@ def build_ui(services) -> gr.Blocks:
                 why_index = gr.Number(visible=False, precision=0)
                 reasons = gr.CheckboxGroup(REASONS, label="What was wrong?", elem_id="reasons")
                 comment = gr.Textbox(label="Comment (optional)", max_lines=4, elem_id="comment")
-                why_save = gr.Button("Save feedback", elem_id="why-save")
+                with gr.Row():
+                    why_save = gr.Button("Save feedback", variant="primary", elem_id="why-save", scale=2)
+                    # the 👎 itself is already stored: closing only skips the reasons (on a phone the panel is a
+                    # sheet over the message box)
+                    why_close = gr.Button("Close", elem_id="why-close", scale=1)
             status = gr.Markdown("", elem_id="status")
             with gr.Accordion("Answer details", open=False, elem_id="answer-details-box"):
                 details = gr.Markdown("No answer yet.", elem_id="answer-details")
@@ -342,7 +359,8 @@ def build_ui(services) -> gr.Blocks:
             on_reopened, [state], [temperature, max_tokens], api_visibility="private")
         answer_inputs = [state, template, rag, adapter, temperature, max_tokens]
         chatbot.retry(on_retry, answer_inputs, [state, chatbot] + view_outputs,
-                      api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")
+                      api_visibility="private", **gen_queue).then(
+            on_details, [state], [details], api_visibility="private").then(None, None, None, js=SHOW_PICK_ROW)
         cont.click(on_continue, answer_inputs, [state, chatbot] + view_outputs,
                    api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")
 
@@ -410,6 +428,11 @@ def build_ui(services) -> gr.Blocks:
         chatbot.like(on_like, [state], [why_panel, why_index, status], api_visibility="private")
         why_save.click(on_why, [state, why_index, reasons, comment], [why_panel, reasons, comment, status],
                        api_visibility="private")
+        def on_why_close():  # the 👎 stays stored; only the reasons are skipped
+            return gr.update(visible=False), [], ""
+
+        why_close.click(on_why_close, None, [why_panel, reasons, comment], queue=False,
+                        api_visibility="private")
         chatbot.edit(on_edit, answer_inputs, [state, chatbot] + view_outputs,
                      api_visibility="private", **gen_queue).then(on_details, [state], [details], api_visibility="private")
         for button, which in ((pick_first, "first"), (pick_second, "second")):

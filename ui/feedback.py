@@ -28,13 +28,15 @@ SERIES = ("answers", "thumbs up", "thumbs down", "taken back", "edits", "picks")
 
 def daily_frame(daily: list[dict]) -> pd.DataFrame:
     """One row per (day, series) for every day from the day before the first event to the last, zeros filled in:
-    each series is its own line, and a single day of data still draws (from 0 the day before)."""
+    each series is its own line, and a single day of data still draws (from 0 the day before). Days are ISO dates
+    as text (a nominal axis, sorted as text: in date order), not timestamps: a time axis put hour ticks ("02 AM",
+    "04 AM") between two days of counts."""
     if not daily:
         return pd.DataFrame(columns=["day", "series", "count"])
     counts = {(r["day"], r["series"]): int(r["count"]) for r in daily}
     days = pd.date_range(pd.Timestamp(min(r["day"] for r in daily)) - pd.Timedelta(days=1),
                          pd.Timestamp(max(r["day"] for r in daily)), freq="D")
-    rows = [{"day": d, "series": s, "count": counts.get((d.strftime("%Y-%m-%d"), s), 0)}
+    rows = [{"day": d.strftime("%Y-%m-%d"), "series": s, "count": counts.get((d.strftime("%Y-%m-%d"), s), 0)}
             for d in days for s in SERIES]
     return pd.DataFrame(rows, columns=["day", "series", "count"])
 
