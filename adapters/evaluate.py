@@ -24,6 +24,7 @@ Out of process: `python -m adapters.evaluate --data DIR --policy candidate=FOLDE
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -32,8 +33,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from rouge_score import rouge_scorer
 
 from adapters import collapse, edit_style
 from adapters.gate import gate  # noqa: F401  (the gate's home is adapters.gate; callers import it from here too)
@@ -84,7 +83,13 @@ class _Words:
         return words(text)
 
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
+@functools.cache
+def _rouge():
+    """rouge-score's scorer, made on first use: importing it imports nltk (~2 s), which every process that imports
+    this module (the app, each `kaizen` command) would pay at start for a score only the gate computes."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
 
 
 def rouge_l(prediction: str, gold: str) -> float:
@@ -92,7 +97,7 @@ def rouge_l(prediction: str, gold: str) -> float:
     p, g = words(prediction), words(gold)
     if not p or not g:
         return float(p == g)
-    return _ROUGE.score(gold, prediction)["rougeL"].fmeasure
+    return _rouge().score(gold, prediction)["rougeL"].fmeasure
 
 
 def repetition(text: str, n: int = 3) -> float:
