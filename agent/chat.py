@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from agent.fair import Cancelled, FairGate
+from agent.fair import FRESH_SLOTS, Cancelled, FairGate
 from agent.decoding import Decoding, served_decoding
 from agent.model import ChatModel, Generation
 from agent.settings import Settings
@@ -46,7 +46,7 @@ class Answerer:
         self.settings = settings
         self.kb = kb
         # decode slots, shared fairly between users; at most settings.user_max_generations per user
-        self.gate = FairGate(slots_of(model, settings), per_user=getattr(settings, "user_max_generations", 0))
+        self.gate = gate_for(model, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings, with_retrieval: bool = True) -> "Answerer":
@@ -144,10 +144,14 @@ class Answerer:
             gen.cancelled = True
 
 
-def slots_of(model, settings: Settings) -> int:
-    """How many answers the engine decodes at once: llama-server's slots, an OpenAI server's KAIZEN_PARALLEL,
-    one for transformers (two parallel generations on a CPU are slower than two queued ones)."""
+def gate_for(model, settings: Settings) -> FairGate:
+    """The engine's decode slots, shared fairly: llama-server's (its shared slots and the one kept for fresh users),
+    an OpenAI server's KAIZEN_PARALLEL plus one kept likewise, one for transformers (two parallel generations on a
+    CPU are slower than two queued ones, and it decodes one at a time)."""
+    per_user = getattr(settings, "user_max_generations", 0)
     server = getattr(model, "server", None)
     if server is not None:
-        return server.parallel
-    return settings.parallel if getattr(model, "dialect", None) else 1
+        return FairGate(server.parallel, per_user, reserve=getattr(server, "reserve", 0))
+    if getattr(model, "dialect", None):
+        return FairGate(settings.parallel, per_user, reserve=FRESH_SLOTS)
+    return FairGate(1, per_user)

@@ -79,8 +79,10 @@ def open_engine(settings: Settings):
     from agent.gguf import base_gguf
     from agent.llama_server import LlamaServer
 
+    from agent.fair import FRESH_SLOTS
+
     server = LlamaServer(base_gguf(settings.base_model, settings.models_dir, settings.llama_quant),
-                         parallel=settings.parallel,
+                         parallel=settings.parallel, reserve=FRESH_SLOTS,
                          threads=settings.threads, log_dir=settings.data_dir / "logs",
                          extra=settings.llama_args.split())
     engine = HTTPEngine(tok, name=settings.base_model, dialect="llama", server=server, base_folder=folder)
@@ -98,8 +100,9 @@ def describe(engine) -> str:
         parts = server.gguf.name.rsplit(".", 2)  # a converted base is NAME.QUANT.gguf (agent/gguf.py)
         quant = f", {parts[1].upper()}" if len(parts) == 3 and parts[1] in QUANTS else ""
         name = last_part(getattr(engine, "name", None) or server.gguf.name)
-        slots, threads = server.parallel, server.threads
-        return (f"llama.cpp ({name}{quant}, {slots} slot{'s' * (slots != 1)}, "
+        slots, threads, fresh = server.parallel, server.threads, getattr(server, "reserve", 0)
+        fresh = f" + {fresh} for newcomers" if fresh else ""
+        return (f"llama.cpp ({name}{quant}, {slots} slot{'s' * (slots != 1)}{fresh}, "
                 f"{threads} thread{'s' * (threads != 1)})")
     if getattr(engine, "dialect", None):
         return f"OpenAI-compatible server at {engine.url}"

@@ -130,9 +130,11 @@ class LlamaServer:
     """The one llama-server the llama.cpp engine talks to, restarted gracefully when its adapter set changes."""
 
     def __init__(self, gguf: Path, *, parallel: int = 4, threads: int = 2, ctx_per_slot: int = 2048,
-                 log_dir: Path | None = None, extra: list[str] = ()):
+                 log_dir: Path | None = None, extra: list[str] = (), reserve: int = 0):
+        """`parallel` shared slots plus `reserve` kept for fresh users (agent/fair.py): `-np parallel+reserve`."""
         self.gguf = Path(gguf)
         self.parallel, self.threads, self.ctx_per_slot = parallel, threads, ctx_per_slot
+        self.reserve = reserve
         self.log_dir = Path(log_dir) if log_dir else None
         self.extra = list(extra)
         self.current: ServerProcess | None = None
@@ -158,7 +160,8 @@ class LlamaServer:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / "llama-server.log"
-        cmd = server_command(binary, self.gguf, [loras[n] for n in names], port=port, parallel=self.parallel,
+        cmd = server_command(binary, self.gguf, [loras[n] for n in names], port=port,
+                             parallel=self.parallel + self.reserve,
                              threads=self.threads, ctx_per_slot=self.ctx_per_slot, extra=self.extra)
         new = ServerProcess(cmd, f"http://127.0.0.1:{port}", names, log_path=log_path).start()
         self.current = new

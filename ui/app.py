@@ -322,8 +322,8 @@ def build_ui(services) -> gr.Blocks:
         # Every listener that generates shares one queue, wide enough (16 per decode slot, as the API's bound) that
         # waiting answers wait in the fair gate (agent/fair.py: a free slot goes to the user with the fewest answers
         # running, a newcomer first), not in Gradio's first-come queue; KAIZEN_USER_MAX_GENERATIONS bounds each user.
-        gen_queue = dict(concurrency_id="generate", concurrency_limit=16 * answerer.gate.slots)
-        demo.kaizen_max_threads = 40 + 16 * answerer.gate.slots  # a waiting answer holds a worker thread
+        gen_queue = dict(concurrency_id="generate", concurrency_limit=16 * answerer.gate.capacity)
+        demo.kaizen_max_threads = 40 + 16 * answerer.gate.capacity  # a waiting answer holds a worker thread
         # The public /chat API (gradio_client, scripts) has its own listener on a button no one sees, so the
         # browser's Enter and Send can leave alone what is typed during an answer without changing its outputs.
         api_chat.click(on_send, chat_inputs, chat_outputs, api_name="chat", **gen_queue)

@@ -61,7 +61,7 @@ class KaizenAPI:
         self.registry = registry
         self.ab_state = ab_state if ab_state is not None else {}
         self.watcher = watcher
-        self.max_inflight = max_inflight or 16 * max(1, answerer.gate.slots)
+        self.max_inflight = max_inflight or 16 * max(1, answerer.gate.capacity)
         self._inflight = 0
         self._guard = threading.Lock()
 
