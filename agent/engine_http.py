@@ -33,7 +33,9 @@ def llama_body(ids: list[int], *, max_new_tokens: int, decoding: Decoding, lora:
     prompt to its samplers as well, so DRY and the repeat penalty look back over the prompt's last tokens too."""
     body = {"prompt": ids, "n_predict": max_new_tokens, "stream": True, "cache_prompt": True,
             "temperature": decoding.temperature, "top_p": decoding.top_p if decoding.temperature > 0 else 1.0,
-            "top_k": 50 if decoding.temperature > 0 else 0, "min_p": 0.0,
+            # greedy: one candidate, the same argmax (after the penalties and DRY, which run before top-k), and no
+            # pass of the later samplers over the whole vocabulary: ~8% more tokens a second on 2 cores
+            "top_k": 50 if decoding.temperature > 0 else 1, "min_p": 0.0,
             "repeat_penalty": decoding.repetition_penalty or 1.0, "repeat_last_n": max_new_tokens,
             "seed": decoding.seed if decoding.seed is not None else -1, "lora": lora}
     dry = decoding.dry()

@@ -31,7 +31,7 @@ def test_server_command_loads_every_adapter_at_scale_zero():
 def test_llama_body_greedy_and_sampled():
     greedy = llama_body([1, 2], max_new_tokens=16, decoding=Decoding(no_repeat_ngram_size=4),
                         lora=[{"id": 0, "scale": 1.0}])
-    assert greedy["temperature"] == 0 and greedy["top_k"] == 0 and greedy["prompt"] == [1, 2]
+    assert greedy["temperature"] == 0 and greedy["top_k"] == 1 and greedy["prompt"] == [1, 2]
     assert greedy["dry_allowed_length"] == 3 and greedy["dry_penalty_last_n"] == 256  # of prompt + answer, any cap
     assert greedy["dry_multiplier"] == 2.0 and greedy["dry_sequence_breakers"] == ["\x01"]
     assert greedy["lora"] == [{"id": 0, "scale": 1.0}] and greedy["seed"] == -1
