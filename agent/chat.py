@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass, field
 
 from agent.fair import FRESH_SLOTS, Cancelled, FairGate
+from agent.routing import MIN_SOURCE_PROBABILITY
 from agent.decoding import Decoding, served_decoding
 from agent.model import ChatModel, Generation
 from agent.settings import Settings
@@ -47,6 +48,7 @@ class Answerer:
         self.kb = kb
         # decode slots, shared fairly between users; at most settings.user_max_generations per user
         self.gate = gate_for(model, settings)
+        self.min_source_probability = MIN_SOURCE_PROBABILITY  # agent/routing.py: chunks left out of the prompt
 
     @classmethod
     def from_settings(cls, settings: Settings, with_retrieval: bool = True) -> "Answerer":
@@ -89,11 +91,16 @@ class Answerer:
         owner = owner or DEFAULT_OWNER
         if self.kb is None or mode == "off" or self.kb.is_empty(owner):
             return [], False
-        from agent.routing import decide, relevant
+        from agent.routing import decide, likely, relevant
 
         hits = self.kb.search(question, k=4, owner=owner)
         use = decide(question, hits, mode)
-        return (relevant(hits) if mode == "auto" else hits) if use else hits, use
+        if not use:
+            return hits, False
+        hits = relevant(hits) if mode == "auto" else hits
+        if getattr(getattr(self.kb, "hybrid", None), "method", None) == "learned":  # scores are probabilities
+            hits = likely(hits, self.min_source_probability)
+        return hits, True
 
     def answer(
         self,

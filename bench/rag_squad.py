@@ -269,31 +269,40 @@ def contains_gold(answer: str, golds: list[str]) -> bool:
 
 
 def answers_run(kb: KnowledgeBase, questions: list[dict], n: int, max_new_tokens: int) -> dict:
-    """Answers from the real default model through the project's answer pipeline, RAG off vs on."""
+    """Answers from the real default model through the project's answer pipeline: RAG off, on (the chunks the
+    reranker finds likely, as the app sends them: agent/routing.py `likely`), and on with all four chunks."""
     from agent.chat import Answerer
     from agent.model import ChatModel
+    from agent.routing import MIN_SOURCE_PROBABILITY
 
     settings = Settings.from_env()
     answerer = Answerer(ChatModel.from_settings(settings), settings, kb)
     sample = questions[:n]
-    res = {"off": 0, "on": 0}
-    seconds = {"off": [], "on": []}
+    modes = {"off": ("off", MIN_SOURCE_PROBABILITY), "on": ("on", MIN_SOURCE_PROBABILITY), "on_all": ("on", 0.0)}
+    res = {m: 0 for m in modes}
+    seconds = {m: [] for m in modes}
+    prompt_tokens = {m: [] for m in modes}
     examples = []
     for q in sample:
         got = {}
-        for mode in ("off", "on"):
+        for name, (rag, threshold) in modes.items():
+            answerer.min_source_probability = threshold
             t = time.perf_counter()
-            reply = answerer.answer([], q["question"], template="plain", rag=mode, max_new_tokens=max_new_tokens)
-            got[mode] = reply.generation.collect()
-            seconds[mode].append(time.perf_counter() - t)
-            res[mode] += contains_gold(got[mode], q["answers"])
+            reply = answerer.answer([], q["question"], template="plain", rag=rag, max_new_tokens=max_new_tokens)
+            got[name] = reply.generation.collect()
+            seconds[name].append(time.perf_counter() - t)
+            prompt_tokens[name].append(reply.generation.prompt_tokens)
+            res[name] += contains_gold(got[name], q["answers"])
         if len(examples) < 3:
             examples.append({"question": q["question"], "gold": q["answers"][:2]} | got)
     return {"questions": len(sample), "max_new_tokens": max_new_tokens, "model": settings.base_model,
             "contains_gold_without_rag": round(res["off"] / len(sample), 4),
             "contains_gold_with_rag": round(res["on"] / len(sample), 4),
+            "contains_gold_with_rag_all_chunks": round(res["on_all"] / len(sample), 4),
+            "median_prompt_tokens": {m: statistics.median(v) for m, v in prompt_tokens.items()},
             "median_s_without_rag": round(statistics.median(seconds["off"]), 2),
-            "median_s_with_rag": round(statistics.median(seconds["on"]), 2), "examples": examples}
+            "median_s_with_rag": round(statistics.median(seconds["on"]), 2),
+            "median_s_with_rag_all_chunks": round(statistics.median(seconds["on_all"]), 2), "examples": examples}
 
 
 T0 = time.perf_counter()

@@ -332,3 +332,24 @@ def test_search_edge_cases(backend):
     assert kb.search("zzzz qqqq", k=3, mode="bm25") == []
     with pytest.raises(ValueError, match="mode"):
         kb.search("otters", mode="magic")
+
+
+def test_the_answer_prompt_holds_the_likely_chunks_only(loaded, tmp_path):
+    """The reranker's probabilities decide which retrieved chunks reach the prompt (agent/routing.py `likely`): a
+    question one document answers gets that document's chunk, not four with three distractors; a chunk under the
+    threshold is left out, and with the threshold at 0 all retrieved chunks are there again."""
+    from agent.chat import Answerer
+    from agent.routing import MIN_SOURCE_PROBABILITY
+    from tests.api_fakes import FakeEngine
+
+    answerer = Answerer(FakeEngine(), Settings(data_dir=tmp_path / "d"), kb=loaded)
+    question = "When is the deadline to apply for a Zorblax permit?"
+    every = loaded.search(question, k=4)
+    assert len(every) == 4 and every[0].file == "permits.pdf"
+    hits, used = answerer.retrieve(question, "on")
+    assert used and hits[0].file == "permits.pdf"
+    assert [h.chunk for h in hits] == [h.chunk for h in every if h is every[0] or h.score >= MIN_SOURCE_PROBABILITY]
+    assert len(hits) < len(every) and all(h.score < MIN_SOURCE_PROBABILITY for h in every[len(hits):])
+    answerer.min_source_probability = 0.0
+    assert len(answerer.retrieve(question, "on")[0]) == 4
+

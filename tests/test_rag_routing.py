@@ -95,3 +95,14 @@ def test_convex_fusion_mixes_scaled_bm25_with_cosine():
     assert dict(fused)["d"] == pytest.approx(0.25 * 0.8)
     assert [k for k, _ in convex_fuse(cos, bm25, bm25_share=0.9)][0] == "b"
     assert convex_fuse({}, {}, 0.25) == []
+
+
+def test_likely_keeps_the_best_hit_and_the_probable_ones_in_order():
+    from agent.routing import MIN_SOURCE_PROBABILITY, likely
+
+    hits = [hit(0.9, chunk=0, score=0.9), hit(0.5, chunk=1, score=0.005), hit(0.6, chunk=2, score=0.08),
+            hit(0.4, chunk=3, score=MIN_SOURCE_PROBABILITY)]
+    assert [h.chunk for h in likely(hits)] == [0, 2, 3]
+    assert [h.chunk for h in likely(hits[:1] + hits[1:2])] == [0]
+    assert [h.chunk for h in likely([hit(0.3, chunk=5, score=0.001)])] == [5]  # the best one always stays
+    assert likely([]) == [] and len(likely(hits, 0.0)) == 4
