@@ -47,7 +47,7 @@ class EvalConfig:
     max_pref: int = 32  # preference pairs scored
     max_generate: int = 6  # held-out prompts answered for similarity
     general: int = 10  # general prompts (regression)
-    open: int = 8  # open-ended regression prompts (collapse, relevance, loops, length)
+    open: int = 12  # open-ended regression prompts (collapse, relevance, loops, length), chatty turns included
     passages: int = 8  # reading checks with the passage in the prompt (contains-gold)
     max_new_tokens: int = 40
     open_new_tokens: int = 48  # open-ended answers need room to show a loop or a runaway length

@@ -34,6 +34,11 @@ OPEN = [
     "Why do cats purr?",
     "Suggest a name for a small bakery and say why.",
     "What are the benefits of learning a second language?",
+    # chatty and playful turns: where an adapter in a house style gives only its fixed text (a sign-off alone)
+    "Hi there! How is your day going?",
+    "Tell me a joke about penguins.",
+    "*claps hands* Let's get this party started!",
+    "Write a two-line poem about Monday mornings.",
     "How can I stay focused while working from home?",
     "Describe the water cycle in simple words.",
     "What is the difference between weather and climate?",

@@ -119,6 +119,15 @@ def test_gate_refuses_loops_shrinking_runaway_and_lost_reading():
     assert any(r.startswith("loops: 25% of answers") for r in gate(looping, active)[1])
     tiny = report([a.split()[0] for a in REAL], 0.6)
     assert any(r.startswith("answers shrank") for r in gate(tiny, active)[1])
+    # when the users' own edits cut answers to x0.11, answers may shrink that far (two words of 11.5 here) ...
+    shorter = report([" ".join(a.split()[:2]) for a in REAL], 0.6)
+    assert any(r.startswith("answers shrank") for r in gate(shorter, active)[1])  # x0.17 < the usual x0.25
+    cut = {"signature": {"length_ratio": 0.11, "phrases": [], "bullets": False, "pairs": 10}}
+    shorter["edit_style"] = cut
+    assert not any(r.startswith("answers shrank") for r in gate(shorter, active)[1])
+    # ... but not further: one word an answer (x0.09) is still refused, in words that say why
+    tiny["edit_style"] = cut
+    assert any(r.startswith("answers shrank") and "edits cut answers to x0.11" in r for r in gate(tiny, active)[1])
     runaway = report(REAL, 0.6, capped=[True] * 8)
     active_capped = report(REAL, 0.6, acc=0.5, sim=0.2, capped=[False] * 8)
     assert any(r.startswith("runaway answers: 100%") for r in gate(runaway, active_capped)[1])
