@@ -299,12 +299,16 @@ def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page
     assert "kettle.txt" in sources
     page.wait_for_selector('#chatbot :text("Sources")')
     page.wait_for_timeout(1000)
+    # the grounded answer's bubble keeps its copy button beside the question's (a component note took it away)
+    assert page.locator('#chatbot [aria-label="Copy message"]').count() == 2
+    page.screenshot(path=str(tmp_path / "grounded.png"))
 
     page.locator('[data-testid="bot"]').last.hover()
     page.locator('[aria-label="Edit"]').last.click()
-    assert page.locator(".edit-textarea").count() == 1  # the answer only: the Sources note has no text area
+    assert page.locator(".edit-textarea:visible").count() == 1  # the answer only: the Sources note has no text area
+    assert page.locator(".edit-textarea:visible").bounding_box()["width"] >= 300  # room to correct (Gradio: 160 px)
     page.screenshot(path=str(tmp_path / "edit-grounded.png"))
-    page.fill(".edit-textarea", "Three years.")
+    page.fill(".edit-textarea:visible", "Three years.")
     page.locator('[aria-label="Submit"]').click()
     status_has(page, "correction")
     page.wait_for_timeout(1500)  # the note's own edit event (ignored) has arrived by now
@@ -314,6 +318,7 @@ def test_sources_note_is_never_edited_and_an_edited_question_is_asked_again(page
     page.wait_for_selector('#chatbot :text("Sources")')  # still shown under the answer
     page.locator('#chatbot :text("Sources")').last.click()  # opens: the note lists the file
     page.wait_for_function("document.querySelector('#chatbot')?.innerText.includes('kettle.txt')")
+    page.wait_for_timeout(1500)
     page.screenshot(path=str(tmp_path / "sources-open.png"))
 
     (old_q, old_parent), = db_rows(app_server, "select id, parent_id from messages where role='user' "

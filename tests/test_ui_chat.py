@@ -151,8 +151,9 @@ def test_sources_notes_shift_indices():
     shown = to_chatbot(st)
     assert [m["role"] for m in shown] == ["user", "assistant", "assistant", "user"]
     note = shown[2]
-    assert "<summary>Sources</summary>" in note["content"].value and "&lt;b&gt;" in note["content"].value
-    assert not isinstance(note["content"], str)  # a component message: Gradio's edit mode gives it no text area
+    assert note["metadata"] == {"title": "Sources", "status": "done"}  # a collapsed "thought": no text area in
+    # Gradio's edit mode, and an all-text bubble keeps its copy button
+    assert note["content"] == "[1] &lt;b&gt;x&lt;/b&gt;.txt — chunk 0, score 0.500", note["content"]
     assert chat_index_to_shown(st, 3) == 2
     with pytest.raises(ValueError, match="sources"):
         chat_index_to_shown(st, 2)

@@ -29,6 +29,11 @@ REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "o
 CSS = """
 /* table headers break between words only: Gradio's own span inside each header breaks anywhere ("Techniqu|e") */
 table th, table th *, table td { word-break: normal !important; overflow-wrap: normal !important; }
+/* the Sources note under a grounded answer is a titled text message ("thought"), so the bubble keeps its copy button;
+   Gradio's edit mode would give it a text area too: it hides while the answer is edited (its edit is ignored) */
+#chatbot .message.thought:has(> .edit-textarea) { display: none !important; }
+/* an answer being corrected gets room to work in (Gradio sizes the box to the bubble's text, down to 160 px) */
+#chatbot .edit-textarea { width: min(70ch, 72vw) !important; min-height: 7em !important; }
 @media (max-width: 768px) {
   #chatbot { height: 52vh !important; min-height: 240px; }
   #why-panel { position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 50; max-height: 70vh; overflow: auto;

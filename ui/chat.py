@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import threading
 import time
 from dataclasses import dataclass
@@ -72,27 +71,25 @@ def unescape_display(text: str) -> str:
     return unescape_chat(text)
 
 
-def sources_html(sources: list[dict]) -> str:
-    """A collapsed <details> list of the sources (file names escaped)."""
-    lines = "<br>".join(f"[{i}] {html.escape(str(s['file']))} — chunk {int(s['chunk'])}, score {float(s['score']):.3f}"
-                        for i, s in enumerate(sources, 1))
-    return f'<details class="kaizen-sources"><summary>Sources</summary><div>{lines}</div></details>'.replace(
-        "—", "&mdash;")
+def sources_text(sources: list[dict]) -> str:
+    """The lines of a Sources note, one per source (file names escaped as chat text)."""
+    return "\n".join(f"[{i}] {escape_display(str(s['file']))} — chunk {int(s['chunk'])}, score {float(s['score']):.3f}"
+                     for i, s in enumerate(sources, 1))
 
 
 def to_chatbot(state: dict) -> list[dict]:
     """The Chatbot value for the state: messages, plus a collapsed 'Sources' note under grounded answers.
 
-    The note is a component message (an HTML <details> block), not text: Gradio's edit mode turns only text
-    messages of the answer's bubble into text areas, so the note is shown but never editable (its edit event is
-    ignored: `is_sources_note`). Not a metadata "thought": Gradio draws no component inside one."""
-    import gradio as gr
-
+    The note is a "thought" (a text message with a metadata title, drawn collapsed, status done) in the answer's
+    bubble: Gradio's edit mode gives a titled message no text area, so the note is shown but never editable (its
+    edit event is ignored: `is_sources_note`), and since every part of the bubble is text, the bubble keeps its copy
+    button (a component note, as before, took it away)."""
     out = []
     for m in state["shown"]:
         out.append({"role": m["role"], "content": escape_display(m["content"])})
         if m.get("sources"):
-            out.append({"role": "assistant", "content": gr.HTML(sources_html(m["sources"]))})
+            out.append({"role": "assistant", "content": sources_text(m["sources"]),
+                        "metadata": {"title": "Sources", "status": "done"}})
     return out
 
 
