@@ -34,6 +34,39 @@ def current_branch(messages: list[dict], picks: dict[int, int] | None = None, un
     return path[::-1]
 
 
+def unpicked_retry(messages: list[dict], branch: list[dict], picks: dict[int, int] | None = None):
+    """(first, second): the two answers a reopened chat offers to pick from, or None. They are the newest answer of
+    the branch when it is a retry (sampled with a seed: `decoding.seed`), complete, not corrected, to a question
+    with no pick, and the newest earlier complete answer to that question whose text differs from it (what the
+    pick row showed before the reload; a retry that only repeated an answer is never offered)."""
+    from feedback.curate import normalize_text
+
+    if not branch or branch[-1]["role"] != "assistant":
+        return None
+    leaf = branch[-1]
+    if leaf["parent_id"] in (picks or {}) or leaf.get("edited") or not _complete(leaf) or _seed(leaf) is None:
+        return None
+    earlier = sorted((m for m in messages if m["role"] == "assistant" and m["parent_id"] == leaf["parent_id"]
+                      and m["id"] < leaf["id"] and _complete(m)), key=lambda m: m["id"], reverse=True)
+    for m in earlier:
+        if normalize_text(m["content"]) != normalize_text(leaf["content"]):
+            return m, leaf
+    return None
+
+
+def _complete(m: dict) -> bool:
+    return not m.get("stopped") and bool((m.get("content") or "").strip())
+
+
+def _seed(m: dict):
+    decoding = m.get("decoding")
+    if isinstance(decoding, str):
+        import json
+
+        decoding = json.loads(decoding or "null")
+    return (decoding or {}).get("seed")
+
+
 def list_label(conv: dict, with_time: bool = False) -> str:
     """One line of the sidebar: title · date (and time, with `with_time`) · adapter of its latest answer."""
     title = (conv.get("title") or "").strip() or "Untitled"

@@ -262,6 +262,9 @@ def test_retry_shows_two_different_answers_and_the_pick_stores_them(page, app_se
     page.screenshot(path=str(tmp_path / "pick.png"))
     assert one.strip() and two.strip() and " ".join(one.split()).lower() != " ".join(two.split()).lower()
     assert " ".join(first.split())[:30] in " ".join(one.split())
+    page.reload()  # a reload before the pick offers the same two answers again
+    page.wait_for_selector("#pick-row", state="visible", timeout=60_000)
+    assert (page.inner_text("#pick-first-text"), page.inner_text("#pick-second-text")) == (one, two)
     page.click("#pick-first")
     status_has(page, "preferred")
     assert page.locator("#pick-row").is_hidden()

@@ -2,12 +2,13 @@
 append-only and per user; another user's or a forged conversation id reads nothing."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
 from ui.chat import ChatLogic, feedback_values, restored_state
-from feedback.history import current_branch, list_label, list_labels
+from feedback.history import current_branch, list_label, list_labels, unpicked_retry
 from feedback.store import FeedbackError, NotFoundError, Store
 
 
@@ -162,3 +163,53 @@ def test_an_undone_question_and_what_followed_it_leave_the_branch():
     assert [m["id"] for m in current_branch(msgs + [{"id": 6, "parent_id": 2, "role": "user"}], undone=[3])] == [1, 2, 6]
     assert current_branch(msgs, undone=[1]) == []
     assert [m["id"] for m in current_branch(msgs)] == [1, 2, 3, 5]
+
+
+def test_an_unpicked_retry_is_the_newest_seeded_answer_and_the_latest_different_one_before_it():
+    def msg(i, parent, role, content="", seed=None, **kw):
+        return {"id": i, "parent_id": parent, "role": role, "content": content,
+                "decoding": {"seed": seed} if role == "assistant" else None, **kw}
+
+    q, a = msg(1, None, "user", "q"), msg(2, 1, "assistant", "Paris.")
+    retry = msg(3, 1, "assistant", "It is Paris, on the Seine.", seed=11)
+    pair = unpicked_retry([q, a, retry], [q, retry])
+    assert pair is not None and [m["id"] for m in pair] == [2, 3]
+    assert unpicked_retry([q, a, retry], [q, retry], picks={1: 3}) is None  # picked already
+    assert unpicked_retry([q, a], [q, a]) is None  # one answer
+    cont = msg(4, 1, "assistant", "Paris. It is the capital.")  # a Continue is a sibling, but not sampled
+    assert unpicked_retry([q, a, cont], [q, cont]) is None
+    # a retry that only repeated the first answer (stored, never offered) is skipped over
+    again = msg(3, 1, "assistant", " paris. ", seed=11)
+    other = msg(4, 1, "assistant", "The capital is Paris.", seed=12)
+    assert [m["id"] for m in unpicked_retry([q, a, again, other], [q, other])] == [3, 4]
+    assert unpicked_retry([q, a, again], [q, again]) is None  # every retry the same: nothing to choose from
+    for spoilt in ({"stopped": 1}, {"edited": "Paris!"}, {"content": "  "}):
+        assert unpicked_retry([q, a, {**retry, **spoilt}], [q, {**retry, **spoilt}]) is None
+    assert unpicked_retry([q, {**a, "stopped": 1}, retry], [q, retry]) is None  # the first one was stopped
+    decoded_as_stored = {**retry, "decoding": '{"seed": 11, "temperature": 0.8}'}  # the raw column is JSON text
+    assert unpicked_retry([q, a, decoded_as_stored], [q, decoded_as_stored]) is not None
+
+
+def test_a_reopened_chat_offers_its_unpicked_retry_and_the_pick_is_stored_once(store):
+    """A retry is answered, the page reloads before the pick: the reopened chat offers the same two answers, the
+    pick stores one choice with both ids, and after it nothing is offered again."""
+    alice, bob = store.ensure_user("alice"), store.ensure_user("bob")
+    cid, (first,) = chat(store, alice, "t", [("Capital of France?", "Paris.")])
+    question = first - 1
+    second = store.add_message(cid, "assistant", "It is Paris, on the Seine.", user_id=alice, parent_id=question,
+                               decoding={"temperature": 0.8, "top_p": 0.9, "seed": 5, "max_new_tokens": 64})
+    logic = ChatLogic(None, store)
+    st = logic.open(alice, cid)
+    assert st["shown"][-1]["id"] == second
+    p = st["pending"]
+    assert (p["prompt_id"], p["first"]["id"], p["second"]["id"]) == (question, first, second)
+    assert st["retries"] == 1  # the next retry samples with a new seed
+    assert logic.pick(st, alice, "first") == "Saved: you preferred the first answer."
+    assert st["shown"][-1]["id"] == first and st["pending"] is None
+    choices = store.db.execute("SELECT prompt_message_id, candidates, picked_id FROM choices").fetchall()
+    assert len(choices) == 1 and choices[0][0] == question and choices[0][2] == first
+    assert sorted(json.loads(choices[0][1])) == [first, second]
+    again = logic.open(alice, cid)
+    assert again["pending"] is None and again["shown"][-1]["id"] == first  # the pick is what shows
+    with pytest.raises(NotFoundError):  # never another user's
+        logic.open(bob, cid)

@@ -112,17 +112,21 @@ def restored_state(rows: list[dict], conversation_id: int, owner: int) -> dict:
     that used all of its token cap (its stored decoding says the cap) is cut off, so Continue works on it."""
     st = new_state()
     st["conversation"], st["owner"] = conversation_id, owner
-    for r in rows:
-        m = {"role": r["role"], "content": r.get("edited") or r["content"], "id": r["id"]}
-        if r["role"] == "assistant":
-            m["sources"] = r.get("sources") or []
-            m["rating"] = r.get("rating")
-            m["decoding"] = r.get("decoding") or {}  # the chat's settings come back with the conversation
-            cap = m["decoding"].get("max_new_tokens")
-            if cap and not r.get("edited") and (r.get("completion_tokens") or 0) >= cap:
-                m["cut_off"] = cap  # it ran into its token cap: Continue is offered again after a reload
-        st["shown"].append(m)
+    st["shown"] = [shown_message(r) for r in rows]
     return st
+
+
+def shown_message(r: dict) -> dict:
+    """A stored message (`Store.branch` row) as the session state shows it."""
+    m = {"role": r["role"], "content": r.get("edited") or r["content"], "id": r["id"]}
+    if r["role"] == "assistant":
+        m["sources"] = r.get("sources") or []
+        m["rating"] = r.get("rating")
+        m["decoding"] = r.get("decoding") or {}  # the chat's settings come back with the conversation
+        cap = m["decoding"].get("max_new_tokens")
+        if cap and not r.get("edited") and (r.get("completion_tokens") or 0) >= cap:
+            m["cut_off"] = cap  # it ran into its token cap: Continue is offered again after a reload
+    return m
 
 
 def is_sources_note(state: dict, index) -> bool:
@@ -196,7 +200,15 @@ class ChatLogic:
         for another user's id or a forged one: nothing of theirs is read."""
         if isinstance(conversation_id, str) and conversation_id.strip().isdigit():
             conversation_id = int(conversation_id)
-        return restored_state(self.store.branch(conversation_id, user_id), conversation_id, user_id)
+        st = restored_state(self.store.branch(conversation_id, user_id), conversation_id, user_id)
+        pair = self.store.unpicked_retry(conversation_id, user_id)
+        if pair and st["shown"] and st["shown"][-1]["id"] == pair[1]["id"]:  # a retry left unpicked: offered again
+            st["pending"] = {"prompt_id": pair[1]["parent_id"], "first": shown_message(pair[0]),
+                             "second": st["shown"][-1]}
+        # the next retry samples with a seed no earlier retry of this chat used (the seeds count the retries)
+        st["retries"] = sum(1 for m in self.store.conversation(conversation_id, user_id)
+                            if (m.get("decoding") or {}).get("seed") is not None)
+        return st
 
     def conversations(self, user_id: int) -> list[tuple[str, int]]:
         """(label, id) choices for the sidebar: the user's own conversations, newest first."""
