@@ -109,10 +109,20 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
                 and c["capped"] > a["capped"] + limits.capped_rise:
             fails.append(f"runaway answers: {c['capped']:.0%} run to the token cap (active {a['capped']:.0%})")
     cq, aq = _get(candidate, "qa", "contains_gold"), _get(active, "qa", "contains_gold")
-    if cq is not None and aq is not None and cq < aq - limits.qa_drop:
+    n = _get(candidate, "qa", "n")
+    if cq is not None and aq is not None and cq < aq - reading_allowance(limits.qa_drop, n):
         fails.append(f"reading: questions about a passage answered {cq:.0%} vs active {aq:.0%} "
-                     f"(allowed drop {limits.qa_drop:.0%})")
+                     f"(allowed drop {limits.qa_drop:.0%}" + (f", and one question of {n:.0f}" if n else "") + ")")
     return fails
+
+
+def reading_allowance(qa_drop: float, n: float | None) -> float:
+    """How far contains-gold on the passage questions may drop: `qa_drop`, but never less than one question of
+    the `n` asked (plus a hair for rounding). On 8 questions the strict 10% meant one question answered otherwise
+    refused a candidate (a TL;DR adapter: 38% vs 50%), though one question of 8 either way is noise (its 95%
+    interval spans 0.22-0.78); two questions lost still refuse it."""
+    one = 1 / n + 1e-9 if n else 0.0
+    return max(qa_drop, one)
 
 
 def relevance_floor(a: dict, drop: float) -> float:

@@ -136,6 +136,17 @@ def test_gate_refuses_loops_shrinking_runaway_and_lost_reading():
     assert not ok and any(r.startswith("reading: questions about a passage answered 50% vs active 90%")
                           for r in reasons)
 
+    # one passage question of eight answered otherwise is noise, even at the strict limit; two are not
+    strict_active = report(REAL, 0.6, acc=0.5, sim=0.2, pref_n=4, qa=0.5)
+    strict_active["qa"]["n"] = 8
+    for qa, refused in ((0.375, False), (0.25, True)):
+        cand = report(REAL, 0.6, pref_n=4, qa=qa)
+        cand["qa"]["n"] = 8
+        reading = [r for r in gate(cand, strict_active)[1] if r.startswith("reading:")]
+        assert bool(reading) == refused, (qa, reading)
+    assert reading == ["reading: questions about a passage answered 25% vs active 50% (allowed drop 10%, and one "
+                       "question of 8)"]
+
 
 def test_gate_promotes_a_styled_candidate_that_still_answers():
     active = report(REAL, 0.6, acc=0.5, sim=0.2)
