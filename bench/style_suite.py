@@ -58,7 +58,8 @@ def load_prompts(data: Path, edits: int, n_eval: int) -> tuple[list[tuple[str, s
 
 def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Answers of the base (folder None) or a LoRA folder, with the plain template's system prompt, decoded as the
-    app serves them (greedy, with the settings' anti-loop rules, as the gate does)."""
+    app serves them (greedy, with the settings' anti-loop rules, as the gate does). The list carries `capped`:
+    per answer, whether it ran into the token cap."""
     from adapters.evaluate import generate
     from agent.decoding import served_decoding
     from agent.model import load_base
@@ -73,14 +74,27 @@ def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_t
     system = serving_system("plain")
     rows = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
             for p in prompts]
-    return generate(model, tok, rows, dev, max_new_tokens, decoding=served_decoding(settings, temperature=0.0))
+    capped: list[bool] = []
+    out = Answers(generate(model, tok, rows, dev, max_new_tokens, capped=capped,
+                           decoding=served_decoding(settings, temperature=0.0)))
+    out.capped = capped
+    return out
+
+
+class Answers(list):
+    capped: list[bool]
 
 
 def measure(style, prompts: list[str], answers: list[str]) -> dict:
     from adapters.evaluate import relevance
 
     rel = relevance(prompts, answers)
+    ended = [a for a, cut in zip(answers, getattr(answers, "capped", None) or [False] * len(answers)) if not cut]
     return {"compliance": sum(map(style.follows, answers)) / len(answers), "relevance": sum(rel) / len(rel),
+            # a style whose fixed text ends the answer cannot show in one the token cap cut off (the app's cap is
+            # 256 tokens, the suite's 96): the share in the style among the answers that ended, beside the goal's
+            "ended": len(ended) / len(answers),
+            "compliance_of_ended": sum(map(style.follows, ended)) / len(ended) if ended else None,
             "distinct": collapse.distinct_share(answers), "loops": sum(map(collapse.loops, answers)) / len(answers),
             "median_words": statistics.median(len(a.split()) for a in answers),
             "examples": [{"prompt": p, "answer": a} for p, a in zip(prompts[:4], answers[:4])],
