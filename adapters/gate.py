@@ -125,6 +125,15 @@ def reading_allowance(qa_drop: float, n: float | None) -> float:
     return max(qa_drop, one)
 
 
+# how answer_checks' refusals begin: the candidate stopped answering (a collapse, drift, loops, shrinking, runaways)
+LOST_ANSWERS = ("collapse:", "answers drift", "loops:", "answers shrank", "runaway answers")
+
+
+def lost_answers(reasons: list[str]) -> bool:
+    """Was a candidate refused because it stopped answering (not for winning nothing, or for reading)?"""
+    return any(r.startswith(LOST_ANSWERS) for r in reasons)
+
+
 def relevance_floor(a: dict, drop: float) -> float:
     """The lowest relevance a candidate may have: the active policy's less the allowed drop and the style shift,
     or, when lower, as related to their questions as the answers users preferred less the allowed drop (a candidate

@@ -88,7 +88,8 @@ def run_once(settings: Settings, store=None, force: bool = False, method: str | 
     "reasons"}, "attempts" [{method, version, status, reason}], "seconds" (the fields of the last attempt); a
     failure has "error" and leaves the active version as it was. Without `method`, up to `max_attempts` methods
     are tried in `auto_methods` order until one passes the gate (each candidate is registered; refused ones are
-    retired). The stages are adapters/stages.py's, in order."""
+    retired); an SFT candidate refused for no longer answering is first trained again with replay rows
+    (`stages.next_attempts`). The stages are adapters/stages.py's, in order."""
     t0 = time.perf_counter()
     with run_lock(settings) as mine:
         if not mine:
@@ -147,10 +148,13 @@ def _run_stages(settings: Settings, registry: Registry, store, state: dict, star
     cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
     data_dir, against = stages.write(built, run_dir / "data"), stages.baseline(registry)
     attempts = []
-    for chosen in built.methods:  # automatic runs: the next method when the gate refuses the previous
-        trained = stages.train(settings, chosen, data_dir, run_dir / f"adapter-{chosen}", run.recipe, say,
+    plan = [(m, run.recipe) for m in built.methods]
+    while plan:  # automatic runs: the next method when the gate refuses the previous (stages.next_attempts)
+        (chosen, recipe), plan = plan[0], plan[1:]
+        tag = f"{chosen}-{len(attempts) + 1}"
+        trained = stages.train(settings, chosen, data_dir, run_dir / f"adapter-{tag}", recipe, say,
                                run.timeout, run.stop, rows=built.counts)
-        reports = stages.evaluate(settings, data_dir, trained.folder, against, run_dir / f"eval-{chosen}.json",
+        reports = stages.evaluate(settings, data_dir, trained.folder, against, run_dir / f"eval-{tag}.json",
                                   run.eval_config, say, run.timeout, run.stop)
         decision = stages.decide(reports, run.margin)
         version = stages.register(registry, trained, built, seen.new_events, reports, against, decision)
@@ -158,6 +162,8 @@ def _run_stages(settings: Settings, registry: Registry, store, state: dict, star
         attempts.append(stages.Outcome(chosen, version, status, decision, trained, reports))
         if status == "promoted":
             break
+        if run.method is None:  # a method the caller chose is tried as asked, once
+            plan = stages.next_attempts(plan, attempts[-1], recipe, run.max_attempts - len(attempts))
     state["last_version"] = attempts[-1].version
     return True, _result(attempts, built, seen, _announce(registry, attempts[-1], run.on_promote))
 
