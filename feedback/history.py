@@ -44,7 +44,7 @@ def unpicked_retry(messages: list[dict], branch: list[dict], picks: dict[int, in
     if not branch or branch[-1]["role"] != "assistant":
         return None
     leaf = branch[-1]
-    if leaf["parent_id"] in (picks or {}) or leaf.get("edited") or not _complete(leaf) or _seed(leaf) is None:
+    if leaf["parent_id"] in (picks or {}) or leaf.get("edited") or not _complete(leaf) or sampled_seed(leaf) is None:
         return None
     earlier = sorted((m for m in messages if m["role"] == "assistant" and m["parent_id"] == leaf["parent_id"]
                       and m["id"] < leaf["id"] and _complete(m)), key=lambda m: m["id"], reverse=True)
@@ -58,7 +58,8 @@ def _complete(m: dict) -> bool:
     return not m.get("stopped") and bool((m.get("content") or "").strip())
 
 
-def _seed(m: dict):
+def sampled_seed(m: dict):
+    """The seed an answer was sampled with (a retry: `decoding.seed`), or None."""
     decoding = m.get("decoding")
     if isinstance(decoding, str):
         import json

@@ -370,20 +370,12 @@ class Store:
         the user's latest `edited` text and `rating`; NotFoundError for another user's, a deleted or a missing id."""
         from feedback.history import current_branch
 
-        return self._decorate(current_branch(*self._tree(conversation_id, user_id)), user_id)
+        return current_branch(*self.tree(conversation_id, user_id))
 
-    def unpicked_retry(self, conversation_id: int, user_id: int) -> tuple[dict, dict] | None:
-        """(first, second) answers of a retry on the branch's last question that the user has not picked from yet
-        (feedback.history.unpicked_retry), decorated as `branch` rows; None when there is nothing to offer."""
-        from feedback.history import current_branch, unpicked_retry
-
-        rows, picks, undone = self._tree(conversation_id, user_id)
-        rows = self._decorate(rows, user_id)
-        return unpicked_retry(rows, current_branch(rows, picks, undone), picks)
-
-    def _tree(self, conversation_id: int, user_id: int) -> tuple[list[dict], dict, list[int]]:
-        """A user's visible conversation as stored: (messages, question id -> picked answer id, undone question
-        ids); NotFoundError for another user's, a deleted or a missing id."""
+    def tree(self, conversation_id: int, user_id: int) -> tuple[list[dict], dict, list[int]]:
+        """A user's visible conversation as stored: (every message, decorated as `conversation` gives them;
+        question id -> the answer id picked last; undone question ids); NotFoundError for another user's, a deleted
+        or a missing id."""
         conn = self._conn()
         self._owned_conversation(conn, conversation_id, user_id)
         if conn.execute("SELECT " + _HIDDEN.format("?"), (conversation_id,)).fetchone()[0]:
@@ -395,7 +387,7 @@ class Store:
         undone = [r["message_id"] for r in self._rows(
             "SELECT message_id FROM undos WHERE user_id = ? AND message_id IN "
             "(SELECT id FROM messages WHERE conversation_id = ?)", (user_id, conversation_id))]
-        return rows, picks, undone
+        return self._decorate(rows, user_id), picks, undone
 
     def undo(self, message_id: int, user_id: int) -> int:
         """↶ undo: the user took their question `message_id` and what followed it off the screen (append-only; the

@@ -200,14 +200,17 @@ class ChatLogic:
         for another user's id or a forged one: nothing of theirs is read."""
         if isinstance(conversation_id, str) and conversation_id.strip().isdigit():
             conversation_id = int(conversation_id)
-        st = restored_state(self.store.branch(conversation_id, user_id), conversation_id, user_id)
-        pair = self.store.unpicked_retry(conversation_id, user_id)
-        if pair and st["shown"] and st["shown"][-1]["id"] == pair[1]["id"]:  # a retry left unpicked: offered again
+        from feedback.history import current_branch, sampled_seed, unpicked_retry
+
+        rows, picks, undone = self.store.tree(conversation_id, user_id)
+        branch = current_branch(rows, picks, undone)
+        st = restored_state(branch, conversation_id, user_id)
+        pair = unpicked_retry(rows, branch, picks)
+        if pair:  # a retry left unpicked (its second answer is the branch's last): offered again
             st["pending"] = {"prompt_id": pair[1]["parent_id"], "first": shown_message(pair[0]),
                              "second": st["shown"][-1]}
         # the next retry samples with a seed no earlier retry of this chat used (the seeds count the retries)
-        st["retries"] = sum(1 for m in self.store.conversation(conversation_id, user_id)
-                            if (m.get("decoding") or {}).get("seed") is not None)
+        st["retries"] = sum(1 for m in rows if sampled_seed(m) is not None)
         return st
 
     def conversations(self, user_id: int) -> list[tuple[str, int]]:
