@@ -56,10 +56,11 @@ def load_prompts(data: Path, edits: int, n_eval: int) -> tuple[list[tuple[str, s
     return train, unseen[:n_eval]
 
 
-def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_tokens: int) -> list[str]:
+def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_tokens: int
+           ) -> tuple[list[str], list[bool]]:
     """Answers of the base (folder None) or a LoRA folder, with the plain template's system prompt, decoded as the
-    app serves them (greedy, with the settings' anti-loop rules, as the gate does). The list carries `capped`:
-    per answer, whether it ran into the token cap."""
+    app serves them (greedy, with the settings' anti-loop rules, as the gate does), and per answer whether it ran
+    into the token cap."""
     from adapters.evaluate import generate
     from agent.decoding import served_decoding
     from agent.model import load_base
@@ -75,21 +76,17 @@ def answer(settings: Settings, folder: str | None, prompts: list[str], max_new_t
     rows = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
             for p in prompts]
     capped: list[bool] = []
-    out = Answers(generate(model, tok, rows, dev, max_new_tokens, capped=capped,
-                           decoding=served_decoding(settings, temperature=0.0)))
-    out.capped = capped
-    return out
+    out = generate(model, tok, rows, dev, max_new_tokens, capped=capped,
+                   decoding=served_decoding(settings, temperature=0.0))
+    return out, capped
 
 
-class Answers(list):
-    capped: list[bool]
-
-
-def measure(style, prompts: list[str], answers: list[str]) -> dict:
+def measure(style, prompts: list[str], answered: tuple[list[str], list[bool]]) -> dict:
     from adapters.evaluate import relevance
 
+    answers, capped = answered
     rel = relevance(prompts, answers)
-    ended = [a for a, cut in zip(answers, getattr(answers, "capped", None) or [False] * len(answers)) if not cut]
+    ended = [a for a, cut in zip(answers, capped) if not cut]
     return {"compliance": sum(map(style.follows, answers)) / len(answers), "relevance": sum(rel) / len(rel),
             # a style whose fixed text ends the answer cannot show in one the token cap cut off (the app's cap is
             # 256 tokens, the suite's 96): the share in the style among the answers that ended, beside the goal's
