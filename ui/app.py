@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import gradio as gr
 
@@ -26,26 +27,7 @@ log = logging.getLogger("kaizen.app")
 REASONS = ["wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"]
 # Phone-sized screens: the chat fills the screen height so the message box is on screen at load, and the
 # settings row and table headers stay readable (the Chatbot's own height is for desktops).
-CSS = """
-/* table headers break between words only: Gradio's own span inside each header breaks anywhere ("Techniqu|e") */
-table th, table th *, table td { word-break: normal !important; overflow-wrap: normal !important; }
-/* the Sources note under a grounded answer is a titled text message ("thought"), so the bubble keeps its copy button;
-   Gradio's edit mode would give it a text area too: it hides while the answer is edited (its edit is ignored) */
-#chatbot .message.thought:has(> .edit-textarea) { display: none !important; }
-/* an answer being corrected gets room to work in (Gradio sizes the box to the bubble's text, down to 160 px) */
-#chatbot .edit-textarea { width: min(70ch, 72vw) !important; min-height: 7em !important; }
-@media (max-width: 768px) {
-  #chatbot { height: 52vh !important; min-height: 240px; }
-  #why-panel { position: fixed; left: 8px; right: 8px; bottom: 8px; z-index: 50; max-height: 70vh; overflow: auto;
-               box-shadow: 0 -4px 16px rgba(0, 0, 0, 0.25); }  /* a bottom sheet next to the thumb just pressed */
-  table th, table td { min-width: 4.5em; }
-  /* the message box on its own line, Send / Stop / New chat side by side under it (not three full-width rows) */
-  #composer { flex-wrap: wrap !important; gap: 6px !important; }
-  #composer > .form { flex: 1 1 100% !important; min-width: 100% !important; }  /* the message box's wrapper */
-  #composer > button { flex: 1 1 0 !important; min-width: 0 !important; white-space: nowrap;
-                       padding: 0 6px !important; }
-}
-"""
+CSS = (Path(__file__).parent / "app.css").read_text(encoding="utf-8")  # the page's own rules, commented there
 # The history sidebar and the chat settings start open on a desktop and closed on a phone, where they would push
 # the message box off the screen. A desktop window narrowed past 768 px closes them too, and widened again reopens
 # the ones it closed; only crossing the line acts, so a panel a phone user opens is never shut by the keyboard.
