@@ -59,13 +59,9 @@ def _complete(m: dict) -> bool:
 
 
 def sampled_seed(m: dict):
-    """The seed an answer was sampled with (a retry: `decoding.seed`), or None."""
-    decoding = m.get("decoding")
-    if isinstance(decoding, str):
-        import json
-
-        decoding = json.loads(decoding or "null")
-    return (decoding or {}).get("seed")
+    """The seed an answer was sampled with (a retry: `decoding.seed`, as the Store's decorated rows parse it), or
+    None."""
+    return (m.get("decoding") or {}).get("seed")
 
 
 def list_label(conv: dict, with_time: bool = False) -> str:

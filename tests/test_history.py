@@ -186,8 +186,6 @@ def test_an_unpicked_retry_is_the_newest_seeded_answer_and_the_latest_different_
     for spoilt in ({"stopped": 1}, {"edited": "Paris!"}, {"content": "  "}):
         assert unpicked_retry([q, a, {**retry, **spoilt}], [q, {**retry, **spoilt}]) is None
     assert unpicked_retry([q, {**a, "stopped": 1}, retry], [q, retry]) is None  # the first one was stopped
-    decoded_as_stored = {**retry, "decoding": '{"seed": 11, "temperature": 0.8}'}  # the raw column is JSON text
-    assert unpicked_retry([q, a, decoded_as_stored], [q, decoded_as_stored]) is not None
 
 
 def test_a_reopened_chat_offers_its_unpicked_retry_and_the_pick_is_stored_once(store):
