@@ -134,6 +134,11 @@ def lost_answers(reasons: list[str]) -> bool:
     return any(r.startswith(LOST_ANSWERS) for r in reasons)
 
 
+def lost_reading(reasons: list[str]) -> bool:
+    """Was a candidate refused because it no longer answers questions about a passage it is given?"""
+    return any(r.startswith("reading:") for r in reasons)
+
+
 def relevance_floor(a: dict, drop: float) -> float:
     """The lowest relevance a candidate may have: the active policy's less the allowed drop and the style shift,
     or, when lower, as related to their questions as the answers users preferred less the allowed drop (a candidate

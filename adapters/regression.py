@@ -5,6 +5,7 @@
   never used in training; a policy that collapses into one fixed line or a loop shows it here first.
 - PASSAGES: reading checks with the passage in the prompt. The facts are invented, so only an answer that reads
   the passage contains the gold answer (SQuAD's contains-gold measure).
+- REPLAY, REPLAY_PASSAGES: prompts for replay rows (the base's own answers, mixed into SFT data), never scored.
 """
 from __future__ import annotations
 
@@ -98,4 +99,24 @@ REPLAY = [  # replay prompts: the base's own answers to these keep an SFT adapte
     "Why do leaves change colour in autumn?",
     "How can I make my small flat feel bigger?",
     "What is a black hole?",
+]
+
+REPLAY_PASSAGES = [  # replay reading rows (passage, question, gold): kept only where the base's answer holds the gold,
+    # so the SFT adapter keeps reading passages (recipe `replay`); never scored by the gate (PASSAGES is)
+    ("The Quillon Dam was finished in 1962 and holds back the Vessa River. Its lake, Lake Arden, supplies water to "
+     "three towns.", "What is the name of the dam's lake?", ["Lake Arden"]),
+    ("Mira Castell wrote the novel The Salt Orchard while working as a night nurse. It won the Hollis Prize in "
+     "2011.", "Which prize did The Salt Orchard win?", ["Hollis Prize", "Hollis"]),
+    ("The town of Brackwell holds a cheese market every Thursday morning in its old square. The market has run "
+     "since 1820.", "On which day is the cheese market held?", ["Thursday"]),
+    ("Captain Ilse Varga sailed the research ship Northern Wren to the Kerrin Islands to count seabirds. The trip "
+     "took 48 days.", "What was the name of the research ship?", ["Northern Wren"]),
+    ("The Lumen Tower in Castora is 212 metres tall. It was built by the Delmar Company and opened to visitors in "
+     "1999.", "How tall is the Lumen Tower?", ["212"]),
+    ("Ferro is a dog breed from the hills of Valmont. Ferro dogs have grey coats and were bred to guard sheep from "
+     "wolves.", "What were Ferro dogs bred to do?", ["guard sheep", "guard"]),
+    ("The Pell Street Bakery sells about 900 loaves a day. Its owner, Tomas Reyes, bakes the first batch at four in "
+     "the morning.", "Who owns the Pell Street Bakery?", ["Tomas Reyes", "Reyes"]),
+    ("Astronomers at the Keldan Observatory found the comet Harrow-3 in March 2016. It passes the Sun every 71 "
+     "years.", "How often does the comet pass the Sun?", ["71", "every 71 years"]),
 ]

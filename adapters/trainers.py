@@ -82,30 +82,41 @@ def training_rows(method: str, rows: list[dict]) -> list[dict]:
 
 def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new_tokens: int = 96) -> list[dict]:
     """SFT rows of the base's own answers (greedy, cut to their last full sentence) to `share` x len(rows) of the
-    replay prompts (`adapters.regression.REPLAY`), with the system message of the feedback rows: mixed into the
-    training data they keep an adapter answering instead of collapsing onto what the edits have in common."""
-    import re
-
+    replay prompts (`adapters.regression.REPLAY`), plus as many questions about a passage (`REPLAY_PASSAGES`, at
+    most 8; kept only where the base's answer holds the gold answer), with the system message of the feedback rows:
+    mixed into the training data they keep an adapter answering, and reading what it is given, instead of
+    collapsing onto what the edits have in common. (Edits that append a TL;DR taught an adapter to answer "Answer
+    the question from the passage" with a TL;DR of the passage: 1 of 8 gold answers, the base 4 of 8.)"""
     from adapters.evaluate import generate
-    from adapters.regression import REPLAY
+    from adapters.regression import REPLAY, REPLAY_PASSAGES, passage_prompt
 
     k = min(len(REPLAY), round(share * len(rows)))
     if not k:
         return []
+    reading = REPLAY_PASSAGES[:k]
     system = [m for m in rows[0]["messages"][:1] if m["role"] == "system"] if rows else []
-    prompts = [system + [{"role": "user", "content": q}] for q in REPLAY[:k]]
+    questions = REPLAY[:k] + [passage_prompt(p, q) for p, q, _ in reading]
+    golds = [None] * k + [g for _, _, g in reading]
+    prompts = [system + [{"role": "user", "content": q}] for q in questions]
     side, tok.padding_side = tok.padding_side, "left"
     try:
         answers = generate(model, tok, prompts, device, max_new_tokens)
     finally:
         tok.padding_side = side
-    out = []
-    for p, a in zip(prompts, answers):
-        whole = re.match(r"(?s)(.*[.!?])", a)
-        a = (whole.group(1) if whole else a).strip()
-        if a:
-            out.append({"messages": p + [{"role": "assistant", "content": a}], "source": ["replay"]})
-    return out
+    return [{"messages": p + [{"role": "assistant", "content": kept}], "source": ["replay"]}
+            for p, a, gold in zip(prompts, answers, golds) if (kept := replay_answer(a, gold))]
+
+
+def replay_answer(answer: str, gold: list[str] | None = None) -> str | None:
+    """A base answer as a replay row keeps it: cut to its last full sentence; None when nothing is left or, for a
+    question about a passage (`gold`), when it does not hold the gold answer (a misread is not worth keeping). Pure."""
+    import re
+
+    from adapters.scoring import contains_gold
+
+    whole = re.match(r"(?s)(.*[.!?])", answer)
+    kept = (whole.group(1) if whole else answer).strip()
+    return kept if kept and (gold is None or contains_gold(kept, gold)) else None
 
 
 def load_rows(method: str, data_dir: str | Path) -> list[dict]:

@@ -14,6 +14,7 @@ relevance within 0.05 of the base, distinct >= 95%.
   .venv/bin/python bench/style_suite.py                                  # all five styles, ~1 h on 2 CPU cores
   .venv/bin/python bench/style_suite.py --styles signoff --edits 40 --eval 20 --out /tmp/suite.json
   .venv/bin/python bench/style_suite.py --set lr=3e-4 --set epochs=3     # SFT recipe overrides, to compare
+  .venv/bin/python bench/style_suite.py --styles tldr --work /tmp/tldr    # keep the data dirs to look into
 
 Prints JSON (and writes it to --out).
 """
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=SHARED_DATA)
     p.add_argument("--base-model", default=None, help="a model folder (default: the bundled model, converted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="SFT recipe override")
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep each style's data dir (store, registry, candidates, gate reports) here")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "style_suite.json")
     args = p.parse_args(argv)
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
@@ -169,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides[k] = v
     from agent.model import convert_bundled
 
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="style-suite-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         base_model = args.base_model or str(convert_bundled(work / "models"))
         train, prompts = load_prompts(args.data, args.edits, args.eval)
         log(f"{len(train)} training prompts, {len(prompts)} unseen eval prompts")

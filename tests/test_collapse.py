@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from adapters import collapse as C
-from adapters.gate import gate, lost_answers
+from adapters.gate import gate, lost_answers, lost_reading
 
 REAL = ["Paris is the capital of France and its largest city.",
         "Drink less coffee, keep a regular bedtime and keep the bedroom dark.",
@@ -138,6 +138,7 @@ def test_gate_refuses_loops_shrinking_runaway_and_lost_reading():
     # the refusals that mean "it stopped answering" (the loop then retries SFT with replay), as the gate words them
     assert all(lost_answers(gate(c, active)[1]) for c in (looping, tiny, report([FIXED] * 7 + REAL[:1], 0.1)))
     assert lost_answers(gate(runaway, active_capped)[1]) and not lost_answers(reasons)  # reading alone is not
+    assert lost_reading(reasons) and not lost_reading(gate(looping, active)[1])  # ... but it is lost reading
 
     # one passage question of eight answered otherwise is noise, even at the strict limit; two are not
     strict_active = report(REAL, 0.6, acc=0.5, sim=0.2, pref_n=4, qa=0.5)

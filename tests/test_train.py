@@ -163,27 +163,47 @@ def test_sft_lora_learns_and_exports_a_standard_peft_folder(tiny_base, data, tmp
     assert not torch.allclose(tuned(input_ids=ids).logits, before)
 
 
+def test_a_replayed_answer_is_whole_sentences_and_a_misread_passage_is_dropped():
+    from adapters.trainers import replay_answer
+
+    assert replay_answer("Boil it for nine minutes. Then cool it in cold wa") == "Boil it for nine minutes."
+    assert replay_answer("no full stop at all") == "no full stop at all"
+    assert replay_answer("   ") is None
+    assert replay_answer("The lake is called Lake Arden.", ["Lake Arden", "Arden"]) == "The lake is called Lake Arden."
+    assert replay_answer("The lake is called Lake Vessa.", ["Lake Arden", "Arden"]) is None  # misread: not replayed
+
+
 @pytest.mark.slow
 def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(settings, tmp_path):
     """On the real default model (a random tiny one may answer with nothing but special tokens)."""
-    from adapters.regression import REPLAY
+    from adapters.regression import REPLAY, REPLAY_PASSAGES, passage_prompt
+    from adapters.scoring import contains_gold
     from adapters.trainers import replay_rows
     from agent.model import load_base
 
     rows = [{"messages": [{"role": "system", "content": "Be brief."}] + r["messages"]} for r in sft_rows(12)]
     model, tok, device = load_base(settings)
     side = tok.padding_side
-    got = replay_rows(model, tok, device, rows, share=0.25, max_new_tokens=12)
-    assert len(got) == 3 and tok.padding_side == side  # generation pads left, then the side is restored
+    got = replay_rows(model, tok, device, rows, share=0.25, max_new_tokens=24)
+    assert tok.padding_side == side  # generation pads left, then the side is restored
+    open_rows = [r for r in got if r["messages"][1]["content"] in REPLAY]
+    reading = [r for r in got if r not in open_rows]
+    assert [r["messages"][1]["content"] for r in open_rows] == REPLAY[:3]
+    # as many passage questions, each kept only where the base read the gold answer off the passage
+    asked = {passage_prompt(p, q): gold for p, q, gold in REPLAY_PASSAGES[:3]}
+    assert len(reading) <= 3
+    for row in reading:
+        assert contains_gold(row["messages"][2]["content"], asked[row["messages"][1]["content"]])
     for row in got:
         system, user, answer = row["messages"]
-        assert system == {"role": "system", "content": "Be brief."} and user["content"] in REPLAY[:3]
+        assert system == {"role": "system", "content": "Be brief."}
         assert answer["role"] == "assistant" and answer["content"].strip() and row["source"] == ["replay"]
     assert replay_rows(model, tok, device, rows, share=0.0) == []
     data = write_data(tmp_path / "data", sft=rows)
     m = T.train("sft", data, tmp_path / "out", settings, fast("sft", steps=1, lr=1e-4, replay=0.25,
                                                                replay_tokens=12))
-    assert m["rows"] == 12 + 3
+    replayed = replay_rows(model, tok, device, rows, share=0.25, max_new_tokens=12)  # greedy: what train() added
+    assert m["rows"] == 12 + len(replayed) and 3 <= len(replayed) <= 6
     with pytest.raises(ValueError, match="replay must be in"):
         fast("sft", replay=2.0)
 
