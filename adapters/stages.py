@@ -108,8 +108,8 @@ def next_attempts(plan: list, outcome: "Outcome", recipe, attempts_left: int) ->
     text repeated..."); with replay 0.25 (and passage questions) it was promoted: no bare sign-off, 100% distinct,
     relevance 0.66 (base 0.69), in the style 84% (96% of the answers that ended within the cap). A TL;DR adapter
     that answered passage questions with a TL;DR of the passage (reading 12% vs 50%) read 25% after the retry:
-    still refused. Replay is not the default: on the
-    styles SFT learns cleanly it costs style (short 94% -> 78%, opening and bullets 94% -> 88%)."""
+    still refused. Replay is not the default: on the styles SFT learns cleanly it costs style (short 94% -> 78%,
+    opening and bullets 94% -> 88%)."""
     reasons = outcome.decision.reasons
     if outcome.method == "sft" and not outcome.promoted and (lost_answers(reasons) or lost_reading(reasons)):
         base = recipe if recipe is not None and recipe.method == "sft" else recipe_for("sft")
