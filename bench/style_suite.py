@@ -21,6 +21,7 @@ Prints JSON (and writes it to --out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="style-suite-") as tmp:
-        work = args.work or Path(tmp)
+    with contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="style-suite-") as tmp:
+        work = Path(tmp)
         base_model = args.base_model or str(convert_bundled(work / "models"))
         train, prompts = load_prompts(args.data, args.edits, args.eval)
         log(f"{len(train)} training prompts, {len(prompts)} unseen eval prompts")
