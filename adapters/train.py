@@ -39,7 +39,7 @@ from agent.files import write_json
 from agent.settings import Settings
 from adapters.config import METHODS, Recipe, check_method, load_recipe, recipe_from_dict
 from adapters.trainers import (DATA_FILE, check_rows, cpu_has_bf16, kto_weights, load_rows,  # noqa: F401
-                               lora_config, read_jsonl, replay_rows, rows_for_steps, summarize,
+                               answer_shape, lora_config, read_jsonl, replay_rows, rows_for_steps, summarize,
                                to_prompt_completion,
                                trainer_args, training_rows, use_bf16)
 
@@ -113,8 +113,9 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
     torch.set_num_threads(settings.threads)
     if method == "sft" and getattr(recipe, "replay", 0):
         replayed = replay_rows(model, tok, device, rows, recipe.replay, recipe.replay_tokens)
+        shape = answer_shape([r["messages"][-1]["content"] for r in rows])  # what replay_rows gave the rows
         rows = rows + replayed
-        (progress or (lambda e: None))({"event": "replay", "rows": len(replayed)})
+        (progress or (lambda e: None))({"event": "replay", "rows": len(replayed), "shape": shape})
     model.train()
     model.config.use_cache = False
     say = progress or (lambda e: None)

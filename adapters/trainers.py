@@ -4,6 +4,7 @@ schemas, the TRL config and LoRA config for a recipe, mixed precision, KTO weigh
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from adapters.config import Recipe, check_method
@@ -86,7 +87,9 @@ def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new
     most 8; kept only where the base's answer holds the gold answer), with the system message of the feedback rows:
     mixed into the training data they keep an adapter answering, and reading what it is given, instead of
     collapsing onto what the edits have in common. (Edits that append a TL;DR taught an adapter to answer "Answer
-    the question from the passage" with a TL;DR of the passage: 1 of 8 gold answers, the base 4 of 8.)"""
+    the question from the passage" with a TL;DR of the passage: 1 of 8 gold answers, the base 4 of 8.) Each replayed
+    answer takes the shape the rows' answers share (`answer_shape`: their fixed opening or sign-off, their length),
+    so replay keeps the content without teaching the opposite of the users' edits."""
     from adapters.evaluate import generate
     from adapters.regression import REPLAY, REPLAY_PASSAGES, passage_prompt
 
@@ -103,7 +106,8 @@ def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new
         answers = generate(model, tok, prompts, device, max_new_tokens)
     finally:
         tok.padding_side = side
-    return [{"messages": p + [{"role": "assistant", "content": kept}], "source": ["replay"]}
+    shape = answer_shape([r["messages"][-1]["content"] for r in rows])
+    return [{"messages": p + [{"role": "assistant", "content": in_shape(kept, shape)}], "source": ["replay"]}
             for p, a, gold in zip(prompts, answers, golds) if (kept := replay_answer(a, gold))]
 
 
@@ -117,6 +121,76 @@ def replay_answer(answer: str, gold: list[str] | None = None) -> str | None:
     whole = re.match(r"(?s)(.*[.!?])", answer)
     kept = (whole.group(1) if whole else answer).strip()
     return kept if kept and (gold is None or contains_gold(kept, gold)) else None
+
+
+SHAPE_SHARE = 0.6  # an opening or ending counts as the training answers' own when this share of them has it
+SHAPE_WORDS = 12  # the longest fixed opening or ending looked for, in words
+
+
+def _fixed(answers: list[str], end: bool) -> str:
+    """The longest run of 2..SHAPE_WORDS words that at least SHAPE_SHARE of `answers` open (or, `end`, close) with,
+    as the first such answer writes it (with the spacing before it, for an ending); "" when there is none. A run
+    must stand on its own: an opening ends at punctuation ("Kaizen says:", not "Kaizen says: the"), an ending
+    starts after a sentence or a line break."""
+    words = [a.split() for a in answers]
+    for k in range(SHAPE_WORDS, 1, -1):
+        runs = [tuple(w[-k:] if end else w[:k]) for w in words if len(w) > k]  # a run must leave some answer
+        if not runs:
+            continue
+        best = max(set(runs), key=runs.count)
+        if runs.count(best) < SHAPE_SHARE * len(answers):
+            continue
+        a = next(a for a, w in zip(answers, words) if len(w) > k and tuple(w[-k:] if end else w[:k]) == best)
+        pattern = r"\s+".join(map(re.escape, best))
+        if end:
+            m = re.search(r"\s*" + pattern + r"\s*$", a)
+            if "\n" in m.group(0) or re.search(r"[.!?:]$", a[:m.start()]):
+                return m.group(0).rstrip()
+        elif re.search(r"[.!?:;,)\-]$", best[-1]):
+            return re.search(r"^\s*" + pattern, a).group(0).strip()
+    return ""
+
+
+def answer_shape(answers: list[str]) -> dict:
+    """What the training answers have in common that a replayed answer should not contradict. Pure.
+    `opening` / `ending`: fixed text most of them open or close with (a house phrase, a sign-off);
+    `max_words`: the upper quartile of their length without it.
+    Replay rows are the base's own answers; unshaped, a quarter of the rows showed answers without the sign-off the
+    users add and longer than they keep, which the adapter learned too (bench/style_suite.py: replay cut the styles'
+    compliance from 94% to 78-88%)."""
+    answers = [a for a in answers if (a or "").strip()]
+    if not answers:
+        return {"opening": "", "ending": "", "max_words": 0}
+    opening, ending = _fixed(answers, end=False), _fixed(answers, end=True)
+    skip = len(opening.split()) + len(ending.strip().split())
+    lengths = sorted(max(len(a.split()) - skip, 0) for a in answers)
+    return {"opening": opening, "ending": ending, "max_words": lengths[(3 * len(lengths)) // 4]}
+
+
+def in_shape(answer: str, shape: dict) -> str:
+    """`answer` cut to whole sentences within `max_words` (its first sentence at least), opening and closing with
+    the shape's fixed text (once: an answer that has it already keeps one copy). Pure."""
+    opening, ending = shape.get("opening") or "", (shape.get("ending") or "").strip()
+    body = answer.strip()
+    if opening and body.startswith(opening):
+        body = body[len(opening):].lstrip()
+    if ending and body.endswith(ending):
+        body = body[:-len(ending)].rstrip()
+    limit = shape.get("max_words") or 0
+    if limit and len(body.split()) > limit:
+        sentences = re.findall(r"(?s).*?[.!?](?=\s|$)", body)
+        kept = ""
+        for s in sentences:
+            if kept and len((kept + s).split()) > limit:
+                break
+            kept += s
+        body = kept.strip() or body
+    if opening:
+        body = f"{opening} {body}"
+    if ending:
+        spaced = shape["ending"]
+        body += spaced if spaced[:1].isspace() else f" {spaced}"
+    return body
 
 
 def load_rows(method: str, data_dir: str | Path) -> list[dict]:

@@ -173,6 +173,37 @@ def test_a_replayed_answer_is_whole_sentences_and_a_misread_passage_is_dropped()
     assert replay_answer("The lake is called Lake Vessa.", ["Lake Arden", "Arden"]) is None  # misread: not replayed
 
 
+def test_replayed_answers_take_the_shape_the_training_answers_share():
+    """A replay row must not teach the opposite of the users' edits: the sign-off or house phrase most training
+    answers carry is added, and the answer is cut to whole sentences within their usual length."""
+    from adapters.styles import STYLES
+    from adapters.trainers import answer_shape, in_shape
+
+    base = ("The Eiffel Tower is in Paris. It was built in 1889 for the World's Fair. It is 330 metres tall. "
+            "Millions of people visit it every year. At night it sparkles.")
+    originals = [f"Answer number {i} explains the topic in a few words. It goes on with more detail {i}. "
+                 f"And then a little more {i}." for i in range(10)]
+    signoff = answer_shape([STYLES["signoff"].edit(o) for o in originals])
+    assert signoff["ending"] == "\n\nHope this helps! - Kaizen" and not signoff["opening"]
+    shaped = in_shape(base, signoff)
+    assert shaped.endswith("\n\nHope this helps! - Kaizen") and shaped.startswith("The Eiffel Tower is in Paris.")
+    assert in_shape(shaped, signoff) == shaped  # already in shape: nothing added twice
+    opening = answer_shape([STYLES["opening"].edit(o) for o in originals])
+    assert in_shape(base, opening).startswith(opening["opening"] + " The Eiffel Tower") and opening["opening"]
+    # the fixed part stops at punctuation: "Kaizen says:" from "Kaizen says: the ...", never a dangling "the"
+    assert answer_shape([f"Kaizen says: the {w} is fine." for w in "abcdefgh"])["opening"] == "Kaizen says:"
+    # an ending must start a sentence or a line: words several answers happen to end with are not a sign-off
+    assert answer_shape([f"It is {w} and thanks for asking" for w in "abcdefgh"])["ending"] == ""
+    # length: cut to whole sentences within the upper quartile of the training answers' words, never to nothing
+    short = answer_shape([f"Paris is the capital {i}." for i in range(8)])  # 5 words each
+    assert in_shape(base, short) == "The Eiffel Tower is in Paris."
+    assert in_shape("One very long sentence with no end in sight at all here", short).startswith("One very long")
+    # answers with nothing in common (a mix of thumbs-up answers): the base's answer as it is
+    mixed = answer_shape(["Yes.", "Paris is big and old.", "Try restarting it, then call support.", "No idea!"])
+    assert mixed["opening"] == mixed["ending"] == "" and in_shape("Rome. It is old.", mixed) == "Rome. It is old."
+    assert answer_shape([]) == {"opening": "", "ending": "", "max_words": 0}
+
+
 @pytest.mark.slow
 def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(settings, tmp_path):
     """On the real default model (a random tiny one may answer with nothing but special tokens)."""
@@ -198,6 +229,8 @@ def test_sft_replay_adds_the_bases_own_answers_with_the_rows_system_message(sett
         system, user, answer = row["messages"]
         assert system == {"role": "system", "content": "Be brief."}
         assert answer["role"] == "assistant" and answer["content"].strip() and row["source"] == ["replay"]
+        # every training answer opens "Kaizen says:": the replayed ones too (adapters.trainers.answer_shape)
+        assert answer["content"].startswith("Kaizen says: ") and len(answer["content"]) > len("Kaizen says: ")
     assert replay_rows(model, tok, device, rows, share=0.0) == []
     data = write_data(tmp_path / "data", sft=rows)
     events: list[dict] = []
