@@ -148,7 +148,8 @@ def _run_stages(settings: Settings, registry: Registry, store, state: dict, star
     cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
     data_dir, against = stages.write(built, run_dir / "data"), stages.baseline(registry)
     attempts = []
-    plan = [(m, run.recipe) for m in built.methods]
+    plan = [(m, stages.first_recipe(m, run.recipe, stages.sft_answers(data_dir) if m == "sft" else []))
+            for m in built.methods]
     while plan:  # automatic runs: the next method when the gate refuses the previous (stages.next_attempts)
         (chosen, recipe), plan = plan[0], plan[1:]
         tag = f"{chosen}-{len(attempts) + 1}"

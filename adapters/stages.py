@@ -40,6 +40,7 @@ from adapters.evaluate import EvalConfig, gate, run_evaluation
 from adapters.gate import lost_answers, lost_reading
 from adapters.registry import Registry, RegistryError
 from adapters.train import recipe_for, run_training
+from adapters.trainers import DATA_FILE, answer_shape, read_jsonl
 from agent import offline
 from agent.engine import engine_kind
 from agent.files import now_iso
@@ -54,6 +55,7 @@ from feedback.store import Store
 log = logging.getLogger(__name__)
 MIN_ROWS = 4  # fewer training rows than this for a method: nothing to learn from
 REPLAY_ON_LOST_ANSWERS = 0.25  # the replay share of the SFT retry after a candidate that stopped answering or reading
+REPLAY_ON_FIXED_TEXT = 0.25  # the replay share of a first SFT attempt whose answers share a fixed opening or ending
 AUTO_ORDER = ("sft", "dpo", "kto")
 Progress = Callable[[dict], None]
 
@@ -98,6 +100,26 @@ def choose_method(rows: dict[str, int], min_rows: int = MIN_ROWS) -> str | None:
     return methods[0] if methods else None
 
 
+def first_recipe(method: str, recipe, answers: list[str]):
+    """The recipe of a run's first `method` attempt: the caller's when given; for SFT on the packaged recipe, with
+    replay rows (`REPLAY_ON_FIXED_TEXT`) when most training answers share a fixed opening or ending
+    (`trainers.answer_shape`: a house phrase, a sign-off), since that is the text an adapter learns in place of the
+    answers; None (the packaged recipe) otherwise. Measured (bench/style_suite.py, 60 edits, 32 unseen prompts, the
+    replayed answers shaped): opening 94% -> 97% in the style and relevance 0.61 -> 0.64 (base 0.69); a sign-off
+    refused as collapsed without replay, promoted with it at 91%; but short answers 94% -> 81% (refused) and bullets
+    94% -> 91% with 9% loops: styles without fixed text are learned better without replay."""
+    if method != "sft" or recipe is not None:
+        return recipe
+    shape = answer_shape(answers)
+    return recipe_for("sft", replay=REPLAY_ON_FIXED_TEXT) if shape["opening"] or shape["ending"] else None
+
+
+def sft_answers(data_dir: Path) -> list[str]:
+    """The gold answers of the written SFT dataset (none when there is no SFT file)."""
+    path = Path(data_dir) / DATA_FILE["sft"]
+    return [r["messages"][-1]["content"] for r in read_jsonl(path)] if path.exists() else []
+
+
 def next_attempts(plan: list, outcome: "Outcome", recipe, attempts_left: int) -> list:
     """The attempts an automatic run still makes after a refused one: `plan` ([(method, recipe or None), ...]),
     led by one more SFT attempt with the base's own answers to other prompts mixed in (recipe `replay`) when the
@@ -108,8 +130,8 @@ def next_attempts(plan: list, outcome: "Outcome", recipe, attempts_left: int) ->
     text repeated..."); with replay 0.25 (and passage questions) it was promoted: no bare sign-off, 100% distinct,
     relevance 0.66 (base 0.69), in the style 84% (96% of the answers that ended within the cap). A TL;DR adapter
     that answered passage questions with a TL;DR of the passage (reading 12% vs 50%) read 25% after the retry:
-    still refused. Replay is not the default: on the styles SFT learns cleanly it costs style (short 94% -> 78%,
-    opening and bullets 94% -> 88%)."""
+    still refused. Replay is on from the start only where the answers share fixed text (`first_recipe`): on the
+    other styles SFT learns cleanly it costs style (short 94% -> 81%)."""
     reasons = outcome.decision.reasons
     if outcome.method == "sft" and not outcome.promoted and (lost_answers(reasons) or lost_reading(reasons)):
         base = recipe if recipe is not None and recipe.method == "sft" else recipe_for("sft")

@@ -107,6 +107,8 @@ def test_house_style_from_edits_is_learned_promoted_and_served(shared_data, base
         meta = json.loads((data / "adapters" / version / "meta.json").read_text())
         assert meta["gguf"]["file"] == "lora.gguf" and len(meta["gguf"]["sha256"]) == 64  # for llama.cpp
         assert meta["parity"]["passed"] and meta["parity"]["top1"] >= 0.9, meta["parity"]  # it reproduces peft
+        # the edits open with one phrase: the first SFT attempt mixes in replay rows (adapters/stages.first_recipe)
+        assert meta["recipe"]["replay"] == 0.25, meta["recipe"]
 
         deadline = time.time() + 60  # the app picks the promotion up by itself (no restart)
         while True:

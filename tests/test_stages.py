@@ -126,3 +126,28 @@ def test_an_sft_candidate_that_stopped_answering_is_trained_again_with_replay():
     assert stages.next_attempts(plan, collapsed, recipe_for("sft", replay=0.25), 1) == plan
     assert stages.next_attempts([], refused("dpo", collapsed.decision.reasons[0]), None, 1) == []
     assert stages.next_attempts(plan, collapsed, None, 0) == []  # no attempts left
+
+
+def test_a_first_sft_attempt_replays_where_the_answers_share_fixed_text(tmp_path):
+    """SFT on answers that mostly end with one sign-off (or open with one phrase) starts with replay rows: that fixed
+    text is what an adapter learns in place of the answers. Other styles, other methods and a caller's own recipe
+    are left as they are (None: the packaged recipe)."""
+    from adapters.styles import STYLES
+    from adapters.train import recipe_for
+
+    originals = [f"Answer {i} explains the topic briefly. It adds a detail {i}. Then one more {i}." for i in range(8)]
+    for style in ("signoff", "opening"):
+        got = stages.first_recipe("sft", None, [STYLES[style].edit(o) for o in originals])
+        assert got.replay == stages.REPLAY_ON_FIXED_TEXT and got.lr == recipe_for("sft").lr, style
+    for style in ("short", "bullets", "tldr"):  # no fixed run of words: learned better without replay
+        assert stages.first_recipe("sft", None, [STYLES[style].edit(o) for o in originals]) is None, style
+    signoffs = [STYLES["signoff"].edit(o) for o in originals]
+    mine = recipe_for("sft", lr=5e-4)
+    assert stages.first_recipe("sft", mine, signoffs) is mine
+    assert stages.first_recipe("dpo", None, signoffs) is None
+    assert stages.first_recipe("sft", None, []) is None
+    # what the scheduler reads: the written SFT file's gold answers (none without one)
+    assert stages.sft_answers(tmp_path) == []
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}]} for a in signoffs]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert stages.sft_answers(tmp_path) == signoffs
