@@ -128,10 +128,11 @@ def next_attempts(plan: list, outcome: "Outcome", recipe, attempts_left: int) ->
     most `attempts_left` in all. Measured (bench/style_suite.py, 60 edits into a sign-off, 32 unseen prompts): the SFT
     adapter answered 3 chatty prompts with the bare sign-off and was refused ("collapse: 7% of answers are only
     text repeated..."); with replay 0.25 (and passage questions) it was promoted: no bare sign-off, 100% distinct,
-    relevance 0.66 (base 0.69), in the style 84% (96% of the answers that ended within the cap). A TL;DR adapter
-    that answered passage questions with a TL;DR of the passage (reading 12% vs 50%) read 25% after the retry:
-    still refused. Replay is on from the start only where the answers share fixed text (`first_recipe`): on the
-    other styles SFT learns cleanly it costs style (short 94% -> 81%)."""
+    relevance 0.66 (base 0.69), in the style 84%, 91% with the replayed answers shaped (such a style now replays
+    from its first attempt: `first_recipe`). A TL;DR adapter that answered passage questions with a TL;DR of the
+    passage (reading 12% vs 50%) read 25% after the retry: still refused. Replay is on from the start only where
+    the answers share fixed text (`first_recipe`): on the other styles SFT learns cleanly it costs style (short
+    94% -> 81%)."""
     reasons = outcome.decision.reasons
     if outcome.method == "sft" and not outcome.promoted and (lost_answers(reasons) or lost_reading(reasons)):
         base = recipe if recipe is not None and recipe.method == "sft" else recipe_for("sft")
