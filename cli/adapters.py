@@ -137,7 +137,7 @@ class _Bar:
                 f", margin {e['rewards/margins']:.3f}" if "rewards/margins" in e else "") + " " * 20
             print(text, file=sys.stderr)
             return
-        elif kind in ("datasets", "training", "evaluating", "promoted", "refused", "eval"):
+        elif kind in ("datasets", "training", "replay", "evaluating", "promoted", "refused", "eval"):
             detail = {k: v for k, v in e.items() if k not in ("event", "time")}
             text = f"\r{kind} {json.dumps(detail, default=str)}"
             print(text, file=sys.stderr)

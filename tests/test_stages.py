@@ -151,3 +151,14 @@ def test_a_first_sft_attempt_replays_where_the_answers_share_fixed_text(tmp_path
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}]} for a in signoffs]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     assert stages.sft_answers(tmp_path) == signoffs
+
+
+def test_kaizen_adapt_prints_the_replay_rows_it_mixed_in(capsys):
+    """The CLI's progress shows that replay rows were added, and the shape they were given."""
+    from cli.adapters import _Bar
+
+    bar = _Bar()
+    bar({"event": "replay", "rows": 14, "shape": {"opening": "", "ending": "\n\nHope this helps! - Kaizen",
+                                                  "max_words": 49}})
+    err = capsys.readouterr().err
+    assert err.startswith("\rreplay ") and '"rows": 14' in err and "Hope this helps! - Kaizen" in err
