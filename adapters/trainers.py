@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from adapters.config import Recipe, check_method
@@ -137,8 +138,8 @@ def _fixed(answers: list[str], end: bool) -> str:
         runs = [tuple(w[-k:] if end else w[:k]) for w in words if len(w) > k]  # a run must leave some answer
         if not runs:
             continue
-        best = max(set(runs), key=runs.count)
-        if runs.count(best) < SHAPE_SHARE * len(answers):
+        best, count = Counter(runs).most_common(1)[0]
+        if count < SHAPE_SHARE * len(answers):
             continue
         a = next(a for a, w in zip(answers, words) if len(w) > k and tuple(w[-k:] if end else w[:k]) == best)
         pattern = r"\s+".join(map(re.escape, best))
