@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
     elif args.stage == "train":
         recipe = recipe_for(args.method, steps=args.steps) if args.steps else None
+        recipe = first_recipe(args.method, recipe, sft_answers(Path(args.data)) if args.method == "sft" else [])
         _print(plain(train(settings, args.method, Path(args.data), Path(args.out), recipe, say).metrics))
     elif args.stage == "evaluate":
         candidate = registry.folder(args.version) if args.version else Path(args.adapter)
