@@ -112,8 +112,8 @@ def train(method: str, data_dir: str | Path, out_dir: str | Path, settings: Sett
     model, tok, device = load_base(settings)
     torch.set_num_threads(settings.threads)
     if method == "sft" and getattr(recipe, "replay", 0):
-        replayed = replay_rows(model, tok, device, rows, recipe.replay, recipe.replay_tokens)
-        shape = answer_shape([r["messages"][-1]["content"] for r in rows])  # what replay_rows gave the rows
+        shape = answer_shape([r["messages"][-1]["content"] for r in rows])
+        replayed = replay_rows(model, tok, device, rows, recipe.replay, recipe.replay_tokens, shape=shape)
         rows = rows + replayed
         (progress or (lambda e: None))({"event": "replay", "rows": len(replayed), "shape": shape})
     model.train()

@@ -82,7 +82,8 @@ def training_rows(method: str, rows: list[dict]) -> list[dict]:
     return [{k: r[k] for k in keys} for r in rows]
 
 
-def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new_tokens: int = 96) -> list[dict]:
+def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new_tokens: int = 96,
+                shape: dict | None = None) -> list[dict]:
     """SFT rows of the base's own answers (greedy, cut to their last full sentence) to `share` x len(rows) of the
     replay prompts (`adapters.regression.REPLAY`), plus as many questions about a passage (`REPLAY_PASSAGES`, at
     most 8; kept only where the base's answer holds the gold answer), with the system message of the feedback rows:
@@ -90,7 +91,7 @@ def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new
     collapsing onto what the edits have in common. (Edits that append a TL;DR taught an adapter to answer "Answer
     the question from the passage" with a TL;DR of the passage: 1 of 8 gold answers, the base 4 of 8.) Each replayed
     answer takes the shape the rows' answers share (`answer_shape`: their fixed opening or sign-off, their length),
-    so replay keeps the content without teaching the opposite of the users' edits."""
+    so replay keeps the content without teaching the opposite of the users' edits; pass `shape` when it is known."""
     from adapters.evaluate import generate
     from adapters.regression import REPLAY, REPLAY_PASSAGES, passage_prompt
 
@@ -107,7 +108,8 @@ def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new
         answers = generate(model, tok, prompts, device, max_new_tokens)
     finally:
         tok.padding_side = side
-    shape = answer_shape([r["messages"][-1]["content"] for r in rows])
+    if shape is None:
+        shape = answer_shape([r["messages"][-1]["content"] for r in rows])
     return [{"messages": p + [{"role": "assistant", "content": in_shape(kept, shape)}], "source": ["replay"]}
             for p, a, gold in zip(prompts, answers, golds) if (kept := replay_answer(a, gold))]
 
@@ -115,8 +117,6 @@ def replay_rows(model, tok, device: str, rows: list[dict], share: float, max_new
 def replay_answer(answer: str, gold: list[str] | None = None) -> str | None:
     """A base answer as a replay row keeps it: cut to its last full sentence; None when nothing is left or, for a
     question about a passage (`gold`), when it does not hold the gold answer (a misread is not worth keeping). Pure."""
-    import re
-
     from adapters.scoring import contains_gold
 
     whole = re.match(r"(?s)(.*[.!?])", answer)
