@@ -457,6 +457,39 @@ def test_history_sidebar_reload_restores_and_feedback_goes_to_the_restored_answe
     assert page.locator('[data-testid="bot"]').count() == 0 and history_item(page, "Sky colours").count() == 0
 
 
+def test_a_retried_or_replaced_answer_shows_its_own_thumbs_not_the_restored_ones(page, app_server):
+    """A restored conversation shows its stored 👍; the retry's answer and, after an undo, a new question's answer
+    take that position without it, and a 👍 on them stores +1 for them (not a retraction of the old one)."""
+    send(page, "Name a kind of tree, thumbs test.")
+    _, first_id, _ = answer_to(app_server, "Name a kind of tree, thumbs test.")
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Like"]').last.click()
+    status_has(page, "👍")
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    page.wait_for_function("document.querySelectorAll('[aria-label=\"Liked\"]').length == 1")  # as stored
+
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Retry"]').last.click()
+    page.wait_for_selector("#pick-row", state="visible", timeout=180_000)
+    (retried_id,), = db_rows(app_server, "select max(id) from messages where role='assistant'")
+    assert retried_id != first_id
+    assert page.locator('[aria-label="Liked"]').count() == 0  # the new answer has no rating yet
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Like"]').last.click()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('👍')")
+    assert db_rows(app_server, "select message_id, value from ratings where message_id in (?, ?) order by id",
+                   first_id, retried_id) == [(first_id, 1), (retried_id, 1)]
+
+    page.locator('[data-testid="bot"]').last.hover()
+    page.locator('[aria-label="Undo"]').last.click()
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"bot\"]').length == 0")
+    send(page, "Name a kind of flower, thumbs test.")
+    assert page.locator('[aria-label="Liked"]').count() == 0, "a new answer shows the undone answer's 👍"
+    _, third_id, _ = answer_to(app_server, "Name a kind of flower, thumbs test.")
+    assert db_rows(app_server, "select count(*) from ratings where message_id=?", third_id) == [(0,)]
+
+
 def test_phone_layout_keeps_the_message_box_and_reason_panel_on_screen(browser, app_server, tmp_path):
     pg = browser.new_page(viewport={"width": 390, "height": 844})
     try:

@@ -60,6 +60,14 @@ SHOW_PICK_ROW = """() => { setTimeout(() => { const r = document.querySelector('
 }, 300); }"""
 
 
+def chat_view(st: dict):
+    """The Chatbot's messages and its thumbs, both from the session state. Every update sends both: the browser
+    keeps the `feedback_value` of the last update that set one, so an answer that replaces another at the same
+    position (a retry, an undo and a new question, an edited question) would show the thumb of the answer it
+    replaced, and a click meant as a 👍 would take that stale one back."""
+    return gr.update(value=to_chatbot(st), feedback_value=feedback_values(st))
+
+
 class StopFlags:
     """The Stop button's flags: one per browser session, for its running generation. A flag is dropped when its
     generation ends, so none pile up; Stop in one session never reaches another's answer."""
@@ -183,15 +191,16 @@ def build_ui(services) -> gr.Blocks:
             only the first frame empties the box, so what the person types while the answer streams stays there
             for their next question; without it (the /chat API) every frame returns the box empty, as before."""
             shown = False  # has a frame (and so the question) reached the screen?
+            chat = chat_view if typed_ahead else to_chatbot  # the API returns the messages alone, as before
             try:
                 options = chat_options(settings, temp, length)
                 for st in stops.run(request, lambda ev: logic.respond(st, uid(request), message, tmpl, rag_mode,
                                                                       adapter_arg(adapter_choice), ev, options)):
-                    yield st, to_chatbot(st), gr.skip() if shown and typed_ahead else "", view(st)[-1]
+                    yield st, chat(st), gr.skip() if shown and typed_ahead else "", view(st)[-1]
                     shown = True
             except (ValueError, KeyError) as e:  # refused before any frame: the message goes back into the box
                 gr.Warning(str(e))
-                yield st, to_chatbot(st), gr.skip() if shown and typed_ahead else message, f"⚠️ {e}"
+                yield st, chat(st), gr.skip() if shown and typed_ahead else message, f"⚠️ {e}"
 
         def on_send(message, st, tmpl, rag_mode, adapter_choice, temp=None, length=None, request: gr.Request = None):
             yield from answer(message, st, tmpl, rag_mode, adapter_choice, temp, length, request, typed_ahead=False)
@@ -214,10 +223,10 @@ def build_ui(services) -> gr.Blocks:
                 options = chat_options(settings, temp, length)
                 for st in stops.run(request, lambda ev: logic.retry(st, uid(request), data.index, tmpl, rag_mode,
                                                                     adapter_arg(adapter_choice), ev, options)):
-                    yield [st, to_chatbot(st)] + view(st)
+                    yield [st, chat_view(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
-                yield [st, to_chatbot(st)] + view(st, str(e))
+                yield [st, chat_view(st)] + view(st, str(e))
 
         def on_continue(st, tmpl, rag_mode, adapter_choice, temp, length, request: gr.Request):
             try:
@@ -225,10 +234,10 @@ def build_ui(services) -> gr.Blocks:
                 for st in stops.run(request, lambda ev: logic.continue_answer(st, uid(request), tmpl, rag_mode,
                                                                               adapter_arg(adapter_choice), ev,
                                                                               options)):
-                    yield [st, to_chatbot(st)] + view(st)
+                    yield [st, chat_view(st)] + view(st)
             except (ValueError, KeyError) as e:
                 gr.Warning(str(e))
-                yield [st, to_chatbot(st)] + view(st, str(e))
+                yield [st, chat_view(st)] + view(st, str(e))
 
         def on_stop(request: gr.Request):
             stops.stop(request)
@@ -243,7 +252,7 @@ def build_ui(services) -> gr.Blocks:
                              "Your conversations (none yet: each chat you start is listed here)")
 
         def opened(st):  # [state, chatbot, reason panel] showing `st` (a new chat: an empty one, no thumbs)
-            return [st, gr.update(value=to_chatbot(st), feedback_value=feedback_values(st)), gr.update(visible=False)]
+            return [st, chat_view(st), gr.update(visible=False)]
 
         def history_open(conv_id, request: gr.Request):
             user = uid(request)
@@ -382,15 +391,15 @@ def build_ui(services) -> gr.Blocks:
                     for st in stops.run(request, lambda ev: logic.reask(st, uid(request), data.index, data.value,
                                                                         tmpl, rag_mode, adapter_arg(adapter_choice),
                                                                         ev, options)):
-                        yield [st, to_chatbot(st)] + view(st)
+                        yield [st, chat_view(st)] + view(st)
                     return
                 msg = logic.edit(st, uid(request), data.index, data.value)
                 gr.Info(msg)
             except (ValueError, LookupError, PermissionError, KeyError) as e:
                 gr.Warning(str(e))
-                yield [st, to_chatbot(st)] + view(st, str(e))
+                yield [st, chat_view(st)] + view(st, str(e))
                 return
-            yield [st, to_chatbot(st)] + view(st)[:-1] + [msg]
+            yield [st, chat_view(st)] + view(st)[:-1] + [msg]
 
         def on_pick(which):
             def handler(st, request: gr.Request):
@@ -399,8 +408,8 @@ def build_ui(services) -> gr.Blocks:
                     gr.Info(msg)
                 except (ValueError, LookupError, PermissionError) as e:
                     gr.Warning(str(e))
-                    return [st, to_chatbot(st)] + view(st, str(e))
-                return [st, to_chatbot(st)] + view(st)[:-1] + [msg]
+                    return [st, chat_view(st)] + view(st, str(e))
+                return [st, chat_view(st)] + view(st)[:-1] + [msg]
             return handler
 
         def on_undo(st, data: gr.UndoData, request: gr.Request):
@@ -408,8 +417,8 @@ def build_ui(services) -> gr.Blocks:
                 text = logic.undo(st, uid(request), data.index)
             except (ValueError, LookupError, PermissionError) as e:
                 gr.Warning(str(e))
-                return [st, to_chatbot(st), gr.update()] + view(st, str(e))
-            return [st, to_chatbot(st), text] + view(st)[:-1] + [
+                return [st, chat_view(st), gr.update()] + view(st, str(e))
+            return [st, chat_view(st), text] + view(st)[:-1] + [
                 "Removed the last turn from the chat (the record is kept)."]
 
         chatbot.like(on_like, [state], [why_panel, why_index, status], api_visibility="private")
