@@ -204,7 +204,7 @@ def dpo_pairs(events: list[dict]) -> list[dict]:
         for other in e.get("rejected") or []:
             add(e["prompt"], e["chosen"], other, [e["event_id"]])
     for ups, downs in sibling_pairs(latest_ratings(events)[0]):
-        add(ups[0]["prompt"], ups[0]["answer"], downs[0]["answer"], _ids(ups + downs))
+        add(ups[0]["prompt"], ups[0]["seen"], downs[0]["seen"], _ids(ups + downs))  # the texts the votes were on
     return _sorted(rows)
 
 

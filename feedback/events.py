@@ -4,11 +4,14 @@
 Event dict (all kinds): event_id ("rating:12"), kind, id, user_id, user, opted_out, created, message_id,
 parent_id (the user message answered), conversation_id, prompt ([{"role","content"}], the conversation up to and
 including that user message, no system messages; earlier answers as the user saw them, i.e. with the latest edit
-made before this answer was generated), answer (the text as generated), template, model, adapter, stopped (the
+made before this answer was generated), answer (the text as generated), seen (the answer as the user saw it when
+making this gesture: the latest edit made before it, else the answer), template, model, adapter, stopped (the
 user stopped that answer before its end), superseded
 (a later event of the same kind by the same user on the same message / prompt exists: readers take the latest).
-rating: value, reasons, comment. edit: edited. choice: chosen, rejected, candidate_ids, picked_id, candidates
-([{id, content, template, model, adapter}] in the order shown). For a choice, message_id/answer are the pick's.
+rating: value, reasons, comment. edit: edited. choice: chosen, rejected (the texts as seen when picking: an answer
+the user had corrected was shown, and picked or passed over, as its correction), candidate_ids, picked_id,
+candidates ([{id, content, template, model, adapter}] in the order shown, content as shown). For a choice,
+message_id/answer/seen are the pick's.
 Order: created, then kind, then id.
 """
 from __future__ import annotations
@@ -56,6 +59,16 @@ def load_training_events(db: Database, since: str) -> list[dict]:
     return build_events(rows, latest, messages, edits, users)
 
 
+def shown_text(message: dict, edits: dict[int, list[dict]], before: str) -> str:
+    """An answer as its owner saw it at time `before`: the latest edit made before then, else the text as generated
+    (`edits` holds each message's edits in the order made)."""
+    content = message["content"]
+    for e in edits.get(message["id"], ()):
+        if e["created"] < before:
+            content = e["edited"]
+    return content
+
+
 def prompt_chain(messages: dict[int, dict], edits: dict[int, list[dict]], user_message_id: int,
                  before: str) -> list[dict]:
     """[{role, content}] from the root to `user_message_id` along parent links, skipping system messages.
@@ -65,12 +78,8 @@ def prompt_chain(messages: dict[int, dict], edits: dict[int, list[dict]], user_m
         seen.add(mid)
         m = messages[mid]
         if m["role"] != "system":
-            content = m["content"]
-            if m["role"] == "assistant":
-                for e in edits.get(mid, ()):
-                    if e["created"] < before:
-                        content = e["edited"]
-            chain.append({"role": m["role"], "content": content})
+            chain.append({"role": m["role"], "content": shown_text(m, edits, before) if m["role"] == "assistant"
+                          else m["content"]})
         mid = m["parent_id"]
     return chain[::-1]
 
@@ -90,7 +99,8 @@ def build_events(rows: dict[str, list[dict]], latest: dict[str, set[int]], messa
                 "user": user.get("name"), "opted_out": bool(user.get("opted_out")), "created": r["created"],
                 "message_id": answer_id, "parent_id": parent_id, "conversation_id": answer["conversation_id"],
                 "prompt": prompt_chain(messages, edits, parent_id, answer["created"]) if parent_id else [],
-                "answer": answer["content"], "template": answer["template"], "model": answer["model"],
+                "answer": answer["content"], "seen": shown_text(answer, edits, r["created"]),
+                "template": answer["template"], "model": answer["model"],
                 "adapter": answer["adapter"], "stopped": bool(answer.get("stopped")),
                 "superseded": r["id"] not in latest[kind],
             }
@@ -100,10 +110,11 @@ def build_events(rows: dict[str, list[dict]], latest: dict[str, set[int]], messa
                 ev.update(edited=r["edited"])
             else:
                 ids = json.loads(r["candidates"])
-                ev.update(chosen=answer["content"], rejected=[messages[i]["content"] for i in ids if i != answer_id],
+                seen = {i: shown_text(messages[i], edits, r["created"]) for i in ids}
+                ev.update(chosen=seen[answer_id], rejected=[seen[i] for i in ids if i != answer_id],
                           candidate_ids=ids, picked_id=answer_id,
-                          candidates=[{k: messages[i][k] for k in ("id", "content", "template", "model", "adapter")}
-                                      for i in ids])
+                          candidates=[{**{k: messages[i][k] for k in ("id", "template", "model", "adapter")},
+                                       "content": seen[i]} for i in ids])
             out.append(ev)
     order = {"rating": 0, "edit": 1, "choice": 2}
     out.sort(key=lambda e: (e["created"], order[e["kind"]], e["id"]))

@@ -19,7 +19,7 @@ def ev(kind, *, user=1, msg=10, parent=9, q="What is the capital of France?", an
     n = next(_ids)
     e = {"event_id": f"{kind}:{n}", "kind": kind, "user_id": user, "user": f"u{user}", "opted_out": opted_out,
          "created": t or f"2024-01-01T00:{n // 60:02d}:{n % 60:02d}", "message_id": msg, "parent_id": parent,
-         "conversation_id": 1, "prompt": [*history, {"role": "user", "content": q}], "answer": answer,
+         "conversation_id": 1, "prompt": [*history, {"role": "user", "content": q}], "answer": answer, "seen": answer,
          "template": "plain", "model": "m", "adapter": None}
     if kind == "rating":
         e.update(value=extra.pop("value", 1), reasons=[], comment="")

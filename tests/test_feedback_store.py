@@ -200,6 +200,24 @@ def test_ratings_edits_choices_and_latest_wins(world):
     assert set(REASONS) >= {"wrong", "unhelpful", "unsafe", "too long", "ignored the sources", "other"}
 
 
+def test_a_pick_or_a_vote_after_a_correction_is_on_the_correction_the_user_saw(world):
+    """alice corrects a1, retries, and picks (and 👍s) the first answer: the pick row showed her correction, so the
+    DPO rows prefer the correction over a2; the text she replaced is never a chosen side."""
+    from feedback.datasets import dpo_rows
+
+    s, alice = world["store"], world["alice"]
+    fixed = "Write-ahead logging: readers never block the writer."
+    s.edit(world["a1"], alice, fixed)
+    s.choose(world["q1"], alice, [world["a1"], world["a2"]], world["a1"])
+    s.rate(world["a1"], alice, 1)
+    s.rate(world["a2"], alice, -1)
+    rows = dpo_rows(s.training_events())
+    pairs = sorted((r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows)
+    assert pairs == [(fixed, "A journal mode."), (fixed, "A journal mode."),  # the pick; the 👍 over the 👎 sibling
+                     (fixed, "Write-ahead logging.")]  # the edit over the original
+    assert all(r["chosen"][0]["content"] != "Write-ahead logging." for r in rows)
+
+
 def test_training_events_carry_prompt_answer_and_provenance(world):
     s, alice, bob = world["store"], world["alice"], world["bob"]
     e_edit = s.edit(world["a1"], alice, "Write-ahead logging (WAL).")
@@ -222,7 +240,11 @@ def test_training_events_carry_prompt_answer_and_provenance(world):
                                 {"role": "user", "content": "And busy_timeout?"}]
     assert (rating["value"], rating["reasons"], rating["comment"], rating["message_id"]) == \
            (-1, ["unhelpful"], "vague", world["a3"])
-    assert choice["chosen"] == "Write-ahead logging." and choice["rejected"] == ["A journal mode."]
+    # a1 was picked after alice had corrected it: she saw, and picked, her correction (the DPO row's chosen side)
+    fixed = "Write-ahead logging (WAL)."
+    assert choice["chosen"] == choice["seen"] == fixed and choice["rejected"] == ["A journal mode."]
+    assert choice["answer"] == "Write-ahead logging." and choice["candidates"][0]["content"] == fixed
+    assert edit["seen"] == "Write-ahead logging."  # an edit's own text is not what was seen when making it
     assert choice["candidate_ids"] == [world["a1"], world["a2"]] and choice["picked_id"] == world["a1"]
     assert [c["adapter"] for c in choice["candidates"]] == [None, "v2"]
     assert bob_old["opted_out"] and bob_old["superseded"] and not bob_new["superseded"]
