@@ -160,13 +160,19 @@ def edit_flags(original: str, edited: str) -> list[str]:
 
 
 def flag_events(events: list[dict]) -> dict[str, list[str]]:
-    """{event_id: reasons} for every suspicious edit event."""
+    """{event_id: reasons} for every event whose rows would carry a suspicious edit: the edit itself, and a vote or
+    a pick made after the answer was corrected (its rows hold the texts as the user saw them, `seen`)."""
     out = {}
     for e in events:
         if e["kind"] == "edit":
-            reasons = edit_flags(e.get("answer", ""), e.get("edited", ""))
-            if reasons:
-                out[e["event_id"]] = reasons
+            pairs = [(e.get("answer", ""), e.get("edited", ""))]
+        elif e["kind"] == "choice":
+            pairs = [(c.get("content", ""), c.get("seen", c.get("content", ""))) for c in e.get("candidates") or []]
+        else:
+            pairs = [(e.get("answer", ""), e.get("seen", e.get("answer", "")))]
+        reasons = sorted({r for original, shown in pairs for r in edit_flags(original, shown)})
+        if reasons:
+            out[e["event_id"]] = reasons
     return out
 
 

@@ -10,7 +10,7 @@ user stopped that answer before its end), superseded
 (a later event of the same kind by the same user on the same message / prompt exists: readers take the latest).
 rating: value, reasons, comment. edit: edited. choice: chosen, rejected (the texts as seen when picking: an answer
 the user had corrected was shown, and picked or passed over, as its correction), candidate_ids, picked_id,
-candidates ([{id, content, template, model, adapter}] in the order shown, content as shown). For a choice,
+candidates ([{id, content, seen, template, model, adapter}] in the order shown). For a choice,
 message_id/answer/seen are the pick's.
 Order: created, then kind, then id.
 """
@@ -113,8 +113,8 @@ def build_events(rows: dict[str, list[dict]], latest: dict[str, set[int]], messa
                 seen = {i: shown_text(messages[i], edits, r["created"]) for i in ids}
                 ev.update(chosen=seen[answer_id], rejected=[seen[i] for i in ids if i != answer_id],
                           candidate_ids=ids, picked_id=answer_id,
-                          candidates=[{**{k: messages[i][k] for k in ("id", "template", "model", "adapter")},
-                                       "content": seen[i]} for i in ids])
+                          candidates=[{**{k: messages[i][k] for k in ("id", "content", "template", "model", "adapter")},
+                                       "seen": seen[i]} for i in ids])
             out.append(ev)
     order = {"rating": 0, "edit": 1, "choice": 2}
     out.sort(key=lambda e: (e["created"], order[e["kind"]], e["id"]))

@@ -243,7 +243,8 @@ def test_training_events_carry_prompt_answer_and_provenance(world):
     # a1 was picked after alice had corrected it: she saw, and picked, her correction (the DPO row's chosen side)
     fixed = "Write-ahead logging (WAL)."
     assert choice["chosen"] == choice["seen"] == fixed and choice["rejected"] == ["A journal mode."]
-    assert choice["answer"] == "Write-ahead logging." and choice["candidates"][0]["content"] == fixed
+    assert choice["answer"] == choice["candidates"][0]["content"] == "Write-ahead logging."
+    assert choice["candidates"][0]["seen"] == fixed and choice["candidates"][1]["seen"] == "A journal mode."
     assert edit["seen"] == "Write-ahead logging."  # an edit's own text is not what was seen when making it
     assert choice["candidate_ids"] == [world["a1"], world["a2"]] and choice["picked_id"] == world["a1"]
     assert [c["adapter"] for c in choice["candidates"]] == [None, "v2"]
