@@ -19,7 +19,7 @@ class Reply:
     generation: Generation
     messages: list[dict]  # exactly what the model was given (before history truncation)
     template: str
-    sources: list[dict] = field(default_factory=list)  # {"doc_id","file","chunk","score"} per cited source
+    sources: list[dict] = field(default_factory=list)  # {"doc_id","file","chunk","score","shared"} per cited source
     used_rag: bool = False
 
 
@@ -138,7 +138,8 @@ class Answerer:
                                 decoding=decoding or self.decoding(), prefix=continue_from)
         gen.pieces = self._gated(gen, gen.pieces, owner, stop)
         sources = [
-            {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4)} for h in hits
+            {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4),
+             "shared": h.shared} for h in hits
         ] if use_rag else []
         return Reply(gen, messages, tmpl.name, sources, use_rag)
 

@@ -28,6 +28,7 @@ class Hit:
     score: float
     text: str
     similarity: float | None = None
+    shared: bool = False  # a chunk of the shared library (everyone reads it), not of the caller's own documents
 
     def as_source(self) -> dict:
         """What goes under an answer and into the feedback store (no text)."""

@@ -455,5 +455,5 @@ class KnowledgeBase:
         for cid, score in ranked:
             c = chunks[by_id[cid]]
             hits.append(Hit(doc_id=c["doc_id"], file=c["name"], chunk=c["chunk"], score=float(score),
-                            text=c["text"], similarity=sims.get(cid)))
+                            text=c["text"], similarity=sims.get(cid), shared=c["owner"] == SHARED))
         return hits

@@ -25,6 +25,10 @@ Rules (each one a small function below):
 - stopped answers (the user pressed Stop): a row that takes one as good (its 👍, or picking it) is dropped and
   counted (`stages.<kind>.stopped_answer`): the text is a fragment. Its edit and its 👎 stay.
 - KTO: voted messages that are in no sibling pair and were not edited ("unpaired thumbs").
+- private documents: a row built on an answer that drew on its user's own documents (its 👍, 👎, edit, or a pick
+  among answers one of which did) is dropped and counted (`stages.<kind>.private_documents`): those documents are
+  the user's alone, and an adapter serves everyone; the row would also teach the facts without the documents.
+  Answers from the shared library stay.
 """
 from __future__ import annotations
 
@@ -334,6 +338,9 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         stopped = [any(endorses_stopped(by_id[s]) for s in r["source"]) for r in rows]
         drop("stopped_answer", [r for r, gone in zip(rows, stopped) if gone])  # a fragment taken as good
         rows = [r for r, gone in zip(rows, stopped) if not gone]
+        private = [any(by_id[s].get("private_sources") for s in r["source"]) for r in rows]
+        drop("private_documents", [r for r, gone in zip(rows, private) if gone])  # never into a shared adapter
+        rows = [r for r, gone in zip(rows, private) if not gone]
         if kind == "dpo":  # the same text on both sides (a retry that repeated itself, a no-op edit)
             drop("identical", [r for r in rows if same_answer(r)])
             rows = [r for r in rows if not same_answer(r)]

@@ -58,3 +58,39 @@ def test_injected_instructions_stay_inside_the_reference_block(answerer, tmp_pat
     start, end = user["content"].index("<<<REFERENCE DATA"), user["content"].rindex("<<<END REFERENCE DATA>>>")
     assert start < user["content"].index("PWNED") < end  # inside the delimited block
     assert user["content"].count("<<<END REFERENCE DATA>>>") == 1  # the document's fake delimiter is neutralised
+
+
+def test_feedback_on_an_answer_from_private_documents_never_becomes_a_training_row(chat_model, settings, tmp_path):
+    """alice 👍s an answer from her own document and one from the shared library (the real chat, Chroma, model and
+    SQLite): only the library answer becomes a training row; the other is counted, its document stays hers."""
+    import threading
+
+    from feedback.datasets import build_datasets
+    from feedback.store import Store
+    from ui.chat import ChatLogic, new_state
+
+    kb = KnowledgeBase.from_settings(settings)
+    (tmp_path / "zorblat.txt").write_text(DOCS["zorblat.txt"])
+    (tmp_path / "trains.txt").write_text(DOCS["trains.txt"])
+    kb.add(tmp_path / "zorblat.txt", owner="alice")
+    kb.add(tmp_path / "trains.txt", owner="admin", shared=True)
+    store = Store.from_settings(settings)
+    try:
+        logic = ChatLogic(Answerer(chat_model, settings, kb), store)
+        alice = logic.user_id("alice")
+        for question in ("What is the name of the Zorblat festival mascot?",
+                         "When does the night train from Vienna to Rome leave?"):
+            st = new_state()
+            for st in logic.respond(st, alice, question, "plain", "on", None, threading.Event()):
+                pass
+            assert [s["shared"] for s in st["shown"][-1]["sources"]][:1] == [question.startswith("When")]
+            logic.rate(st, alice, 1, True)  # the answer (0 is the question)
+        files, manifest = build_datasets(store.training_events(), eval_fraction=0.0)
+    finally:
+        store.close()
+    answers = [r["completion"][0]["content"] for r in files["kto"]] + \
+        [r["messages"][-1]["content"] for r in files["sft"]]
+    assert answers and not any("Oskar" in a or "Zorblat" in a for a in answers), answers
+    [row] = files["sft"]
+    assert row["messages"][-2]["content"].startswith("When does the night train")
+    assert manifest["stages"]["sft"]["private_documents"] == 1

@@ -405,7 +405,7 @@ def test_a_grounded_answer_carries_its_sources_and_searches_only_the_callers_doc
     http = TestClient(app, client=LOOPBACK)
     key = api_store.create_key(kapi.store, kapi.store.ensure_user("alice"))
     out = ask(http, "What does the warranty cover?", key=key, rag="on")
-    want = [{"doc_id": "doc-1", "file": "warranty.md", "chunk": 0, "score": 0.9}]
+    want = [{"doc_id": "doc-1", "file": "warranty.md", "chunk": 0, "score": 0.9, "shared": False}]
     assert out["kaizen"]["sources"] == want and out["kaizen"]["used_rag"] is True
     assert out["kaizen"]["template"] == "grounded"  # as in the UI: sources switch to the grounded template
     [msg] = rows(kapi.settings.db_path, "select sources, template from messages where role='assistant'")

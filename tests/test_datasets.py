@@ -291,6 +291,24 @@ def test_a_retraction_ends_a_sibling_pair():
     assert [r["label"] for r in kto_rows([a, b, b_back])] == [True]
 
 
+def test_rows_on_answers_from_private_documents_are_dropped_and_counted_in_every_file():
+    """Every gesture on an answer that drew on the user's own documents (a pick: any candidate did) stays out of
+    the datasets, counted; the shared library's answers and plain ones stay."""
+    private = dict(private_sources=True)
+    liked = up(msg=1, q="Who leads the Zorblat parade?", answer="Oskar the heron.", **private)
+    fixed = ev("edit", msg=2, parent=19, q="Where is the Zorblat festival?", answer="In Brest.",
+               edited="In Quimperle.", **private)
+    picked = ev("choice", msg=3, parent=29, q="When is the Zorblat parade?", answer="At dusk.", chosen="At dusk.",
+                rejected=["At noon."], candidate_ids=[3, 4], picked_id=3, **private)
+    library = up(msg=5, parent=39, q="When does the night train leave?", answer="At 19:20.")
+    files, m = build_datasets([liked, fixed, picked, library], eval_fraction=0.0)
+    assert [r["messages"][-1]["content"] for r in files["sft"]] == ["At 19:20."]
+    assert [r["completion"][0]["content"] for r in files["kto"]] == ["At 19:20."] and files["dpo"] == []
+    assert sorted(m["dropped"]["sft"]["private_documents"]) == sorted([liked["event_id"], fixed["event_id"]])
+    assert sorted(m["dropped"]["dpo"]["private_documents"]) == sorted([fixed["event_id"], picked["event_id"]])
+    assert (m["stages"]["sft"]["private_documents"], m["stages"]["kto"]["private_documents"]) == (2, 1)
+
+
 def test_a_stopped_answer_is_never_taken_as_good_but_its_edit_and_thumbs_down_stay():
     """The user pressed Stop: the stored text is a fragment. Its 👍 (SFT, KTO desirable) and picking it (DPO chosen)
     are dropped and counted; its 👎 (KTO undesirable) and its edit (the user's own text) are kept."""

@@ -81,7 +81,8 @@ def test_reference_block_fits_the_budget():
 
 def test_hit_as_source_has_no_text():
     src = hit(0.75, "secret body", "a.txt", 2, score=0.03).as_source()
-    assert src == {"doc_id": "0123456789abcdef", "file": "a.txt", "chunk": 2, "score": 0.03, "similarity": 0.75}
+    assert src == {"doc_id": "0123456789abcdef", "file": "a.txt", "chunk": 2, "score": 0.03, "similarity": 0.75,
+                   "shared": False}
 
 
 def test_convex_fusion_mixes_scaled_bm25_with_cosine():

@@ -117,8 +117,9 @@ def build_docs_tab(kb, authz=None, jobs: IngestJobs | None = None) -> dict:
     jobs = jobs or IngestJobs()
     parent = get_render_context()
     gr.Markdown("Upload documents to ground answers in them (" + ", ".join(FILE_TYPES) + "). "
-                "Answers that use them list their sources. Your documents are yours alone; the shared library is "
-                "read by everyone. A big file is indexed in the background: you can chat meanwhile.")
+                "Answers that use them list their sources. Your documents are yours alone (feedback on answers "
+                "from them never trains the shared adapter); the shared library is read by everyone. A big file is "
+                "indexed in the background: you can chat meanwhile.")
     upload = gr.File(label="Upload documents", file_count="multiple", file_types=FILE_TYPES, type="filepath",
                      elem_id="docs-upload")
     shared = gr.Checkbox(False, label="Add to the shared library (everyone reads it)", visible=False,
