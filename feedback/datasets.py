@@ -245,6 +245,34 @@ def with_system(row: dict, system: str) -> dict:
     return {**row, key: [{"role": "system", "content": system}] + row[key]}
 
 
+def row_templates(row: dict, by_id: dict[str, dict]) -> set:
+    """The templates the row's answers were generated with (a choice: every candidate's)."""
+    names = set()
+    for s in row["source"]:
+        e = by_id[s]
+        if e["kind"] == "choice" and e.get("candidates"):
+            names |= {c.get("template") for c in e["candidates"]}
+        else:
+            names.add(e.get("template"))
+    return names
+
+
+def as_seen(row: dict, templates: dict, names: set) -> tuple[dict, str | None]:
+    """(the row with its prompt as the model saw it, the template's name): rendered with the one template its
+    answers were generated with (that template's system message and its wrapping of the last question, e.g. the
+    academic template's "Provide a comprehensive, academic-style overview of ..."), when that template takes only
+    the question. Else (answers from several templates, a template with sources or gone) the row as it is and None.
+    `templates`: name -> an object with `variables` and `render(question, history)` (agent.templates.Template)."""
+    t = templates.get(next(iter(names))) if len(names) == 1 else None
+    prompt = row_prompt(row)
+    if t is None or list(t.variables) != ["question"] or not prompt or prompt[-1]["role"] != "user":
+        return row, None
+    seen = clean_prompt(t.render(prompt[-1]["content"], history=prompt[:-1]))
+    if "messages" in row:
+        return {**row, "messages": seen + row["messages"][-1:]}, t.name
+    return {**row, "prompt": seen}, t.name
+
+
 def row_prompt(row: dict) -> list[dict]:
     """The prompt messages of any row kind (SFT: everything before the final assistant turn)."""
     return row["prompt"] if "prompt" in row else row["messages"][:-1]
@@ -298,12 +326,15 @@ def _config(config: CurateConfig | None, overrides: dict) -> CurateConfig:
 
 
 def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: CurateConfig | None = None,
-                   system: str | None = None, **overrides) -> tuple[dict[str, list[dict]], dict]:
+                   system: str | None = None, templates: dict | None = None,
+                   **overrides) -> tuple[dict[str, list[dict]], dict]:
     """Events -> (files, manifest). files: {"sft", "sft_eval", "dpo", "dpo_eval", "kto", "kto_eval"} -> rows.
     Overrides are CurateConfig fields (e.g. `per_user_cap=20, include_flagged=True`). `system`: a system message
     put first in every row's prompt (the serving template's, so that training sees what the app sends; curation
-    and the split ignore it). Pure and deterministic: the same events, in any order, give the same rows and the
-    same manifest (which holds no timestamp)."""
+    and the split ignore it). `templates` (name -> Template): a row whose answers were all generated with one of
+    them that takes only the question gets its prompt as the model saw it (`as_seen`), its system message
+    included; the others get `system`; `stages.<kind>.templates` counts the rows of each. Pure and deterministic:
+    the same events, in any order, give the same rows and the same manifest (which holds no timestamp)."""
     cfg = _config(config, overrides)
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
@@ -374,8 +405,19 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         drop("user_capped", gone)
         rows = _sorted(rows)
         train, held = split_rows(rows, eval_fraction)
-        if system:
-            rows, train, held = ([with_system(r, system) for r in x] for x in (rows, train, held))
+        seen_as: Counter = Counter()
+
+        def shaped(r):
+            name = None
+            if templates:
+                r, name = as_seen(r, templates, row_templates(r, by_id))
+            seen_as[name or ("(system)" if system else "(none)")] += 1
+            return with_system(r, system) if system else r
+
+        shaped_of = {id(r): shaped(r) for r in rows}  # train and held hold the same row objects
+        rows, train, held = ([shaped_of[id(r)] for r in x] for x in (rows, train, held))
+        if templates:
+            st["templates"] = dict(sorted(seen_as.items()))
         st.update(kept=len(rows), train=len(train), eval=len(held), users=len({owner(r) for r in rows}))
         st["origins"] = dict(sorted(Counter("+".join(sorted({s.split(":")[0] for s in r["source"]}))
                                             for r in rows).items()))  # e.g. "choice", "edit", "choice+rating"
@@ -391,7 +433,8 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
     kinds = Counter(e["kind"] for e in events)
     manifest = {
         "format": FORMAT,
-        "config": {**asdict(cfg), "eval_fraction": eval_fraction, "system": system},
+        "config": {**asdict(cfg), "eval_fraction": eval_fraction, "system": system,
+                   **({"templates": sorted(templates)} if templates else {})},
         "events": {
             "total": len(events), "by_kind": {k: kinds.get(k, 0) for k in KINDS},
             "opted_out": len(events) - len(usable), "superseded_ratings": len(superseded_r),

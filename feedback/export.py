@@ -164,13 +164,16 @@ def _cmd_export(args) -> int:
         overrides["per_user_cap"] = args.per_user_cap
     if args.max_user_share is not None:
         overrides["max_user_share"] = args.max_user_share if args.max_user_share > 0 else None
-    if args.no_system:
-        system = None
-    else:
-        from agent.templates import serving_system
+    system, templates = None, None
+    if args.system:
+        system = args.system
+    elif not args.no_system:  # each prompt as the app sent it (its answer's template, else the app's default)
+        from agent.templates import load_templates, serving_system
 
-        system = args.system or serving_system(settings.template, settings.templates_dir)
-    files, manifest = build_datasets(events, eval_fraction=args.eval_fraction, system=system, **overrides)
+        system = serving_system(settings.template, settings.templates_dir)
+        templates = load_templates(settings.templates_dir)
+    files, manifest = build_datasets(events, eval_fraction=args.eval_fraction, system=system, templates=templates,
+                                     **overrides)
     kinds = ["sft", "dpo", "kto"] if args.format == "all" else [args.format]
     names = kinds + ([k + "_eval" for k in kinds] if args.include_eval else [])
     paths = write_datasets(args.out, {n: files[n] for n in names}, manifest, target=args.target)
@@ -194,8 +197,9 @@ def register(fsub) -> None:
     p.add_argument("--include-flagged", action="store_true", help="keep rows built from suspicious edits")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of prompts held out (default 0.1)")
     sys_group = p.add_mutually_exclusive_group()
-    sys_group.add_argument("--system", help="system message put first in every prompt (default: the system prompt "
-                                            "of the app's template, KAIZEN_TEMPLATE, which the loop trains with)")
+    sys_group.add_argument("--system", help="system message put first in every prompt, as it is (default: each "
+                                            "prompt as the app sent it, as the loop trains: the template its "
+                                            "answer was generated with, else the app's, KAIZEN_TEMPLATE)")
     sys_group.add_argument("--no-system", action="store_true", help="no system message in the rows")
     p.add_argument("--target", choices=list(TARGETS), default="trl", help="file layout (default trl)")
     p.add_argument("--per-user-cap", type=int, default=None, help="at most N rows of one user per file")

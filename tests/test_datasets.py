@@ -267,6 +267,39 @@ def test_system_message_goes_first_and_changes_nothing_else():
     assert with_system(already, "You are Kaizen.") == already
 
 
+def test_each_prompt_is_rendered_with_the_template_its_answer_came_from():
+    """A 👍 on a concise answer trains under the concise system prompt, a corrected academic answer under the
+    academic wrapping of the question (what the model saw); answers of two templates, or of one that needs
+    sources, fall back to the app's system prompt."""
+    from agent.templates import load_templates
+
+    templates = load_templates()
+    concise = up(msg=1, q="Why is the sky blue?", answer="Rayleigh scattering.", template="concise")
+    academic = ev("edit", msg=2, parent=19, q="the printing press", answer="It printed.", template="academic",
+                  edited="The printing press spread literacy across Europe.")
+    mixed = ev("choice", msg=3, parent=29, q="Name a river.", answer="The Nile.", chosen="The Nile.",
+               rejected=["The Seine is a river in France."], candidate_ids=[3, 4], picked_id=3,
+               candidates=[{"id": 3, "template": "plain"}, {"id": 4, "template": "concise"}])
+    grounded = up(msg=5, parent=39, q="When does the night train leave?", answer="At 19:20.", template="grounded")
+    files, m = build_datasets([concise, academic, mixed, grounded], eval_fraction=0.0, system="Default system.",
+                              templates=templates)
+    sft = {r["messages"][-1]["content"]: r["messages"][:-1] for r in files["sft"]}
+    assert sft["Rayleigh scattering."] == [
+        {"role": "system", "content": templates["concise"].system},
+        {"role": "user", "content": "Why is the sky blue?"}]
+    assert sft["The printing press spread literacy across Europe."] == [
+        {"role": "system", "content": templates["academic"].system.strip()},
+        {"role": "user", "content": "Provide a comprehensive, academic-style overview of the printing press, "
+                                    "focusing on its causes and effects."}]
+    assert sft["At 19:20."] == [{"role": "system", "content": "Default system."},
+                                {"role": "user", "content": "When does the night train leave?"}]
+    [pick] = [r for r in files["dpo"] if r["source"] == [mixed["event_id"]]]
+    assert pick["prompt"] == [{"role": "system", "content": "Default system."},
+                              {"role": "user", "content": "Name a river."}]
+    assert m["stages"]["sft"]["templates"] == {"(system)": 1, "academic": 1, "concise": 1}
+    assert m["config"]["templates"] == sorted(templates)
+
+
 # ---------------------------------------------------------------------------------------------- retractions, repeats
 def test_retracted_thumb_gives_no_row_and_a_switch_is_one_net_rating():
     d1 = down(msg=1, answer="First answer here.", t="2024-01-01T00:00:01")

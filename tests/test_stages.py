@@ -49,6 +49,35 @@ def test_collect_build_write_and_decide(tmp_path):
     assert stages.decide(report, margin=5.0).promote is False
 
 
+def test_the_loop_trains_each_answer_under_the_template_it_was_generated_with(tmp_path):
+    """Answers from the chat's concise template, 👍'd in a real store, become rows under the concise system
+    prompt (a user template file in the data dir counts too); the app's default template keeps its own."""
+    settings = settings_for(tmp_path)
+    (settings.templates_dir).mkdir(parents=True, exist_ok=True)
+    (settings.templates_dir / "pirate.yaml").write_text(
+        "name: pirate\nsystem: You are Kaizen. Talk like a pirate.\nuser: \"Arr! {question}\"\n")
+    store = Store.from_settings(settings)
+    try:
+        user = store.ensure_user("alice")
+        for i, template in enumerate(["concise", "pirate", "plain"] * 2):
+            conv = store.new_conversation(user)
+            q = store.add_message(conv, "user", f"Question number {i} about {template}?", user_id=user)
+            a = store.add_message(conv, "assistant", f"Answer number {i}, as {template} would give it.",
+                                  user_id=user, template=template)
+            store.rate(a, user, 1)
+        built = stages.build(settings, store)
+    finally:
+        store.close()
+    prompts = {r["messages"][-1]["content"]: r["messages"][:-1] for r in built.files["sft"] + built.files["sft_eval"]}
+    assert prompts["Answer number 0, as concise would give it."][0]["content"].endswith("no preamble.")
+    assert prompts["Answer number 1, as pirate would give it."] == [
+        {"role": "system", "content": "You are Kaizen. Talk like a pirate."},
+        {"role": "user", "content": "Arr! Question number 1 about pirate?"}]
+    assert prompts["Answer number 2, as plain would give it."] == [
+        {"role": "system", "content": "You are Kaizen, a helpful AI assistant."},
+        {"role": "user", "content": "Question number 2 about plain?"}]
+
+
 def run_stage(tmp_path, *argv, env: dict | None = None) -> dict:
     env = {**os.environ, "KAIZEN_DATA_DIR": str(tmp_path / "data"), "KAIZEN_ENGINE": "transformers", **(env or {})}
     done = subprocess.run([sys.executable, "-m", "adapters.stages", *argv], cwd=ROOT, env=env, capture_output=True,
