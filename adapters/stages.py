@@ -167,6 +167,25 @@ def data_needs(counts: dict[str, int], method: str | None = None, min_rows: int 
     return "Not enough feedback to train yet. " + " ".join(lines)
 
 
+# feedback that the datasets leave out on purpose, in words (the manifest's `dropped` event ids, per reason)
+LEFT_OUT_WORDS = {
+    "private_documents": "on answers from the users' own documents (those never train the shared adapter)",
+    "flagged": "carrying a suspicious correction (links, markup or injected instructions)",
+    "stopped_answer": "taking an answer the user stopped as good",
+}
+
+
+def left_out(manifest: dict) -> str:
+    """A sentence on the feedback the datasets left out on purpose (each event counted once, whatever rows it would
+    have made), so "not enough feedback" is not a mystery; "" when nothing was. Pure."""
+    parts = []
+    for reason, words in LEFT_OUT_WORDS.items():
+        events = {e for kind in manifest.get("dropped", {}).values() for e in kind.get(reason, [])}
+        if events:
+            parts.append(f"{len(events)} {'gesture' if len(events) == 1 else 'gestures'} {words}")
+    return f"Left out: {'; '.join(parts)}." if parts else ""
+
+
 # ---------------------------------------------------------------------------------------------- results
 @dataclass
 class Collected:
@@ -258,7 +277,8 @@ def build(settings: Settings, store, method: str | None = None, max_attempts: in
     counts = {k: len(v) for k, v in files.items()}
     methods = [method] if method else auto_methods(counts)[:max(1, max_attempts)]
     if not methods or counts.get("sft" if methods[0] == "full" else methods[0], 0) == 0:
-        return Built(files, manifest, counts, [], data_needs(counts, method))
+        return Built(files, manifest, counts, [], " ".join(filter(None, [data_needs(counts, method),
+                                                                          left_out(manifest)])))
     return Built(files, manifest, counts, methods)
 
 

@@ -78,6 +78,26 @@ def test_the_loop_trains_each_answer_under_the_template_it_was_generated_with(tm
         {"role": "user", "content": "Question number 2 about plain?"}]
 
 
+def test_not_enough_feedback_says_what_was_left_out_on_purpose(tmp_path):
+    """Every 👍 was on an answer from the user's own document: nothing trains, and the reason says why."""
+    settings = settings_for(tmp_path)
+    store = Store.from_settings(settings)
+    try:
+        user = store.ensure_user("alice")
+        for i in range(5):
+            conv = store.new_conversation(user)
+            store.add_message(conv, "user", f"What does my note {i} say?", user_id=user)
+            a = store.add_message(conv, "assistant", f"Your note {i} says the code is {1000 + i}.", user_id=user,
+                                  template="grounded", sources=[{"doc_id": "d1", "file": "notes.txt", "chunk": i,
+                                                                 "score": 0.9, "shared": False}])
+            store.rate(a, user, 1)
+        built = stages.build(settings, store)
+    finally:
+        store.close()
+    assert built.methods == [] and built.reason.startswith("Not enough feedback to train yet.")
+    assert "Left out: 5 gestures on answers from the users' own documents" in built.reason, built.reason
+
+
 def run_stage(tmp_path, *argv, env: dict | None = None) -> dict:
     env = {**os.environ, "KAIZEN_DATA_DIR": str(tmp_path / "data"), "KAIZEN_ENGINE": "transformers", **(env or {})}
     done = subprocess.run([sys.executable, "-m", "adapters.stages", *argv], cwd=ROOT, env=env, capture_output=True,
