@@ -202,7 +202,7 @@ def test_a_reopened_chat_offers_its_unpicked_retry_and_the_pick_is_stored_once(s
     p = st["pending"]
     assert (p["prompt_id"], p["first"]["id"], p["second"]["id"]) == (question, first, second)
     assert st["retries"] == 1  # the next retry samples with a new seed
-    assert logic.pick(st, alice, "first") == "Saved: you preferred the first answer."
+    assert logic.pick(st, alice, "first") == "Saved: you preferred the earlier answer."
     assert st["shown"][-1]["id"] == first and st["pending"] is None
     choices = store.db.execute("SELECT prompt_message_id, candidates, picked_id FROM choices").fetchall()
     assert len(choices) == 1 and choices[0][0] == question and choices[0][2] == first

@@ -162,7 +162,7 @@ def build_ui(services) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         pick_first_text = gr.Markdown(elem_id="pick-first-text")
-                        pick_first = gr.Button("The first answer", elem_id="pick-first")
+                        pick_first = gr.Button("The earlier answer", elem_id="pick-first")
                     with gr.Column():
                         pick_second_text = gr.Markdown(elem_id="pick-second-text")
                         pick_second = gr.Button("The new answer", elem_id="pick-second")

@@ -437,7 +437,7 @@ class ChatLogic:
         self.store.choose(p["prompt_id"], user_id, [a["id"], b["id"]], picked["id"])
         state["shown"][-1] = picked
         state["pending"] = None
-        return f"Saved: you preferred the {which} answer."
+        return f"Saved: you preferred the {'earlier' if which == 'first' else 'new'} answer."
 
     def undo(self, state, user_id, index) -> str:
         """Remove the question at `index` and what follows from the display; the store keeps them (append-only)
