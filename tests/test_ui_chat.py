@@ -114,7 +114,7 @@ def test_retry_then_pick_records_a_choice(logic, tmp_path):
         pass
     second = st["shown"][1]["id"]
     assert second != first and st["pending"]["prompt_id"] == st["shown"][0]["id"]
-    assert "first" in logic.pick(st, uid, "first")
+    assert "earlier" in logic.pick(st, uid, "first")
     assert st["shown"][1]["id"] == first and st["pending"] is None
     with sqlite3.connect(tmp_path / "kaizen.db") as db:
         (candidates, picked), = db.execute("select candidates, picked_id from choices").fetchall()
