@@ -47,7 +47,7 @@ from agent.files import now_iso
 from agent.gguf import base_gguf
 from agent.model import resolve_base
 from agent.settings import Settings
-from agent.templates import load_templates, serving_system
+from agent.templates import training_prompts
 from feedback.datasets import build_datasets
 from feedback.export import write_datasets
 from feedback.store import Store
@@ -271,9 +271,8 @@ def build(settings: Settings, store, method: str | None = None, max_attempts: in
     """The training datasets from the store (each prompt as the app sent it: the template its answer was generated
     with, else the app's default system prompt) and the methods to try: `method` when given, else up to
     `max_attempts` of `auto_methods`; none when the data is too thin."""
-    system = serving_system(settings.template, settings.templates_dir)  # train on what the app sends
-    files, manifest = build_datasets(store.training_events(), system=system,
-                                     templates=load_templates(settings.templates_dir))
+    system, templates = training_prompts(settings.template, settings.templates_dir)  # train on what the app sends
+    files, manifest = build_datasets(store.training_events(), system=system, templates=templates)
     counts = {k: len(v) for k, v in files.items()}
     methods = [method] if method else auto_methods(counts)[:max(1, max_attempts)]
     if not methods or counts.get("sft" if methods[0] == "full" else methods[0], 0) == 0:

@@ -102,7 +102,18 @@ def load_templates(user_dir: str | Path | None = None) -> dict[str, Template]:
 def serving_system(name: str, user_dir: str | Path | None = None) -> str | None:
     """The rendered system prompt of template `name` (the app's default template, for training rows that should
     look like what the app sends); None when there is no such template."""
-    t = load_templates(user_dir).get(name)
+    return system_of(load_templates(user_dir).get(name))
+
+
+def training_prompts(name: str, user_dir: str | Path | None = None) -> tuple[str | None, dict[str, Template]]:
+    """(the system prompt of the app's template `name`, every template), loaded once: what `build_datasets` renders
+    training rows with (`system=`, `templates=`)."""
+    templates = load_templates(user_dir)
+    return system_of(templates.get(name)), templates
+
+
+def system_of(t: Template | None) -> str | None:
+    """The rendered system prompt of template `t`; None without a template or a system message."""
     if t is None:
         return None
     try:

@@ -168,10 +168,9 @@ def _cmd_export(args) -> int:
     if args.system:
         system = args.system
     elif not args.no_system:  # each prompt as the app sent it (its answer's template, else the app's default)
-        from agent.templates import load_templates, serving_system
+        from agent.templates import training_prompts
 
-        system = serving_system(settings.template, settings.templates_dir)
-        templates = load_templates(settings.templates_dir)
+        system, templates = training_prompts(settings.template, settings.templates_dir)
     files, manifest = build_datasets(events, eval_fraction=args.eval_fraction, system=system, templates=templates,
                                      **overrides)
     kinds = ["sft", "dpo", "kto"] if args.format == "all" else [args.format]
