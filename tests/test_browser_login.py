@@ -12,7 +12,8 @@ import time
 import pytest
 
 from tests.test_authz_app import PASSWORDS, login_app  # noqa: F401 (the module's app: alice admin, bob user)
-from tests.test_browser import ARGS, CHROMIUM, history_item
+from tests.test_browser import ARGS, CHROMIUM
+from tests.test_browser_history import history_item
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
