@@ -10,7 +10,7 @@ decide". The device and precision are not part of a recipe: CUDA + bf16 when pre
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 

@@ -64,6 +64,19 @@ def db_rows(app_server, sql, *args):
         return db.execute(sql, args).fetchall()
 
 
+def answer_to(app_server, question, timeout=240):
+    """(conversation id, answer id, answer) of the stored answer to `question` (stored when the answer ends)."""
+    deadline = time.time() + timeout
+    while True:
+        rows = db_rows(app_server, "select a.conversation_id, a.id, a.content from messages a join messages q "
+                                   "on q.id = a.parent_id where a.role = 'assistant' and q.content = ? "
+                                   "order by a.id desc limit 1", question)
+        if rows:
+            return rows[0]
+        assert time.time() < deadline, f"no answer to {question!r} was stored"
+        time.sleep(0.5)
+
+
 def choose_template(page, name):
     page.click("#template input")
     page.locator(f'[role="option"]:has-text("{name}")').first.click()

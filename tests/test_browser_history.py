@@ -1,29 +1,15 @@
 """A real browser against the running app: the history sidebar (reload, reopen, rename, delete) and the thumbs
 a restored conversation shows, on its own answers and on the ones that replace them."""
-import time
 
 import pytest
 
-from tests.test_browser import browser, bot_text, db_rows, page, send, status_has  # noqa: F401 (fixtures)
+from tests.test_browser import answer_to, browser, bot_text, db_rows, page, send, status_has  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def history_item(page, title):
     return page.locator("#history label", has_text=title)
-
-
-def answer_to(app_server, question, timeout=240):
-    """(conversation id, answer id, answer) of the stored answer to `question` (stored when the answer ends)."""
-    deadline = time.time() + timeout
-    while True:
-        rows = db_rows(app_server, "select a.conversation_id, a.id, a.content from messages a join messages q "
-                                   "on q.id = a.parent_id where a.role = 'assistant' and q.content = ? "
-                                   "order by a.id desc limit 1", question)
-        if rows:
-            return rows[0]
-        assert time.time() < deadline, f"no answer to {question!r} was stored"
-        time.sleep(0.5)
 
 
 def test_history_sidebar_reload_restores_and_feedback_goes_to_the_restored_answer(page, app_server, tmp_path):

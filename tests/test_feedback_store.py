@@ -96,7 +96,7 @@ def test_user_b_cannot_read_list_or_rate_user_a(world):
 
 
 def _forgeries(w):
-    s, alice, bob = w["store"], w["alice"], w["bob"]
+    s, alice = w["store"], w["alice"]
     big_answer = "x" * 8001
     return {
         "another user's message": lambda: s.rate(w["ba"], alice, 1),

@@ -1,5 +1,4 @@
 """The Hugging Face Space bundle: front matter, requirements, and an entry that builds the Blocks."""
-import importlib.util
 import os
 import subprocess
 import sys

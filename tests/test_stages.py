@@ -61,7 +61,7 @@ def test_the_loop_trains_each_answer_under_the_template_it_was_generated_with(tm
         user = store.ensure_user("alice")
         for i, template in enumerate(["concise", "pirate", "plain"] * 2):
             conv = store.new_conversation(user)
-            q = store.add_message(conv, "user", f"Question number {i} about {template}?", user_id=user)
+            store.add_message(conv, "user", f"Question number {i} about {template}?", user_id=user)
             a = store.add_message(conv, "assistant", f"Answer number {i}, as {template} would give it.",
                                   user_id=user, template=template)
             store.rate(a, user, 1)
