@@ -170,6 +170,8 @@ def data_needs(counts: dict[str, int], method: str | None = None, min_rows: int 
 # feedback that the datasets leave out on purpose, in words (the manifest's `dropped` event ids, per reason)
 LEFT_OUT_WORDS = {
     "private_documents": "on answers from the users' own documents (those never train the shared adapter)",
+    "grounded": "on answers written from retrieved documents (a row would hold the answer without the sources "
+                "it cites)",
     "flagged": "carrying a suspicious correction (links, markup or injected instructions)",
     "stopped_answer": "taking an answer the user stopped as good",
 }

@@ -28,7 +28,10 @@ Rules (each one a small function below):
 - private documents: a row built on an answer that drew on its user's own documents (its 👍, 👎, edit, or a pick
   among answers one of which did) is dropped and counted (`stages.<kind>.private_documents`): those documents are
   the user's alone, and an adapter serves everyone; the row would also teach the facts without the documents.
-  Answers from the shared library stay.
+- answers written from retrieved documents (the shared library's) or with a template that takes `{sources}`: the
+  row would hold the answer without the reference block it was written from (it is not stored, and at ~1,000
+  tokens it would not fit the recipes' 512-token rows), teaching citations of sources that are not there; dropped
+  and counted (`stages.<kind>.grounded`). Counted after the private ones (a private answer counts as private).
 """
 from __future__ import annotations
 
@@ -257,11 +260,22 @@ def row_templates(row: dict, by_id: dict[str, dict]) -> set:
     return names
 
 
+def needs_sources(row: dict, by_id: dict[str, dict], templates: dict) -> bool:
+    """Whether the row's answers were written from a reference block its prompt would not hold: retrieved
+    documents (the event's `grounded`), or a template that takes `{sources}` (told "no reference data was found").
+    Trained without it, a 👍 on "The night train leaves at 19:20 [1]" teaches citing a source that is not there
+    and stating a document's facts from nothing; and the block (~1,000 tokens) would not fit the recipes' 512-token
+    rows, which the trainers cut from the end, answer first."""
+    if any(by_id[s].get("grounded") for s in row["source"]):
+        return True
+    return any(n in templates and "sources" in templates[n].variables for n in row_templates(row, by_id))
+
+
 def as_seen(row: dict, templates: dict, names: set) -> tuple[dict, str | None]:
     """(the row with its prompt as the model saw it, the template's name): rendered with the one template its
     answers were generated with (that template's system message and its wrapping of the last question, e.g. the
     academic template's "Provide a comprehensive, academic-style overview of ..."), when that template takes only
-    the question. Else (answers from several templates, a template with sources or gone) the row as it is and None.
+    the question. Else (answers from several templates, a template gone) the row as it is and None.
     `templates`: name -> an object with `variables` and `render(question, history)` (agent.templates.Template)."""
     t = templates.get(next(iter(names))) if len(names) == 1 else None
     prompt = row_prompt(row)
@@ -372,6 +386,9 @@ def build_datasets(events: list[dict], *, eval_fraction: float = 0.1, config: Cu
         private = [any(by_id[s].get("private_sources") for s in r["source"]) for r in rows]
         drop("private_documents", [r for r, gone in zip(rows, private) if gone])  # never into a shared adapter
         rows = [r for r, gone in zip(rows, private) if not gone]
+        grounded = [needs_sources(r, by_id, templates or {}) for r in rows]
+        drop("grounded", [r for r, gone in zip(rows, grounded) if gone])  # a row would lack the documents it cites
+        rows = [r for r, gone in zip(rows, grounded) if not gone]
         if kind == "dpo":  # the same text on both sides (a retry that repeated itself, a no-op edit)
             drop("identical", [r for r in rows if same_answer(r)])
             rows = [r for r in rows if not same_answer(r)]

@@ -7,7 +7,8 @@ including that user message, no system messages; earlier answers as the user saw
 made before this answer was generated), answer (the text as generated), seen (the answer as the user saw it when
 making this gesture: the latest edit made before it, else the answer), template, model, adapter, stopped (the
 user stopped that answer before its end), private_sources (it drew on the user's own documents, which no other
-user may read; a choice: any of its candidates did), superseded
+user may read; a choice: any of its candidates did), grounded (it was written from retrieved documents, the
+shared library's or the user's: the reference block is not stored with it; a choice: any candidate), superseded
 (a later event of the same kind by the same user on the same message / prompt exists: readers take the latest).
 rating: value, reasons, comment. edit: edited. choice: chosen, rejected (the texts as seen when picking: an answer
 the user had corrected was shown, and picked or passed over, as its correction), candidate_ids, picked_id,
@@ -70,12 +71,16 @@ def shown_text(message: dict, edits: dict[int, list[dict]], before: str) -> str:
     return content
 
 
+def source_list(message: dict) -> list[dict]:
+    """The documents an answer was written from (its stored `sources`, parsed; [] when none were retrieved)."""
+    sources = message.get("sources")
+    return json.loads(sources) if isinstance(sources, str) else sources or []
+
+
 def private_sources(message: dict) -> bool:
     """Whether an answer drew on its user's own documents (a source not of the shared library). A source stored
     without the `shared` mark (answers from before it was kept) counts as private."""
-    sources = message.get("sources")
-    sources = json.loads(sources) if isinstance(sources, str) else sources or []
-    return any(not s.get("shared") for s in sources)
+    return any(not s.get("shared") for s in source_list(message))
 
 
 def prompt_chain(messages: dict[int, dict], edits: dict[int, list[dict]], user_message_id: int,
@@ -111,7 +116,7 @@ def build_events(rows: dict[str, list[dict]], latest: dict[str, set[int]], messa
                 "answer": answer["content"], "seen": shown_text(answer, edits, r["created"]),
                 "template": answer["template"], "model": answer["model"],
                 "adapter": answer["adapter"], "stopped": bool(answer.get("stopped")),
-                "private_sources": private_sources(answer),
+                "private_sources": private_sources(answer), "grounded": bool(source_list(answer)),
                 "superseded": r["id"] not in latest[kind],
             }
             if kind == "rating":
@@ -122,6 +127,7 @@ def build_events(rows: dict[str, list[dict]], latest: dict[str, set[int]], messa
                 ids = json.loads(r["candidates"])
                 seen = {i: shown_text(messages[i], edits, r["created"]) for i in ids}
                 ev["private_sources"] = any(private_sources(messages[i]) for i in ids)
+                ev["grounded"] = any(source_list(messages[i]) for i in ids)
                 ev.update(chosen=seen[answer_id], rejected=[seen[i] for i in ids if i != answer_id],
                           candidate_ids=ids, picked_id=answer_id,
                           candidates=[{**{k: messages[i][k] for k in ("id", "content", "template", "model", "adapter")},

@@ -60,9 +60,10 @@ def test_injected_instructions_stay_inside_the_reference_block(answerer, tmp_pat
     assert user["content"].count("<<<END REFERENCE DATA>>>") == 1  # the document's fake delimiter is neutralised
 
 
-def test_feedback_on_an_answer_from_private_documents_never_becomes_a_training_row(chat_model, settings, tmp_path):
-    """alice 👍s an answer from her own document and one from the shared library (the real chat, Chroma, model and
-    SQLite): only the library answer becomes a training row; the other is counted, its document stays hers."""
+def test_feedback_on_an_answer_from_documents_never_becomes_a_training_row(chat_model, settings, tmp_path):
+    """alice 👍s an answer from her own document, one from the shared library and one with no documents (the real
+    chat, Chroma, model and SQLite): only the last becomes a training row. The first is counted as private (her
+    document stays hers), the second as grounded (a row would cite a source its prompt does not hold)."""
     import threading
 
     from feedback.datasets import build_datasets
@@ -78,19 +79,21 @@ def test_feedback_on_an_answer_from_private_documents_never_becomes_a_training_r
     try:
         logic = ChatLogic(Answerer(chat_model, settings, kb), store)
         alice = logic.user_id("alice")
-        for question in ("What is the name of the Zorblat festival mascot?",
-                         "When does the night train from Vienna to Rome leave?"):
+        for question, rag in (("What is the name of the Zorblat festival mascot?", "on"),
+                              ("When does the night train from Vienna to Rome leave?", "on"),
+                              ("Name a colour of the sky.", "off")):
             st = new_state()
-            for st in logic.respond(st, alice, question, "plain", "on", None, threading.Event()):
+            for st in logic.respond(st, alice, question, "plain", rag, None, threading.Event()):
                 pass
-            assert [s["shared"] for s in st["shown"][-1]["sources"]][:1] == [question.startswith("When")]
+            shared = [s["shared"] for s in st["shown"][-1]["sources"]][:1]
+            assert shared == ([] if rag == "off" else [question.startswith("When")])
             logic.rate(st, alice, 1, True)  # the answer (0 is the question)
         files, manifest = build_datasets(store.training_events(), eval_fraction=0.0)
     finally:
         store.close()
     answers = [r["completion"][0]["content"] for r in files["kto"]] + \
         [r["messages"][-1]["content"] for r in files["sft"]]
-    assert answers and not any("Oskar" in a or "Zorblat" in a for a in answers), answers
+    assert answers and not any("Oskar" in a or "Zorblat" in a or "19:" in a for a in answers), answers
     [row] = files["sft"]
-    assert row["messages"][-2]["content"].startswith("When does the night train")
-    assert manifest["stages"]["sft"]["private_documents"] == 1
+    assert row["messages"][-2]["content"] == "Name a colour of the sky."
+    assert (manifest["stages"]["sft"]["private_documents"], manifest["stages"]["sft"]["grounded"]) == (1, 1)

@@ -269,8 +269,8 @@ def test_system_message_goes_first_and_changes_nothing_else():
 
 def test_each_prompt_is_rendered_with_the_template_its_answer_came_from():
     """A 👍 on a concise answer trains under the concise system prompt, a corrected academic answer under the
-    academic wrapping of the question (what the model saw); answers of two templates, or of one that needs
-    sources, fall back to the app's system prompt."""
+    academic wrapping of the question (what the model saw); answers of two templates fall back to the app's
+    system prompt; an answer of a template that takes sources is no row (its reference block is not stored)."""
     from agent.templates import load_templates
 
     templates = load_templates()
@@ -291,12 +291,11 @@ def test_each_prompt_is_rendered_with_the_template_its_answer_came_from():
         {"role": "system", "content": templates["academic"].system.strip()},
         {"role": "user", "content": "Provide a comprehensive, academic-style overview of the printing press, "
                                     "focusing on its causes and effects."}]
-    assert sft["At 19:20."] == [{"role": "system", "content": "Default system."},
-                                {"role": "user", "content": "When does the night train leave?"}]
+    assert "At 19:20." not in sft and m["dropped"]["sft"]["grounded"] == [grounded["event_id"]]
     [pick] = [r for r in files["dpo"] if r["source"] == [mixed["event_id"]]]
     assert pick["prompt"] == [{"role": "system", "content": "Default system."},
                               {"role": "user", "content": "Name a river."}]
-    assert m["stages"]["sft"]["templates"] == {"(system)": 1, "academic": 1, "concise": 1}
+    assert m["stages"]["sft"]["templates"] == {"academic": 1, "concise": 1}
     assert m["config"]["templates"] == sorted(templates)
 
 
@@ -326,8 +325,8 @@ def test_a_retraction_ends_a_sibling_pair():
 
 def test_rows_on_answers_from_private_documents_are_dropped_and_counted_in_every_file():
     """Every gesture on an answer that drew on the user's own documents (a pick: any candidate did) stays out of
-    the datasets, counted; the shared library's answers and plain ones stay."""
-    private = dict(private_sources=True)
+    the datasets, counted as private (not as grounded); plain answers stay."""
+    private = dict(private_sources=True, grounded=True)
     liked = up(msg=1, q="Who leads the Zorblat parade?", answer="Oskar the heron.", **private)
     fixed = ev("edit", msg=2, parent=19, q="Where is the Zorblat festival?", answer="In Brest.",
                edited="In Quimperle.", **private)
@@ -340,6 +339,24 @@ def test_rows_on_answers_from_private_documents_are_dropped_and_counted_in_every
     assert sorted(m["dropped"]["sft"]["private_documents"]) == sorted([liked["event_id"], fixed["event_id"]])
     assert sorted(m["dropped"]["dpo"]["private_documents"]) == sorted([fixed["event_id"], picked["event_id"]])
     assert (m["stages"]["sft"]["private_documents"], m["stages"]["kto"]["private_documents"]) == (2, 1)
+    assert "grounded" not in m["dropped"]["sft"] and m["stages"]["sft"]["grounded"] == 0
+
+
+def test_rows_on_answers_written_from_retrieved_documents_are_dropped_and_counted():
+    """An answer from the shared library cites [1] and states the document's facts: a row without the document
+    would teach citing sources that are not there. Its 👍, its edit and a pick among candidates one of which was
+    grounded are dropped and counted; the plain answer stays, and a 👎 on it too."""
+    liked = up(msg=1, q="When does the night train leave?", answer="At 19:20 [1].", grounded=True)
+    fixed = ev("edit", msg=2, parent=19, q="Which platform?", answer="Platform 4 [1].", edited="Platform 5 [1].",
+               grounded=True)
+    picked = ev("choice", msg=3, parent=29, q="How long is the trip?", answer="Twelve hours [1].",
+                chosen="Twelve hours [1].", rejected=["A day."], candidate_ids=[3, 4], picked_id=3, grounded=True)
+    plain = up(msg=5, parent=39, q="Name a colour of the sky.", answer="Blue, on a clear day.")
+    files, m = build_datasets([liked, fixed, picked, plain], eval_fraction=0.0)
+    assert [r["messages"][-1]["content"] for r in files["sft"]] == ["Blue, on a clear day."]
+    assert files["dpo"] == [] and [r["completion"][0]["content"] for r in files["kto"]] == ["Blue, on a clear day."]
+    assert sorted(m["dropped"]["dpo"]["grounded"]) == sorted([fixed["event_id"], picked["event_id"]])
+    assert (m["stages"]["sft"]["grounded"], m["stages"]["kto"]["grounded"]) == (2, 1)
 
 
 def test_a_stopped_answer_is_never_taken_as_good_but_its_edit_and_thumbs_down_stay():

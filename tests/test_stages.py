@@ -79,7 +79,8 @@ def test_the_loop_trains_each_answer_under_the_template_it_was_generated_with(tm
 
 
 def test_not_enough_feedback_says_what_was_left_out_on_purpose(tmp_path):
-    """Every 👍 was on an answer from the user's own document: nothing trains, and the reason says why."""
+    """Every 👍 was on an answer from the user's own document or the shared library: nothing trains, and the
+    reason says why."""
     settings = settings_for(tmp_path)
     store = Store.from_settings(settings)
     try:
@@ -91,11 +92,17 @@ def test_not_enough_feedback_says_what_was_left_out_on_purpose(tmp_path):
                                   template="grounded", sources=[{"doc_id": "d1", "file": "notes.txt", "chunk": i,
                                                                  "score": 0.9, "shared": False}])
             store.rate(a, user, 1)
+        conv = store.new_conversation(user)
+        store.add_message(conv, "user", "When does the night train leave?", user_id=user)
+        a = store.add_message(conv, "assistant", "At 19:20 [1].", user_id=user, template="grounded",
+                              sources=[{"doc_id": "d2", "file": "trains.txt", "chunk": 0, "score": 0.9, "shared": True}])
+        store.rate(a, user, 1)
         built = stages.build(settings, store)
     finally:
         store.close()
     assert built.methods == [] and built.reason.startswith("Not enough feedback to train yet.")
     assert "Left out: 5 gestures on answers from the users' own documents" in built.reason, built.reason
+    assert "1 gesture on answers written from retrieved documents" in built.reason, built.reason
 
 
 def run_stage(tmp_path, *argv, env: dict | None = None) -> dict:
