@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/llama-server-samplers-see-the-answer-only.patch | $(PY)
 	$(PIP) install -q --upgrade pip
 	# torch first: the CPU wheel on local disk; a plain `torch` would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0

@@ -245,7 +245,7 @@ def generate(model, tok, prompts: list[list[dict]], device: str, max_new_tokens:
         for j, r in enumerate(rows):
             ids[j, width - len(r):] = torch.tensor(r)
             mask[j, width - len(r):] = 1
-        how = (decoding or Decoding()).generate_kwargs(width, tokenizer=tok, starts=[width - len(r) for r in rows])
+        how = (decoding or Decoding()).generate_kwargs(width, tokenizer=tok)
         with torch.inference_mode():  # Decoding(): plain greedy
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id, **how)

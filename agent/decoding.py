@@ -38,8 +38,10 @@ class AnswerNoRepeatNGram:
 
 
 # llama.cpp's DRY sampler ("don't repeat yourself", src/llama-sampler.cpp `llama_sampler_dry_apply`), in Python, so
-# the gate can read answers decoded as llama-server decodes them. llama-server feeds the prompt's tokens to its
-# samplers too (tools/server `init_sampler`), so DRY's window is the last `last_n` tokens of prompt + answer.
+# the gate can read answers decoded as llama-server decodes them. Upstream llama-server feeds the prompt's tokens to
+# its samplers too (tools/server `init_sampler`), so DRY would punish an answer for quoting its prompt (a RAG answer
+# copying "leaves at 07:45" from its sources came out as "leaves at 9:15"); the server the Makefile builds carries
+# a patch (scripts/llama-server-samplers-see-the-answer-only.patch): DRY's window is the answer's last `last_n`.
 FLOAT_MAX_LOG = 88.7228391
 LLAMA_SERVER_BREAKERS = ("\n", ":", "\"", "*")  # llama-server's default DRY sequence breakers (not ours: `DRY`)
 
@@ -137,15 +139,15 @@ def breaker_ids(tokenizer, breakers: tuple[str, ...]) -> frozenset[int]:
 
 
 class DRYPenalty:
-    """LogitsProcessor: llama.cpp's DRY over each row's prompt + answer (from `starts[row]`, past the left
-    padding of a batch), as llama-server applies it."""
+    """LogitsProcessor: llama.cpp's DRY over each row's answer (the tokens from `prompt_len` on: in a left-padded
+    batch every row's answer starts there), as the patched llama-server applies it."""
 
-    def __init__(self, dry: DRY, breakers: frozenset[int], starts: list[int] | None = None):
-        self.dry, self.breakers, self.starts = dry, breakers, starts
+    def __init__(self, dry: DRY, breakers: frozenset[int], prompt_len: int = 0):
+        self.dry, self.breakers, self.prompt_len = dry, breakers, prompt_len
 
     def __call__(self, input_ids, scores):
-        for row, ids in enumerate(input_ids.tolist()):
-            penalties = dry_penalties(ids[self.starts[row] if self.starts else 0:], self.dry, self.breakers)
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            penalties = dry_penalties(ids, self.dry, self.breakers)
             if penalties:
                 idx = torch.tensor(list(penalties), device=scores.device)
                 scores[row, idx] -= torch.tensor(list(penalties.values()), dtype=scores.dtype, device=scores.device)
@@ -183,9 +185,9 @@ class Decoding:
             return None
         return self.dry_config or DRY(allowed_length=max(1, self.no_repeat_ngram_size - 1))
 
-    def generate_kwargs(self, prompt_len: int, *, tokenizer=None, starts: list[int] | None = None) -> dict:
-        """Keyword arguments for `model.generate` with a prompt of `prompt_len` tokens. The "dry" rule also needs
-        the `tokenizer` (its breakers) and, for a left-padded batch, each row's first real token (`starts`)."""
+    def generate_kwargs(self, prompt_len: int, *, tokenizer=None) -> dict:
+        """Keyword arguments for `model.generate` with a prompt of `prompt_len` tokens (a left-padded batch: its
+        width). The "dry" rule also needs the `tokenizer` (its breakers). Every rule looks at the answer only."""
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
         kw: dict = {}
@@ -201,7 +203,7 @@ class Decoding:
             if tokenizer is None:
                 raise ValueError("the dry loop rule needs the tokenizer")
             dry = self.dry()
-            processors.append(DRYPenalty(dry, breaker_ids(tokenizer, dry.breakers), starts))
+            processors.append(DRYPenalty(dry, breaker_ids(tokenizer, dry.breakers), int(prompt_len)))
         elif self.no_repeat_ngram_size > 0:
             processors.append(AnswerNoRepeatNGram(int(self.no_repeat_ngram_size), int(prompt_len)))
         if processors:

@@ -35,6 +35,7 @@ def engine_kind(settings: Settings) -> str:
         if settings.device != "cpu" and torch.cuda.is_available():
             return "transformers"
         if llama_build.available():
+            llama_build.require()  # built, but without this checkout's patch: say so rather than serve it
             return "llamacpp"
         log.warning("llama.cpp is not built (%s): answering with transformers, several times slower. "
                     "`make install` builds it.", llama_build.llama_dir())

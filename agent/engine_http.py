@@ -29,8 +29,9 @@ DIALECT_LOOP_RULE = {"llama": "dry", "openai": None}
 
 def llama_body(ids: list[int], *, max_new_tokens: int, decoding: Decoding, lora: list[dict]) -> dict:
     """The /completion request for llama-server. Pure. The no-repeat-n-gram rule has no llama.cpp sampler: DRY
-    (which penalizes extending a sequence already seen) stands in for it (`Decoding.dry`). llama-server feeds the
-    prompt to its samplers as well, so DRY and the repeat penalty look back over the prompt's last tokens too."""
+    (which penalizes extending a sequence already seen) stands in for it (`Decoding.dry`). The llama-server the
+    Makefile builds feeds its samplers the answer only (a patch: upstream feeds the prompt too, and then DRY and the
+    repeat penalty punish an answer for quoting its prompt, e.g. a RAG answer its sources)."""
     body = {"prompt": ids, "n_predict": max_new_tokens, "stream": True, "cache_prompt": True,
             "temperature": decoding.temperature, "top_p": decoding.top_p if decoding.temperature > 0 else 1.0,
             # greedy: one candidate, the same argmax (after the penalties and DRY, which run before top-k), and no

@@ -15,7 +15,8 @@ Greedy decoding in a batch gives the answers one at a time would, up to float ro
 
 A variant is `old` (greedy, no repetition control: the defaults before), `new` (the settings' defaults now, the
 n-gram rule as the engine the settings pick enforces it), or `rpX` (repetition penalty X), `ngN` (no repeated
-N-token n-gram), `dry` (enforce `ngN` as llama-server does: DRY over prompt + answer, `agent.decoding.DRY`), `tX`
+N-token n-gram), `dry` (enforce `ngN` as the patched llama-server does: DRY over the answer, `agent.decoding.DRY`;
+the `dry` figures in RESULTS were measured over prompt + answer, as upstream llama-server applies it), `tX`
 (temperature X, seeded) joined by `+`.
 
 Results (2 CPU cores shared with two other jobs, SmolLM2-135M fp32): see RESULTS below, filled in from the runs.
@@ -165,8 +166,7 @@ def generate(model, prompts: list[list[int]], decoding: Decoding, max_new_tokens
             gen = model.model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                                        max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                                        eos_token_id=tok.eos_token_id,
-                                       **decoding.generate_kwargs(width, tokenizer=tok,
-                                                                  starts=[width - len(prompts[i]) for i in idx]))
+                                       **decoding.generate_kwargs(width, tokenizer=tok))
         for row, i in enumerate(idx):
             new = gen[row, width:].tolist()
             ended = tok.eos_token_id in new

@@ -7,12 +7,18 @@
 # on the machine; delete that folder to rebuild.
 #   GGML_NATIVE=OFF   a portable AVX2 build (no -march=native, no AMX code: the AMX path segfaults on some VMs)
 #   LLAMA_USE_PREBUILT_UI=OFF / LLAMA_BUILD_UI=OFF   the server's web UI is not downloaded
+# One patch to llama-server (scripts/llama-server-samplers-see-the-answer-only.patch): its samplers (DRY, the
+# repeat penalties) see the answer only, not the prompt, so a RAG answer may quote its sources. A build without
+# it (an older cache) is patched and its server rebuilt (one file recompiles).
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 DIR="${KAIZEN_LLAMA_DIR:-$HOME/.cache/kaizen/llama.cpp-$VERSION}"
 PY="${PY:-python3}"
 JOBS="${JOBS:-$(nproc)}"
-if [[ -x "$DIR/bin/llama-server" && -f "$DIR/bin/libllama.so" && -f "$DIR/src/convert_lora_to_gguf.py" ]]; then
+PATCH="$(cd "$(dirname "$0")" && pwd)/llama-server-samplers-see-the-answer-only.patch"
+PATCHED="$DIR/bin/.patched-$(sha256sum "$PATCH" | cut -c1-16)"
+if [[ -x "$DIR/bin/llama-server" && -f "$DIR/bin/libllama.so" && -f "$DIR/src/convert_lora_to_gguf.py" \
+      && -f "$PATCHED" ]]; then
   echo "llama.cpp: using the build in $DIR"; exit 0
 fi
 mkdir -p "$DIR"
@@ -26,6 +32,11 @@ if [[ ! -f "$DIR/src/CMakeLists.txt" ]]; then
   mv "$tmp"/x/llama_cpp_python-* "$DIR/python"   # the bindings' sources, installed without a second compile
   rm -rf "$tmp"
 fi
+if patch -p1 -N --dry-run -s -d "$DIR/src" < "$PATCH" >/dev/null 2>&1; then
+  patch -p1 -N -s -d "$DIR/src" < "$PATCH"
+elif ! patch -p1 -R --dry-run -s -d "$DIR/src" < "$PATCH" >/dev/null 2>&1; then
+  echo "llama.cpp: $PATCH does not apply to $DIR/src" >&2; exit 1
+fi
 cmake -S "$DIR/src" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \
   -DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
@@ -34,4 +45,5 @@ cmake -S "$DIR/src" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$DIR/build" -j "$JOBS" --target llama-server llama-bench >"$DIR/build.log"
 rm -rf "$DIR/bin"; mkdir -p "$DIR/bin"
 cp -a "$DIR"/build/bin/llama-server "$DIR"/build/bin/llama-bench "$DIR"/build/bin/*.so* "$DIR/bin/"
+touch "$PATCHED"
 echo "llama.cpp $VERSION built in $(( $(date +%s) - start )) s: $DIR/bin"

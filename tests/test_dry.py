@@ -73,17 +73,19 @@ def test_the_port_agrees_with_dry_s_definition_on_every_short_sequence():
                     assert dry_penalties(list(seq), dry, breakers) == naive(list(seq), dry, breakers), seq
 
 
-def test_the_processor_reads_each_row_past_its_left_padding():
+def test_the_processor_reads_each_row_s_answer_only():
+    """Rows of a left-padded batch whose answers start at column 4: the prompt (and its padding) is never
+    part of DRY's window, so an answer may quote its prompt (a RAG answer its sources)."""
     dry = DRY(allowed_length=2, last_n=64)
-    ids = torch.tensor([[0, 0, 5, 6, 7, 9, 5, 6, 7],  # 2 pads, then the sequence above
-                        [5, 6, 7, 9, 5, 6, 7, 8, 8]])
-    scores = DRYPenalty(dry, frozenset(), starts=[2, 0])(ids, torch.zeros(2, 12))
-    assert scores[0, 9] == -3.5 and (scores[0] != 0).sum() == 1
+    ids = torch.tensor([[0, 5, 6, 7, 5, 6, 7, 9, 5, 6, 7],  # the answer repeats itself: penalized
+                        [5, 6, 7, 9, 3, 3, 3, 3, 5, 6, 7]])  # the answer quotes the prompt's 5 6 7 9: free
+    scores = DRYPenalty(dry, frozenset(), prompt_len=4)(ids, torch.zeros(2, 12))
     expected = torch.zeros(12)
-    for t, p in dry_penalties(ids[1].tolist(), dry, set()).items():
+    for t, p in dry_penalties([5, 6, 7, 9, 5, 6, 7], dry, set()).items():
         expected[t] = -p
-    assert torch.equal(scores[1], expected)
-    assert torch.equal(DRYPenalty(dry, frozenset(), starts=[8, 0])(ids, torch.zeros(2, 12))[0], torch.zeros(12))
+    assert scores[0, 9] == -3.5 and torch.equal(scores[0], expected)
+    assert torch.equal(scores[1], torch.zeros(12))
+    assert dry_penalties(ids[1].tolist(), dry, set()) == {9: 3.5}  # over prompt + answer (upstream): the quote is
 
 
 def test_the_served_rule_follows_the_engine():

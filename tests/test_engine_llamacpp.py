@@ -106,6 +106,26 @@ def test_two_adapters_and_the_base_answer_three_concurrent_requests_each_its_own
     assert engine.server.current.loras == ("v0001-a", "v0002-b")
 
 
+def test_a_grounded_answer_may_quote_its_sources_under_the_loop_rule(engine, base_model_dir):
+    """DRY, the loop rule the app serves on llama.cpp, looks at the answer only: quoting the reference data is not
+    a repeat. (Upstream llama-server feeds the prompt to its samplers: this answer came out "The Zephyre Line
+    ferry leaves Gull Island at 9:15.")"""
+    from agent.decoding import served_decoding
+    from agent.ranking import FOOTER, HEADER
+    from agent.settings import Settings
+    from agent.templates import load_templates
+
+    sources = "\n".join([HEADER, "[1] ferry.txt #0", "The Zephyr Line ferry leaves Port Amberly at 07:45 every weekday "
+                         "and reaches Gull Island at 09:10.\nTickets cost 14 euros; bicycles travel free.", FOOTER])
+    messages = load_templates()["grounded"].render("When does the Zephyr Line ferry leave Port Amberly?", [],
+                                                   sources=sources)
+    dry = served_decoding(Settings(base_model=str(base_model_dir), engine="llamacpp"), temperature=0.0)
+    assert dry.loop_rule == "dry" and dry.dry() is not None
+    gen = engine.stream(messages, max_new_tokens=48, decoding=dry, adapter=None)
+    list(gen)
+    assert "07:45" in gen.text and "Zephyr Line" in gen.text, gen.text
+
+
 def test_a_newcomer_starts_in_the_kept_slot_while_the_shared_one_is_busy(base_model_dir, tmp_path):
     """One shared slot (KAIZEN_PARALLEL=1) and the one kept for fresh users: while a heavy user's long answer holds
     the shared slot, their second answer waits for it, and a newcomer's answer starts at once, decoded by
@@ -293,7 +313,7 @@ def test_a_killed_app_leaves_no_llama_server_behind(tmp_path):
 
 def test_the_gate_decodes_as_llama_server_does(base_model_dir, tmp_path):
     """The gate reads answers as llama.cpp serves them: with the settings' llama.cpp engine, the evaluation's
-    batched transformers answers apply DRY over prompt + answer, as llama-server does (it has no n-gram ban).
+    batched transformers answers apply DRY over the answer, as the patched llama-server does (it has no n-gram ban).
     An F16 server (little rounding beside fp32) gives the same greedy text for nearly every open prompt; the
     transformers engine's n-gram ban, read in its place, gives fewer (measured: 7 of 8 vs 5 of 8)."""
     import torch

@@ -72,6 +72,25 @@ def test_missing_build_is_a_clear_error(monkeypatch, tmp_path):
     assert engine_kind(Settings(engine="auto", device="cpu")) == "transformers"  # auto falls back, warned
 
 
+def test_a_build_without_the_sampler_patch_is_refused_in_words(monkeypatch, tmp_path):
+    """An older cache built before the patch (its samplers punish answers for quoting their sources): the app
+    says so at start and names the fix, in auto mode too, rather than serve from it."""
+    from agent import llama_build
+
+    root = tmp_path / "llama"
+    (root / "bin").mkdir(parents=True)
+    (root / "src").mkdir()
+    (root / "bin" / "llama-server").write_text("")
+    (root / "src" / "convert_lora_to_gguf.py").write_text("")
+    monkeypatch.setenv("KAIZEN_LLAMA_DIR", str(root))
+    for kind in ("llamacpp", "auto"):
+        with pytest.raises(RuntimeError, match="samplers-see-the-answer-only.patch.*make install"):
+            engine_kind(Settings(engine=kind, device="cpu"))
+    sha = __import__("hashlib").sha256(llama_build.PATCH.read_bytes()).hexdigest()[:16]
+    (root / "bin" / f".patched-{sha}").write_text("")
+    assert engine_kind(Settings(engine="auto", device="cpu")) == "llamacpp"
+
+
 def _hold(gate, user, log, started, release):
     with gate.slot(user):
         log.append(user)
