@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-PROJECT = ["agent", "adapters", "feedback", "lab", "ui", "web", "cli", "app.py", "kaizen_chat.py", "pyproject.toml"]
+PROJECT = ["agent", "adapters", "feedback", "lab", "ui", "web", "cli", "scripts", "app.py", "kaizen_chat.py",
+           "pyproject.toml"]  # scripts: the llama.cpp patch agent/llama_build.py checks a build against
 BUNDLE = ["README.md", "requirements.txt", "space_app.py"]
 
 
