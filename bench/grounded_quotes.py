@@ -57,9 +57,10 @@ def upstream_server() -> Path:
     out = root / "upstream-bin"
     if (out / "llama-server").exists():
         return out
-    patch = ["patch", "-p1", "-s", "-d", str(root / "src")]
+    # git apply outside a repository works like patch(1); run from `root` (src/ has a stale .git file of the sdist)
+    patch = ["git", "apply", "--directory=src", str(llama_build.PATCH)]
     build = ["cmake", "--build", str(root / "build"), "--target", "llama-server"]
-    subprocess.run(patch + ["-R"], stdin=llama_build.PATCH.open("rb"), check=True)
+    subprocess.run(patch + ["-R"], cwd=root, check=True)
     try:
         subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
         tmp = Path(tempfile.mkdtemp(dir=root))
@@ -68,7 +69,7 @@ def upstream_server() -> Path:
                 shutil.copy2(f, tmp / f.name, follow_symlinks=False)
         tmp.rename(out)
     finally:
-        subprocess.run(patch, stdin=llama_build.PATCH.open("rb"), check=True)
+        subprocess.run(patch, cwd=root, check=True)
         subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
     return out
 

@@ -32,9 +32,19 @@ if [[ ! -f "$DIR/src/CMakeLists.txt" ]]; then
   mv "$tmp"/x/llama_cpp_python-* "$DIR/python"   # the bindings' sources, installed without a second compile
   rm -rf "$tmp"
 fi
-if patch -p1 -N --dry-run -s -d "$DIR/src" < "$PATCH" >/dev/null 2>&1; then
-  patch -p1 -N -s -d "$DIR/src" < "$PATCH"
-elif ! patch -p1 -R --dry-run -s -d "$DIR/src" < "$PATCH" >/dev/null 2>&1; then
+# patch(1), or where a machine lacks it git apply, run from $DIR (no repository there; src/ holds a stale .git
+# file from the sdist). Applied, or already applied.
+apply_patch() {  # apply_patch [-R] [--check]
+  if command -v patch >/dev/null; then
+    patch -p1 -s -d "$DIR/src" $([[ "${1:-}" == -R ]] && echo -R || echo -N) \
+      $([[ "${*: -1}" == --check ]] && echo --dry-run) < "$PATCH"
+  else
+    (cd "$DIR" && git apply --directory=src "$@" "$PATCH")
+  fi
+}
+if apply_patch --check >/dev/null 2>&1; then
+  apply_patch
+elif ! apply_patch -R --check >/dev/null 2>&1; then
   echo "llama.cpp: $PATCH does not apply to $DIR/src" >&2; exit 1
 fi
 cmake -S "$DIR/src" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
