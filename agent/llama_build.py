@@ -35,10 +35,14 @@ def available() -> bool:
     return server_binary().exists() and converter().exists()
 
 
+def patch_stamp() -> Path:
+    """The file scripts/build-llama-cpp.sh leaves in bin/ once the build carries this checkout's PATCH (the same
+    name the script derives: the patch's sha256, 16 hex digits)."""
+    return llama_dir() / "bin" / f".patched-{hashlib.sha256(PATCH.read_bytes()).hexdigest()[:16]}"
+
+
 def patched() -> bool:
-    """Whether the build carries this checkout's PATCH (the stamp scripts/build-llama-cpp.sh leaves in bin/)."""
-    sha = hashlib.sha256(PATCH.read_bytes()).hexdigest()[:16]
-    return (llama_dir() / "bin" / f".patched-{sha}").exists()
+    return patch_stamp().exists()
 
 
 def require() -> Path:

@@ -36,7 +36,7 @@ silence()
 
 from agent import llama_build  # noqa: E402
 from agent.decoding import served_decoding  # noqa: E402
-from agent.ranking import FOOTER, HEADER  # noqa: E402
+from agent.ranking import Hit, format_sources  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 from agent.templates import load_templates  # noqa: E402
 from rag_squad import DATA, contains_gold, load_squad  # noqa: E402
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         try:
             for q in sample:
                 para = paragraphs[q["key"]]
-                sources = "\n".join([HEADER, "[1] squad.txt #0", para, FOOTER])
+                sources = format_sources([Hit(q["key"], "squad.txt", 0, 1.0, para, shared=True)])
                 messages = grounded.render(q["question"], [], sources=sources)
                 got = {}
                 for name, eng in engines.items():

@@ -32,16 +32,9 @@ if [[ ! -f "$DIR/src/CMakeLists.txt" ]]; then
   mv "$tmp"/x/llama_cpp_python-* "$DIR/python"   # the bindings' sources, installed without a second compile
   rm -rf "$tmp"
 fi
-# patch(1), or where a machine lacks it git apply, run from $DIR (no repository there; src/ holds a stale .git
-# file from the sdist). Applied, or already applied.
-apply_patch() {  # apply_patch [-R] [--check]
-  if command -v patch >/dev/null; then
-    patch -p1 -s -d "$DIR/src" $([[ "${1:-}" == -R ]] && echo -R || echo -N) \
-      $([[ "${*: -1}" == --check ]] && echo --dry-run) < "$PATCH"
-  else
-    (cd "$DIR" && git apply --directory=src "$@" "$PATCH")
-  fi
-}
+# git apply, run from $DIR: outside a repository it works like patch(1) (which a machine may lack), and src/
+# holds a stale .git file from the sdist that makes it fail inside. Applied, or already applied.
+apply_patch() { (cd "$DIR" && git apply --directory=src "$@" "$PATCH"); }
 if apply_patch --check >/dev/null 2>&1; then
   apply_patch
 elif ! apply_patch -R --check >/dev/null 2>&1; then

@@ -111,12 +111,13 @@ def test_a_grounded_answer_may_quote_its_sources_under_the_loop_rule(engine, bas
     a repeat. (Upstream llama-server feeds the prompt to its samplers: this answer came out "The Zephyre Line
     ferry leaves Gull Island at 9:15.")"""
     from agent.decoding import served_decoding
-    from agent.ranking import FOOTER, HEADER
+    from agent.ranking import Hit, format_sources
     from agent.settings import Settings
     from agent.templates import load_templates
 
-    sources = "\n".join([HEADER, "[1] ferry.txt #0", "The Zephyr Line ferry leaves Port Amberly at 07:45 every weekday "
-                         "and reaches Gull Island at 09:10.\nTickets cost 14 euros; bicycles travel free.", FOOTER])
+    sources = format_sources([Hit("d1", "ferry.txt", 0, 1.0, "The Zephyr Line ferry leaves Port Amberly at 07:45 every "
+                                  "weekday and reaches Gull Island at 09:10.\nTickets cost 14 euros; bicycles "
+                                  "travel free.", shared=True)])
     messages = load_templates()["grounded"].render("When does the Zephyr Line ferry leave Port Amberly?", [],
                                                    sources=sources)
     dry = served_decoding(Settings(base_model=str(base_model_dir), engine="llamacpp"), temperature=0.0)

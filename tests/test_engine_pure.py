@@ -86,8 +86,7 @@ def test_a_build_without_the_sampler_patch_is_refused_in_words(monkeypatch, tmp_
     for kind in ("llamacpp", "auto"):
         with pytest.raises(RuntimeError, match="samplers-see-the-answer-only.patch.*make install"):
             engine_kind(Settings(engine=kind, device="cpu"))
-    sha = __import__("hashlib").sha256(llama_build.PATCH.read_bytes()).hexdigest()[:16]
-    (root / "bin" / f".patched-{sha}").write_text("")
+    llama_build.patch_stamp().write_text("")
     assert engine_kind(Settings(engine="auto", device="cpu")) == "llamacpp"
 
 
