@@ -41,8 +41,14 @@ def bot_text(page) -> str:
     return bots.last.inner_text() if bots.count() else ""
 
 
+# The answering event's outputs (#message, #status) carry gradio's .generating/.pending marks until it ends.
+ANSWERING = "!!document.querySelector('#message .generating, #status .generating, #status .pending')"
+
+
 def send(page, text, timeout=180):
-    """Type a message, press Enter, and return every distinct text the answer bubble showed while streaming."""
+    """Type a message, press Enter, and return every distinct text the answer bubble showed while streaming, once
+    the answer has ended (gradio's progress marks on the event's outputs are gone, the box is empty, the text has
+    stood still for half a second: a stall mid-stream on a busy machine is not taken for the end)."""
     before = page.locator('[data-testid="bot"]').count()
     page.fill("#message textarea", text)
     page.press("#message textarea", "Enter")
@@ -53,7 +59,8 @@ def send(page, text, timeout=180):
             if t and (not seen or seen[-1] != t):
                 seen.append(t)
                 last_change = time.time()
-            if seen and time.time() - last_change > 3 and page.locator("#message textarea").input_value() == "":
+            if (seen and time.time() - last_change > 0.5 and not page.evaluate(ANSWERING)
+                    and page.locator("#message textarea").input_value() == ""):
                 return seen
         page.wait_for_timeout(25)
     raise AssertionError(f"no complete answer within {timeout}s; saw {seen}")
