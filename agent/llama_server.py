@@ -86,7 +86,7 @@ class ServerProcess:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
-        env = {**os.environ, "LD_LIBRARY_PATH": str(Path(self.cmd[0]).parent)}
+        env = llama_build.server_env(Path(self.cmd[0]).parent, dict(os.environ))
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.proc = _SPAWN.submit(subprocess.Popen, self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -161,8 +161,9 @@ class LlamaServer:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / "llama-server.log"
         cmd = server_command(binary, self.gguf, [loras[n] for n in names], port=port,
-                             parallel=self.parallel + self.reserve,
-                             threads=self.threads, ctx_per_slot=self.ctx_per_slot, extra=self.extra)
+                             parallel=self.parallel + self.reserve, threads=self.threads,
+                             ctx_per_slot=self.ctx_per_slot,
+                             extra=llama_build.server_args(binary.parent) + self.extra)
         new = ServerProcess(cmd, f"http://127.0.0.1:{port}", names, log_path=log_path).start()
         self.current = new
         if cur is not None:

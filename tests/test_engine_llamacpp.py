@@ -3,6 +3,8 @@ llama.cpp's own converter, a real registry. Slow (each test starts a server)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,6 +64,31 @@ def test_the_default_model_streams_paris_in_chunks(engine, base_model_dir):
     assert gen.completion_tokens == len(engine.tok(gen.text, add_special_tokens=False)["input_ids"]) or \
         gen.completion_tokens > 0
     assert not gen.cancelled and gen.first_token_s is not None
+
+
+def openblas_installed() -> bool:
+    return shutil.which("pkg-config") is not None and \
+        subprocess.run(["pkg-config", "--exists", "openblas"]).returncode == 0
+
+
+@pytest.mark.skipif(not openblas_installed(), reason="OpenBLAS is not installed (make install installs it where apt can)")
+def test_a_long_prompt_is_prefilled_through_openblas_with_its_threads_tuned(engine):
+    """Where OpenBLAS is installed the build carries ggml's BLAS backend: the serving process maps it and OpenBLAS,
+    runs with the thread settings that make it pay (llama_build.BLAS_ENV / BLAS_ARGS), and answers a RAG-sized
+    prompt (batches of 32+ tokens go through OpenBLAS's sgemm) as the model should."""
+    assert llama_build.has_blas(), "OpenBLAS is installed but llama.cpp was built without it: run make install"
+    notes = " ".join(f"Note {i}: the meeting moved to room {i % 7}." for i in range(60))
+    question = [{"role": "user", "content": f"{notes}\n\nWhat is the capital of France? Answer in one word."}]
+    assert engine.count(question) > 600
+    gen = engine.stream(question, max_new_tokens=8)
+    list(gen)
+    assert "Paris" in gen.text, gen.text
+    server = engine.server.current
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "libggml-blas.so" in maps and "libopenblas" in maps
+    environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    assert {f"{k}={v}" for k, v in llama_build.BLAS_ENV.items()} <= set(environ)
+    assert server.cmd[server.cmd.index("-ub") + 1] == "1024"
 
 
 def test_the_bundled_q4_1_file_is_served_as_it_is_on_request(base_model_dir, tmp_path):

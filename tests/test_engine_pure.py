@@ -247,3 +247,17 @@ def test_the_header_names_the_model_as_users_do_never_the_converted_files_path()
     kept = NS(gguf=server.gguf, parallel=4, threads=2, reserve=1)  # what open_engine starts: one slot kept
     assert describe(NS(server=kept, name="acme-7b")) == \
         "llama.cpp (acme-7b, Q8_0, 4 slots + 1 for newcomers, 2 threads)"
+
+
+def test_a_blas_build_gets_its_threads_tuned_and_the_users_settings_win(tmp_path):
+    from agent import llama_build
+
+    plain, blas = tmp_path / "plain", tmp_path / "blas"
+    plain.mkdir(), blas.mkdir()
+    (blas / "libggml-blas.so").touch()
+    assert llama_build.server_args(plain) == [] and llama_build.server_args(blas) == ["-ub", "1024"]
+    env = llama_build.server_env(blas, {"PATH": "/bin", "LD_LIBRARY_PATH": "/elsewhere"})
+    assert env["GOMP_SPINCOUNT"] == "30000" and env["OPENBLAS_THREAD_TIMEOUT"] == "4" and env["PATH"] == "/bin"
+    assert env["LD_LIBRARY_PATH"] == str(blas)  # the build's own libraries, not another llama.cpp's
+    assert llama_build.server_env(blas, {"GOMP_SPINCOUNT": "300000"})["GOMP_SPINCOUNT"] == "300000"
+    assert "GOMP_SPINCOUNT" not in llama_build.server_env(plain, {})  # without BLAS, ggml's spinning is right
