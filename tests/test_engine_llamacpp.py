@@ -3,8 +3,6 @@ llama.cpp's own converter, a real registry. Slow (each test starts a server)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,17 +64,12 @@ def test_the_default_model_streams_paris_in_chunks(engine, base_model_dir):
     assert not gen.cancelled and gen.first_token_s is not None
 
 
-def openblas_installed() -> bool:
-    return shutil.which("pkg-config") is not None and \
-        subprocess.run(["pkg-config", "--exists", "openblas"]).returncode == 0
-
-
-@pytest.mark.skipif(not openblas_installed(), reason="OpenBLAS is not installed (make install installs it where apt can)")
+@pytest.mark.skipif(not llama_build.has_blas(), reason="llama.cpp is built without OpenBLAS (opt-in: "
+                    "KAIZEN_LLAMA_BLAS=1 make install)")
 def test_a_long_prompt_is_prefilled_through_openblas_with_its_threads_tuned(engine):
-    """Where OpenBLAS is installed the build carries ggml's BLAS backend: the serving process maps it and OpenBLAS,
-    runs with the thread settings that make it pay (llama_build.BLAS_ENV / BLAS_ARGS), and answers a RAG-sized
-    prompt (batches of 32+ tokens go through OpenBLAS's sgemm) as the model should."""
-    assert llama_build.has_blas(), "OpenBLAS is installed but llama.cpp was built without it: run make install"
+    """A build with ggml's BLAS backend: the serving process maps it and OpenBLAS, runs with the thread settings
+    that make it pay (llama_build.BLAS_ENV / BLAS_ARGS), and answers a RAG-sized prompt (batches of 32+ tokens go
+    through OpenBLAS's sgemm) as the model should."""
     notes = " ".join(f"Note {i}: the meeting moved to room {i % 7}." for i in range(60))
     question = [{"role": "user", "content": f"{notes}\n\nWhat is the capital of France? Answer in one word."}]
     assert engine.count(question) > 600
