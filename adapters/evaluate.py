@@ -14,7 +14,8 @@ A report has these parts, each computed the same way for every policy:
   (`ppl_ratio`; the first SKIP_OPENING answer tokens are left out, since a learned style legitimately changes how
   answers open).
 - `answers`: every answer to the held-out feedback prompts, the general prompts and the open-ended regression set
-  (`OPEN`): relevance to the prompt (MiniLM cosine), distinct share, share made only of boilerplate, loop share,
+  (`OPEN`): relevance to the prompt (MiniLM cosine, with the phrases most held-out edits add left out:
+  `relevance_without`), distinct share, share made only of boilerplate, loop share,
   median length, share run to the token cap (`adapters.collapse`).
 - `qa`: questions about an invented passage given in the prompt (`PASSAGES`): contains-gold, with its 95% CI.
 - `examples`: held-out and open-ended prompts with this policy's answers, for a side-by-side view.
@@ -386,12 +387,15 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
                                      decoding=how)
 
     # how related to their questions the answers users preferred read (MiniLM), beside the answers they replaced
-    # (an edit's original, a pick's other answer): a style can cost relevance by itself (a fixed opening phrase
-    # dilutes the cosine), and the gate allows a candidate that much (adapters/gate.py style_shift)
-    asked_pref = [_text(p) for p, _, _ in data["pref"]]
-    chosen_rel = relevance(asked_pref, [_text(c) for _, c, _ in data["pref"]]) if asked_pref else []
-    replaced_rel = relevance(asked_pref, [_text(r) for _, _, r in data["pref"]]) if asked_pref else []
+    # (an edit's original, a pick's other answer): a style can cost relevance by itself (a cut to the first
+    # sentences), and the gate allows a candidate that much (adapters/gate.py style_shift). Relevance is measured on
+    # what an answer says: the phrases most held-out edits add (an opening, a sign-off) are left out of it.
     sig = edit_style.signature(data.get("edit_pairs") or [])  # what most held-out edits changed the same way
+    asked_pref = [_text(p) for p, _, _ in data["pref"]]
+    chosen_rel = relevance(asked_pref, [edit_style.without_phrases(sig, _text(c)) for _, c, _ in data["pref"]]) \
+        if asked_pref else []
+    replaced_rel = relevance(asked_pref, [edit_style.without_phrases(sig, _text(r)) for _, _, r in data["pref"]]) \
+        if asked_pref else []
     replaced = replaced_answers(data["gold"], data["pref"])  # the answer each held-out edit replaced, if known
     say({"event": "eval", "stage": "base"})
     base_c, base_r, base_nll = pol.run(None, score)
@@ -408,8 +412,10 @@ def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str |
         # "does it still answer?": every answer but the passage checks (their prompts are mostly the passage)
         asked = [p[-1]["content"] for p in short + open_prompts]
         margins = [(ci - bc) - (ri - br) for ci, ri, bc, br in zip(c, r, base_c, base_r)]
-        rel = relevance(asked, answers)
+        rel = relevance(asked, [edit_style.without_phrases(sig, a) for a in answers])
         answer_set = collapse.answer_set_summary(answers, rel, capped)
+        if sig and sig["phrases"]:
+            answer_set["relevance_without"] = list(sig["phrases"])
         if chosen_rel:  # the held-out pairs: the answers users preferred, and the ones they replaced
             answer_set["preferred_relevance"] = sum(chosen_rel) / len(chosen_rel)
             answer_set["replaced_relevance"] = sum(replaced_rel) / len(replaced_rel)

@@ -90,8 +90,10 @@ def answer_checks(candidate: dict, active: dict | None, limits: Limits) -> list[
                    "than the ones they replaced") if shift else ""
             pref = a.get("preferred_relevance")
             also = (f"; the answers users preferred read {pref:.2f}") if pref is not None else ""
+            left = c.get("relevance_without") or []
+            out = (f"; measured without \"{' / '.join(left)}\", which the users' edits add") if left else ""
             fails.append(f"answers drift from the question: relevance to the prompt {c['relevance']:.2f} vs active "
-                         f"{a['relevance']:.2f} (allowed drop {limits.relevance_drop}{why}{also})")
+                         f"{a['relevance']:.2f} (allowed drop {limits.relevance_drop}{why}{also}{out})")
         if c["distinct"] < a["distinct"] - limits.distinct_drop:
             fails.append(f"collapse: only {c['distinct']:.0%} of {c['n']} answers differ from one another (active "
                          f"{a['distinct']:.0%}); it gives the same answer to different questions")

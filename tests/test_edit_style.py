@@ -114,3 +114,47 @@ def test_an_answer_cut_off_before_its_sign_off_is_unknown_not_a_miss(answer_pair
     assert ok is True and f"not counted: candidate {cut} of {n}, active {n} of {n}" in words
     cut_opening = S.follows(opening, [STYLES["opening"].edit(b) for b in answers[:half]] + answers[half:], capped)
     assert cut_opening["unknown"] == 0 and cut_opening["phrases"] == half / len(answers)
+
+
+def test_the_phrases_the_edits_add_are_taken_out_of_an_answer_before_its_relevance_is_measured(answer_pairs):
+    """The evaluation measures relevance on what an answer says (adapters/evaluate.py): each style's added phrase is
+    taken out of an answer in that style, whatever its case and spacing, and what is left is the answer's own text;
+    an answer without the phrase, or a word that only contains its letters, is kept as it is."""
+    edits, answers = answer_pairs[:10], [b for _, b in answer_pairs[10:]]
+    for name, style in STYLES.items():
+        sig = S.signature([(a, style.edit(a)) for a, _ in edits])
+        for b in answers:
+            out = S.without_phrases(sig, style.edit(b))
+            shown = S.follows(sig, [out])
+            assert shown is None or shown["phrases"] == 0.0, (name, out)  # None: the style adds no phrase
+            assert S.without_phrases(sig, b) == b  # nothing of the phrase in it: unchanged, spacing and all
+    opening = S.signature([(a, STYLES["opening"].edit(a)) for a, _ in edits])
+    assert S.without_phrases(opening, "Kaizen here: The capital is Paris.") == "The capital is Paris."
+    assert S.without_phrases(opening, "KAIZEN  here - Paris.") == "Paris."
+    assert S.without_phrases(opening, "Kaizen here:") == ""  # only the phrase: nothing is said
+    assert S.without_phrases(opening, "Kaizenhere is one word") == "Kaizenhere is one word"
+    assert S.without_phrases(None, " as it is ") == " as it is "  # no signature: nothing to take out
+    signoff = S.signature([(a, STYLES["signoff"].edit(a)) for a, _ in edits])
+    assert S.without_phrases(signoff, "The answer.\n\nHope this helps!  - Kaizen") == "The answer."
+
+
+def test_an_opening_the_users_asked_for_costs_no_relevance_once_it_is_taken_out(shared_data):
+    """With the real MiniLM: house-style answers (the opening phrase, then the reply's first sentences) to real
+    prompts read less related to them than the same sentences alone; with the opening taken out they read the
+    same. This is what kept a candidate that wrote as its users asked from being refused as drifting (0.59 vs
+    0.67 for the base; 0.66 without the phrase)."""
+    from adapters.evaluate import relevance
+    from adapters.scoring import HOUSE_PHRASE, house_style
+    from lab.tasks import oasst_first_turns
+
+    trees = [json.loads(line) for line in (shared_data / "oasst_en_100" / "en_100_tree.jsonl").open()]
+    turns = oasst_first_turns(trees)[:16]
+    prompts, styled = [p for p, _ in turns], [house_style(r) for _, r in turns]
+    content = [s[len(HOUSE_PHRASE):].strip() for s in styled]
+    sig = S.signature([(r, s) for (_, r), s in zip(turns, styled)])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    with_it, alone = mean(relevance(prompts, styled)), mean(relevance(prompts, content))
+    without = mean(relevance(prompts, [S.without_phrases(sig, s) for s in styled]))
+    assert sig["phrases"] == ["kaizen here"]
+    assert alone - with_it > 0.02, (with_it, alone)  # the phrase pulls the cosine down
+    assert abs(without - alone) < 1e-6, (without, alone)
