@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-LLAMA_BLAS := $(or $(KAIZEN_LLAMA_BLAS),0)
+LLAMA_BLAS := $(or $(KAIZEN_LLAMA_BLAS),1)
 LLAMA_STAMP := $(VENV)/.llama-blas-$(LLAMA_BLAS)
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 # The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after. Its stamp
-# names the KAIZEN_LLAMA_BLAS setting, so `KAIZEN_LLAMA_BLAS=1 make install` on an installed venv still rebuilds.
+# names the KAIZEN_LLAMA_BLAS setting, so `KAIZEN_LLAMA_BLAS=0 make install` on an installed venv still rebuilds.
 $(LLAMA_STAMP): $(STAMP) scripts/build-llama-cpp.sh scripts/install-llama-bindings.sh \
 		scripts/llama-server-samplers-see-the-answer-only.patch
-	# KAIZEN_LLAMA_BLAS=1 (opt-in): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh), Debian's.
+	# KAIZEN_LLAMA_BLAS=1 (the default; 0 turns it off): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh).
 	@[ "$(LLAMA_BLAS)" != 1 ] || pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas-dev pkgconf) || \
 	  echo "OpenBLAS not installed: llama.cpp is built without it (slower prefill)"

@@ -2,7 +2,7 @@
 
 One folder per machine, shared by every venv: `$KAIZEN_LLAMA_DIR`, default `~/.cache/kaizen/llama.cpp-<version>`:
     bin/   llama-server, llama-bench, libllama.so, libggml*.so   (one build, CPU-only, portable AVX2;
-           libggml-blas.so when built with KAIZEN_LLAMA_BLAS=1: prefill through OpenBLAS's sgemm)
+           libggml-blas.so when built with OpenBLAS, the default: prefill through OpenBLAS's sgemm)
            .patched-<sha>: built with PATCH applied (its samplers see the answer only, not the prompt)
     src/   the llama.cpp tree they were built from (its `convert_lora_to_gguf.py` / `convert_hf_to_gguf.py`)
 """

@@ -7,11 +7,11 @@
 # on the machine; delete that folder to rebuild.
 #   GGML_NATIVE=OFF   a portable AVX2 build (no -march=native, no AMX code: the AMX path segfaults on some VMs)
 #   LLAMA_USE_PREBUILT_UI=OFF / LLAMA_BUILD_UI=OFF   the server's web UI is not downloaded
-#   GGML_BLAS=ON      with KAIZEN_LLAMA_BLAS=1, when OpenBLAS is installed (`KAIZEN_LLAMA_BLAS=1 make install`
-#                     installs Debian's libopenblas-dev where it can): prompts of 32+ tokens are multiplied by
-#                     OpenBLAS's sgemm, whose kernels use the CPU's widest vectors (AVX-512 too), so prefill is
-#                     ~1.3-1.5x the portable AVX2 build's; decoding stays on ggml's own kernels. Opt-in for now: the
-#                     served answers' numerics change, and no fresh-clone test run has passed with it yet.
+#   GGML_BLAS=ON      when OpenBLAS is installed (`make install` installs Debian's libopenblas-dev where it can;
+#                     KAIZEN_LLAMA_BLAS=0 builds without it): prompts of 32+ tokens are multiplied by OpenBLAS's
+#                     sgemm, whose kernels use the CPU's widest vectors, so prefill is ~2x the portable AVX2
+#                     build's (llama-bench pp1000: 600 vs 260 tok/s with AVX-512 kernels, 520 with OpenBLAS held to
+#                     its AVX2 ones); decoding stays on ggml's own kernels.
 # One patch to llama-server (scripts/llama-server-samplers-see-the-answer-only.patch): its samplers (DRY, the
 # repeat penalties) see the answer only, not the prompt, so a RAG answer may quote its sources. A build without
 # it (an older cache) is patched and its server rebuilt (one file recompiles).
@@ -23,7 +23,7 @@ JOBS="${JOBS:-$(nproc)}"
 PATCH="$(cd "$(dirname "$0")" && pwd)/llama-server-samplers-see-the-answer-only.patch"
 PATCHED="$DIR/bin/.patched-$(sha256sum "$PATCH" | cut -c1-16)"
 BLAS=OFF HAS_BLAS=OFF
-if [[ "${KAIZEN_LLAMA_BLAS:-0}" == 1 ]]; then
+if [[ "${KAIZEN_LLAMA_BLAS:-1}" == 1 ]]; then
   if pkg-config --exists openblas 2>/dev/null; then BLAS=ON
   else echo "llama.cpp: KAIZEN_LLAMA_BLAS=1 but pkg-config finds no OpenBLAS: building without it" >&2; fi
 fi

@@ -64,8 +64,8 @@ def test_the_default_model_streams_paris_in_chunks(engine, base_model_dir):
     assert not gen.cancelled and gen.first_token_s is not None
 
 
-@pytest.mark.skipif(not llama_build.has_blas(), reason="llama.cpp is built without OpenBLAS (opt-in: "
-                    "KAIZEN_LLAMA_BLAS=1 make install)")
+@pytest.mark.skipif(not llama_build.has_blas(), reason="llama.cpp is built without OpenBLAS "
+                    "(KAIZEN_LLAMA_BLAS=0, or no OpenBLAS to build with)")
 def test_a_long_prompt_is_prefilled_through_openblas_with_its_threads_tuned(engine):
     """A build with ggml's BLAS backend: the serving process maps it and OpenBLAS, runs with the thread settings
     that make it pay (llama_build.BLAS_ENV / BLAS_ARGS), and answers a RAG-sized prompt (batches of 32+ tokens go
