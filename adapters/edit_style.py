@@ -118,8 +118,8 @@ def without_phrases(sig: dict | None, text: str) -> str:
         t = p.split()
         pattern = re.escape(t[0]) + "".join((r"\s+" if a[0].isalnum() and b[0].isalnum() else r"\s*") + re.escape(b)
                                              for a, b in zip(t, t[1:]))
-        pattern = (r"(?<![a-z0-9])" if t[0][0].isalnum() else "") + pattern \
-            + (r"(?![a-z0-9])" if t[-1][0].isalnum() else "") + r"[ \t]*[:;,.!\-\u2013\u2014]*[ \t]*"
+        # a phrase begins and ends with a word (`_core`), so it is matched as whole words
+        pattern = r"(?<![a-z0-9])" + pattern + r"(?![a-z0-9])[ \t]*[:;,.!\-\u2013\u2014]*[ \t]*"
         text, n = re.subn(pattern, "", text, flags=re.IGNORECASE)
         found += n
     return text.strip() if found else text

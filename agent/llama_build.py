@@ -45,7 +45,7 @@ def has_blas(bin_dir: Path | None = None) -> bool:
 # side's idle threads spin by default while the other works: prefill then runs *slower* than without BLAS. OpenBLAS
 # threads that sleep at once, ggml's that spin 30,000 rounds instead of 300,000 (1,000 prefills faster still but
 # costs ~10% of decode speed after a long prompt), and 1,024-token micro-batches (one sgemm per weight for a RAG
-# prompt, not two) make prefill ~1.3-1.5x the build without BLAS (README, measurements). Decoding (batches under
+# prompt, not two) make prefill ~2x the build without BLAS (README, measurements). Decoding (batches under
 # 32 tokens) stays on ggml's kernels. The environment only: a setting the user exports wins.
 BLAS_ENV = {"GOMP_SPINCOUNT": "30000", "OPENBLAS_THREAD_TIMEOUT": "4"}
 BLAS_ARGS = ["-ub", "1024"]
