@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml | $(PY)
 # The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after. Its stamp
 # names the KAIZEN_LLAMA_BLAS setting, so `KAIZEN_LLAMA_BLAS=0 make install` on an installed venv still rebuilds.
 $(LLAMA_STAMP): $(STAMP) scripts/build-llama-cpp.sh scripts/install-llama-bindings.sh \
-		scripts/llama-server-samplers-see-the-answer-only.patch
+		scripts/llama-server-samplers-see-the-answer-only.patch scripts/llama-cpp-flash-attn-prefill.patch
 	# KAIZEN_LLAMA_BLAS=1 (the default; 0 turns it off): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh).
 	@[ "$(LLAMA_BLAS)" != 1 ] || pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas-dev pkgconf) || \

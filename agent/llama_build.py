@@ -3,7 +3,8 @@
 One folder per machine, shared by every venv: `$KAIZEN_LLAMA_DIR`, default `~/.cache/kaizen/llama.cpp-<version>`:
     bin/   llama-server, llama-bench, libllama.so, libggml*.so   (one build, CPU-only, portable AVX2;
            libggml-blas.so when built with OpenBLAS, the default: prefill through OpenBLAS's sgemm)
-           .patched-<sha>: built with PATCH applied (its samplers see the answer only, not the prompt)
+           .patched-<sha>: built with PATCHES applied (its samplers see the answer only, not the prompt; its
+                           prefill's flash attention skips a causal mask's hidden tiles before converting them)
     src/   the llama.cpp tree they were built from (its `convert_lora_to_gguf.py` / `convert_hf_to_gguf.py`)
 """
 from __future__ import annotations
@@ -13,7 +14,10 @@ import os
 from pathlib import Path
 
 VERSION = "0.3.36"  # llama-cpp-python sdist whose vendored llama.cpp is built
-PATCH = Path(__file__).resolve().parents[1] / "scripts" / "llama-server-samplers-see-the-answer-only.patch"
+# The patches scripts/build-llama-cpp.sh applies, in its order (each file says why): llama-server's samplers see the
+# answer only; the CPU flash attention of a prefill skips a causal mask's hidden tiles before converting them.
+PATCHES = tuple(Path(__file__).resolve().parents[1] / "scripts" / name for name in (
+    "llama-server-samplers-see-the-answer-only.patch", "llama-cpp-flash-attn-prefill.patch"))
 
 
 class BuildMissing(RuntimeError):
@@ -62,9 +66,10 @@ def server_env(bin_dir: Path, environ: dict[str, str]) -> dict[str, str]:
 
 
 def patch_stamp() -> Path:
-    """The file scripts/build-llama-cpp.sh leaves in bin/ once the build carries this checkout's PATCH (the same
-    name the script derives: the patch's sha256, 16 hex digits)."""
-    return llama_dir() / "bin" / f".patched-{hashlib.sha256(PATCH.read_bytes()).hexdigest()[:16]}"
+    """The file scripts/build-llama-cpp.sh leaves in bin/ once the build carries this checkout's PATCHES (the same
+    name the script derives: the sha256 of the patches in a row, 16 hex digits)."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in PATCHES)).hexdigest()[:16]
+    return llama_dir() / "bin" / f".patched-{digest}"
 
 
 def patched() -> bool:
@@ -79,7 +84,8 @@ def require() -> Path:
             "`make install` (or scripts/build-llama-cpp.sh), or set KAIZEN_ENGINE=transformers")
     if not patched():
         raise BuildMissing(
-            f"llama-server in {llama_dir()} was built without {PATCH.name} (its samplers would punish answers for "
+            f"llama.cpp in {llama_dir()} was built without this checkout's patches "
+            f"({', '.join(p.name for p in PATCHES)}: without the first, its samplers would punish answers for "
             "quoting their sources): run `make install` (or scripts/build-llama-cpp.sh), which patches it and "
-            "rebuilds the server")
+            "rebuilds what changed")
     return llama_dir()

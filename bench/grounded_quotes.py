@@ -58,7 +58,7 @@ def upstream_server() -> Path:
     if (out / "llama-server").exists():
         return out
     # git apply outside a repository works like patch(1); run from `root` (src/ has a stale .git file of the sdist)
-    patch = ["git", "apply", "--directory=src", str(llama_build.PATCH)]
+    patch = ["git", "apply", "--directory=src", str(llama_build.PATCHES[0])]  # the samplers patch only
     build = ["cmake", "--build", str(root / "build"), "--target", "llama-server"]
     subprocess.run(patch + ["-R"], cwd=root, check=True)
     try:

@@ -12,16 +12,19 @@
 #                     sgemm, whose kernels use the CPU's widest vectors, so prefill is ~2x the portable AVX2
 #                     build's (llama-bench pp1000: 600 vs 260 tok/s with AVX-512 kernels, 520 with OpenBLAS held to
 #                     its AVX2 ones); decoding stays on ggml's own kernels.
-# One patch to llama-server (scripts/llama-server-samplers-see-the-answer-only.patch): its samplers (DRY, the
-# repeat penalties) see the answer only, not the prompt, so a RAG answer may quote its sources. A build without
-# it (an older cache) is patched and its server rebuilt (one file recompiles).
+# Two patches (scripts/*.patch, each says why): llama-server's samplers (DRY, the repeat penalties) see the answer
+# only, not the prompt, so a RAG answer may quote its sources; the CPU flash attention of a prefill skips a causal
+# mask's hidden tiles before converting them (~12% faster 1,000-token prefill). A build without them (an older
+# cache) is patched and rebuilt (the changed files recompile).
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 DIR="${KAIZEN_LLAMA_DIR:-$HOME/.cache/kaizen/llama.cpp-$VERSION}"
 PY="${PY:-python3}"
 JOBS="${JOBS:-$(nproc)}"
-PATCH="$(cd "$(dirname "$0")" && pwd)/llama-server-samplers-see-the-answer-only.patch"
-PATCHED="$DIR/bin/.patched-$(sha256sum "$PATCH" | cut -c1-16)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# agent/llama_build.py PATCHES lists the same files in the same order: the stamp is the sha256 of them in a row.
+PATCHES=("$HERE/llama-server-samplers-see-the-answer-only.patch" "$HERE/llama-cpp-flash-attn-prefill.patch")
+PATCHED="$DIR/bin/.patched-$(cat "${PATCHES[@]}" | sha256sum | cut -c1-16)"
 BLAS=OFF HAS_BLAS=OFF
 if [[ "${KAIZEN_LLAMA_BLAS:-1}" == 1 ]]; then
   if pkg-config --exists openblas 2>/dev/null; then BLAS=ON
@@ -45,11 +48,17 @@ if [[ ! -f "$DIR/src/CMakeLists.txt" ]]; then
 fi
 # git apply, run from $DIR: outside a repository it works like patch(1) (which a machine may lack), and src/
 # holds a stale .git file from the sdist that makes it fail inside. Applied, or already applied.
-apply_patch() { (cd "$DIR" && git apply --directory=src "$@" "$PATCH"); }
-if apply_patch --check >/dev/null 2>&1; then
-  apply_patch
-elif ! apply_patch -R --check >/dev/null 2>&1; then
-  echo "llama.cpp: $PATCH does not apply to $DIR/src" >&2; exit 1
+apply_patch() { (cd "$DIR" && git apply --directory=src "$@"); }
+for patch in "${PATCHES[@]}"; do
+  if apply_patch --check "$patch" >/dev/null 2>&1; then
+    apply_patch "$patch"
+  elif ! apply_patch -R --check "$patch" >/dev/null 2>&1; then
+    echo "llama.cpp: $patch does not apply to $DIR/src" >&2; exit 1
+  fi
+done
+# A build folder configured elsewhere (the cache moved or copied) makes cmake refuse it: start that one afresh.
+if [[ -f "$DIR/build/CMakeCache.txt" ]] && ! grep -qxF "# For build in directory: $DIR/build" "$DIR/build/CMakeCache.txt"; then
+  rm -rf "$DIR/build"
 fi
 cmake -S "$DIR/src" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \

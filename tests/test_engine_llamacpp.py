@@ -84,6 +84,44 @@ def test_a_long_prompt_is_prefilled_through_openblas_with_its_threads_tuned(engi
     assert server.cmd[server.cmd.index("-ub") + 1] == "1024"
 
 
+def test_a_long_prompt_is_read_as_transformers_reads_it_at_every_position(base_model_dir, shared_data):
+    """The prefill's flash attention, patched (scripts/llama-cpp-flash-attn-prefill.patch: a causal mask's hidden
+    tiles are found from its raw bits and skipped, the rest converted with vectors): a real ~950-token article read
+    in one 1,024-token micro-batch, as the engine reads a RAG prompt, predicts every next token as the fp32
+    reference does. A tile skipped that a position may see, or one kept that it may not, would change the
+    predictions from there on."""
+    import llama_cpp
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapters.parity import compare
+    from agent.gguf import base_gguf
+
+    dev = json.loads((shared_data / "squad2" / "dev-v2.0.json").read_text(encoding="utf-8"))
+    text = "\n\n".join(p["context"] for p in dev["data"][0]["paragraphs"])
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    text = tok.decode(tok(text, add_special_tokens=False)["input_ids"][:900])
+    ids = tok.apply_chat_template([{"role": "user", "content": text + "\n\nWhat is this about?"}],
+                                  add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert 900 < len(ids) < 1024
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        reference = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    del model
+    llm = llama_cpp.Llama(str(base_gguf(str(base_model_dir), base_model_dir.parent)), logits_all=True, n_ctx=2048,
+                          n_batch=1024, n_ubatch=1024, flash_attn=True, n_threads=2, n_threads_batch=2,
+                          verbose=False)
+    try:
+        llm.eval(ids)
+        served = np.array(llm.scores[:len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    whole, late = compare(reference, served), compare(reference[-300:], served[-300:])
+    assert whole["top1"] >= 0.9 and whole["kl"] <= 0.05, whole  # the Q8_0 copy's own rounding: 97%, 0.002
+    assert late["top1"] >= 0.9 and late["kl"] <= 0.05, late  # where most tiles are hidden from a position
+
+
 def test_the_bundled_q4_1_file_is_served_as_it_is_on_request(base_model_dir, tmp_path):
     from agent.engine import open_engine
     from agent.model import bundled_gguf
