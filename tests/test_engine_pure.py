@@ -90,30 +90,6 @@ def test_a_build_without_the_sampler_patch_is_refused_in_words(monkeypatch, tmp_
     assert engine_kind(Settings(engine="auto", device="cpu")) == "llamacpp"
 
 
-def test_a_build_for_extensions_this_cpu_lacks_is_refused_in_words(monkeypatch, tmp_path):
-    """The build script compiles ggml for the CPU's own AVX-512 / VNNI extensions and names them in bin/.isa. A
-    cache built on another CPU would die with SIGILL mid-answer: the app refuses it at start, naming what is
-    missing and how to rebuild; a build for what this CPU has (or one without the file) is served."""
-    from agent import llama_build
-
-    root = tmp_path / "llama"
-    (root / "bin").mkdir(parents=True)
-    (root / "src").mkdir()
-    (root / "bin" / "llama-server").write_text("")
-    (root / "src" / "convert_lora_to_gguf.py").write_text("")
-    monkeypatch.setenv("KAIZEN_LLAMA_DIR", str(root))
-    llama_build.patch_stamp().write_text("")
-    assert engine_kind(Settings(engine="llamacpp", device="cpu")) == "llamacpp"  # no .isa: the portable build
-    own = sorted(llama_build.cpu_flags())[:3]
-    (root / "bin" / ".isa").write_text(" ".join(own + ["avx512_kaizen_test"]) + "\n")
-    for kind in ("llamacpp", "auto"):
-        with pytest.raises(RuntimeError, match="avx512_kaizen_test, which this one lacks.*build-llama-cpp.sh"):
-            engine_kind(Settings(engine=kind, device="cpu"))
-    (root / "bin" / ".isa").write_text(" ".join(own) + "\n")
-    assert engine_kind(Settings(engine="llamacpp", device="cpu")) == "llamacpp"
-    assert llama_build.missing_isa(root / "bin", set(own[1:])) == own[:1]  # what a CPU without the first lacks
-
-
 def _hold(gate, user, log, started, release):
     with gate.slot(user):
         log.append(user)
