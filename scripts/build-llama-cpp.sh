@@ -5,7 +5,10 @@
 # compiled library, the server and the LoRA converter (`convert_lora_to_gguf.py`) all come from one tree.
 # The build lands in $KAIZEN_LLAMA_DIR (default ~/.cache/kaizen/llama.cpp-<version>) and is reused by every venv
 # on the machine; delete that folder to rebuild.
-#   GGML_NATIVE=OFF   a portable AVX2 build (no -march=native, no AMX code: the AMX path segfaults on some VMs)
+#   GGML_NATIVE=OFF   a portable AVX2 build (no -march=native, no AMX code: the AMX path segfaults on some VMs),
+#                     the AVX-512 / VNNI / AMX options pinned OFF (a cached cmake configuration keeps any earlier -D):
+#                     an AVX-512 + VNNI build decoded ~8-19% faster here but its llama-server gave garbage answers
+#                     (README, measurements)
 #   LLAMA_USE_PREBUILT_UI=OFF / LLAMA_BUILD_UI=OFF   the server's web UI is not downloaded
 #   GGML_BLAS=ON      when OpenBLAS is installed (`make install` installs Debian's libopenblas-dev where it can;
 #                     KAIZEN_LLAMA_BLAS=0 builds without it): prompts of 32+ tokens are multiplied by OpenBLAS's
@@ -62,7 +65,8 @@ if [[ -f "$DIR/build/CMakeCache.txt" ]] && ! grep -qxF "# For build in directory
 fi
 cmake -S "$DIR/src" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \
-  -DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+  -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
+  -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
   -DGGML_BLAS=$BLAS -DGGML_BLAS_VENDOR=OpenBLAS >"$DIR/cmake.log"
