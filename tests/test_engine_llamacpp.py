@@ -95,7 +95,7 @@ def test_a_long_prompt_is_read_as_transformers_reads_it_at_every_position(base_m
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adapters.parity import compare
+    from adapters.parity import compare, verdict
     from agent.gguf import base_gguf
 
     dev = json.loads((shared_data / "squad2" / "dev-v2.0.json").read_text(encoding="utf-8"))
@@ -117,9 +117,11 @@ def test_a_long_prompt_is_read_as_transformers_reads_it_at_every_position(base_m
         served = np.array(llm.scores[:len(ids)], dtype=np.float32)
     finally:
         llm.close()
-    whole, late = compare(reference, served), compare(reference[-300:], served[-300:])
-    assert whole["top1"] >= 0.9 and whole["kl"] <= 0.05, whole  # the Q8_0 copy's own rounding: 97%, 0.002
-    assert late["top1"] >= 0.9 and late["kl"] <= 0.05, late  # where most tiles are hidden from a position
+    # The parity check's floors (top-1 >= 90%, mean KL <= 0.05; the Q8_0 copy's own rounding gives 97%, 0.002), over
+    # every position and over the last 300, where most tiles are hidden from a position.
+    for figures in (compare(reference, served), compare(reference[-300:], served[-300:])):
+        ok, reasons = verdict(figures)
+        assert ok, (reasons, figures)
 
 
 def test_the_bundled_q4_1_file_is_served_as_it_is_on_request(base_model_dir, tmp_path):
