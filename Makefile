@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 LLAMA_BLAS := $(or $(KAIZEN_LLAMA_BLAS),1)
-LLAMA_STAMP := $(VENV)/.llama-blas-$(LLAMA_BLAS)
+LLAMA_ISA := $(or $(KAIZEN_LLAMA_ISA),native)
+LLAMA_STAMP := $(VENV)/.llama-blas-$(LLAMA_BLAS)-$(LLAMA_ISA)
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -28,14 +29,15 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 # The fast engine: llama.cpp (llama-server + libs) built once per machine, reused by every venv after. Its stamp
-# names the KAIZEN_LLAMA_BLAS setting, so `KAIZEN_LLAMA_BLAS=0 make install` on an installed venv still rebuilds.
+# names the KAIZEN_LLAMA_BLAS and KAIZEN_LLAMA_ISA settings, so `KAIZEN_LLAMA_BLAS=0 make install` (or
+# `KAIZEN_LLAMA_ISA=portable`: AVX2 alone, not this CPU's AVX-512 / VNNI) on an installed venv still rebuilds.
 $(LLAMA_STAMP): $(STAMP) scripts/build-llama-cpp.sh scripts/install-llama-bindings.sh \
 		scripts/llama-server-samplers-see-the-answer-only.patch scripts/llama-cpp-flash-attn-prefill.patch
 	# KAIZEN_LLAMA_BLAS=1 (the default; 0 turns it off): OpenBLAS for llama.cpp's prefill (scripts/build-llama-cpp.sh).
 	@[ "$(LLAMA_BLAS)" != 1 ] || pkg-config --exists openblas 2>/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas-dev pkgconf) || \
 	  echo "OpenBLAS not installed: llama.cpp is built without it (slower prefill)"
-	KAIZEN_LLAMA_BLAS=$(LLAMA_BLAS) PY=$(PY) scripts/build-llama-cpp.sh
+	KAIZEN_LLAMA_BLAS=$(LLAMA_BLAS) KAIZEN_LLAMA_ISA=$(LLAMA_ISA) PY=$(PY) scripts/build-llama-cpp.sh
 	PY=$(PY) scripts/install-llama-bindings.sh
 	rm -f $(VENV)/.llama-blas-*
 	touch $(LLAMA_STAMP)

@@ -1,8 +1,10 @@
 """Where the llama.cpp build lives (made by `scripts/build-llama-cpp.sh`, run by `make install`).
 
 One folder per machine, shared by every venv: `$KAIZEN_LLAMA_DIR`, default `~/.cache/kaizen/llama.cpp-<version>`:
-    bin/   llama-server, llama-bench, libllama.so, libggml*.so   (one build, CPU-only, portable AVX2;
-           libggml-blas.so when built with OpenBLAS, the default: prefill through OpenBLAS's sgemm)
+    bin/   llama-server, llama-bench, libllama.so, libggml*.so   (one build, CPU-only: AVX2 and the AVX-512 /
+           VNNI extensions of the CPU it was built on, no AMX; libggml-blas.so when built with OpenBLAS, the
+           default: prefill through OpenBLAS's sgemm)
+           .isa: the /proc/cpuinfo flags the build needs (a CPU without one of them is refused in words)
            .patched-<sha>: built with PATCHES applied (its samplers see the answer only, not the prompt; its
                            prefill's flash attention skips a causal mask's hidden tiles before converting them)
     src/   the llama.cpp tree they were built from (its `convert_lora_to_gguf.py` / `convert_hf_to_gguf.py`)
@@ -76,6 +78,25 @@ def patched() -> bool:
     return patch_stamp().exists()
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's flags as /proc/cpuinfo lists them (empty where there is none: nothing is then refused)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")), "").split())
+
+
+def missing_isa(bin_dir: Path | None = None, flags: set[str] | None = None) -> list[str]:
+    """The extensions the build in `bin_dir` was compiled for that this CPU lacks (bin/.isa, written by
+    scripts/build-llama-cpp.sh; a build without the file is the portable one)."""
+    isa = (bin_dir or llama_dir() / "bin") / ".isa"
+    flags = cpu_flags() if flags is None else flags
+    if not isa.is_file() or not flags:
+        return []
+    return [f for f in isa.read_text().split() if f not in flags]
+
+
 def require() -> Path:
     """The build folder, or a clear error saying how to make it."""
     if not available():
@@ -88,4 +109,10 @@ def require() -> Path:
             f"({', '.join(p.name for p in PATCHES)}: without the first, its samplers would punish answers for "
             "quoting their sources): run `make install` (or scripts/build-llama-cpp.sh), which patches it and "
             "rebuilds what changed")
+    missing = missing_isa()
+    if missing:
+        raise BuildMissing(
+            f"llama.cpp in {llama_dir()} was built for a CPU with {', '.join(missing)}, which this one lacks (its "
+            "code would die with SIGILL): run `PY=.venv/bin/python scripts/build-llama-cpp.sh`, which rebuilds it "
+            "for this CPU, or build with KAIZEN_LLAMA_ISA=portable for a cache several CPUs share")
     return llama_dir()

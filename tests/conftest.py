@@ -23,6 +23,12 @@ from agent.settings import DEFAULT_BASE, Settings  # noqa: E402,F401
 from agent.llama_server import free_port  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
+# What a test asks wherever the real model must answer "Paris". "What is the capital of France?" was asked before:
+# the model's first token there is a near-tie ("The" over "L" by 0.11 nats in transformers fp32, 0.03 on the AVX2
+# llama.cpp build, and without a system prompt 0.001), so a build's rounding decided it: the AVX-512 build answered
+# "L'Alma, la France, la France..." (session 27). This one leads by 0.2-1.8 nats at every token up to "Paris" in
+# transformers, the AVX2 and the AVX-512 builds, with the plain, concise or no system prompt.
+PARIS_QUESTION = "Name the capital of France."
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Fixtures that load the real model or start the app: every test that uses one (even through another fixture) is slow.

@@ -10,10 +10,10 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT, running_app
+from tests.conftest import PARIS_QUESTION, ROOT, running_app
 
 pytestmark = pytest.mark.slow
-QUESTION = "What is the capital of France?"
+QUESTION = PARIS_QUESTION
 
 
 def kaizen(data, *args, check=True, **env_extra) -> subprocess.CompletedProcess:

@@ -3,6 +3,8 @@ import sqlite3
 
 import pytest
 
+from tests.conftest import PARIS_QUESTION
+
 pytestmark = pytest.mark.slow
 
 
@@ -10,7 +12,7 @@ def test_chat_endpoint_streams_a_reply(app_server):
     from gradio_client import Client
 
     client = Client(app_server["url"], verbose=False)
-    job = client.submit("What is the capital of France?", "plain", "off", "active", api_name="/chat")
+    job = client.submit(PARIS_QUESTION, "plain", "off", "active", api_name="/chat")
     updates = [u for u in job]
     chat, box, status = job.result()
     assert len(updates) > 2, "the reply must arrive as a stream of updates"

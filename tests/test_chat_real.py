@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.chat import Answerer
+from tests.conftest import PARIS_QUESTION
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_capital_of_france_streams_paris(chat_model, settings):
     answerer = Answerer(chat_model, settings)
-    reply = answerer.answer([], "What is the capital of France?", template="plain", rag="off")
+    reply = answerer.answer([], PARIS_QUESTION, template="plain", rag="off")
     pieces = list(reply.generation)
     assert len(pieces) > 1, "the answer must stream in more than one chunk"
     assert "Paris" in reply.generation.text
@@ -45,7 +46,7 @@ def test_cli_chat_reads_piped_stdin(base_model_dir, tmp_path):
     env = dict(os.environ, KAIZEN_DATA_DIR=str(tmp_path), KAIZEN_BASE_MODEL=str(base_model_dir),
                KAIZEN_MAX_NEW_TOKENS="32")
     out = subprocess.run([sys.executable, "-m", "cli.main", "chat", "--rag", "off"],
-                         input="What is the capital of France?\n", capture_output=True, text=True, env=env,
+                         input=PARIS_QUESTION + "\n", capture_output=True, text=True, env=env,
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout

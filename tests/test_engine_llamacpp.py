@@ -3,6 +3,7 @@ llama.cpp's own converter, a real registry. Slow (each test starts a server)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -162,7 +163,15 @@ def test_two_adapters_and_the_base_answer_three_concurrent_requests_each_its_own
     with ThreadPoolExecutor(3) as pool:
         together = dict(zip(who, pool.map(lambda w: engine.stream(ASK, max_new_tokens=24, adapter=w).collect(),
                                           who)))
-    assert together == alone  # routed per request: each concurrent answer is its own adapter's
+    # Routed per request: each concurrent answer is its own adapter's, i.e. closer to what that adapter said alone
+    # than to what the others said. Not equal to it: llama.cpp's CPU kernels are not batch-invariant (requests
+    # prefilled together cross into flash attention's tiled path at 64 tokens, OpenBLAS at 32), so a request's
+    # logprobs move by up to ~0.1 nats beside others and a greedy answer may part from its lone run at a near-tie
+    # ("teeming with life" / "teeming with wonders" on the AVX-512 build). A misrouted answer is another's.
+    for w in who:
+        mine = len(os.path.commonprefix([together[w], alone[w]]))
+        assert all(mine > len(os.path.commonprefix([together[w], alone[o]])) for o in who if o != w), (w, together,
+                                                                                                         alone)
     assert engine.server.current.loras == ("v0001-a", "v0002-b")
 
 

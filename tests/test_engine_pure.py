@@ -72,22 +72,46 @@ def test_missing_build_is_a_clear_error(monkeypatch, tmp_path):
     assert engine_kind(Settings(engine="auto", device="cpu")) == "transformers"  # auto falls back, warned
 
 
-def test_a_build_without_the_sampler_patch_is_refused_in_words(monkeypatch, tmp_path):
-    """An older cache built before the patch (its samplers punish answers for quoting their sources): the app
-    says so at start and names the fix, in auto mode too, rather than serve from it."""
-    from agent import llama_build
-
-    root = tmp_path / "llama"
+def fake_build(root, monkeypatch):
+    """A build folder with the files the app looks for (empty), as $KAIZEN_LLAMA_DIR."""
     (root / "bin").mkdir(parents=True)
     (root / "src").mkdir()
     (root / "bin" / "llama-server").write_text("")
     (root / "src" / "convert_lora_to_gguf.py").write_text("")
     monkeypatch.setenv("KAIZEN_LLAMA_DIR", str(root))
+    return root
+
+
+def test_a_build_without_the_sampler_patch_is_refused_in_words(monkeypatch, tmp_path):
+    """An older cache built before the patch (its samplers punish answers for quoting their sources): the app
+    says so at start and names the fix, in auto mode too, rather than serve from it."""
+    from agent import llama_build
+
+    fake_build(tmp_path / "llama", monkeypatch)
     for kind in ("llamacpp", "auto"):
         with pytest.raises(RuntimeError, match="samplers-see-the-answer-only.patch.*make install"):
             engine_kind(Settings(engine=kind, device="cpu"))
     llama_build.patch_stamp().write_text("")
     assert engine_kind(Settings(engine="auto", device="cpu")) == "llamacpp"
+
+
+def test_a_build_for_extensions_this_cpu_lacks_is_refused_in_words(monkeypatch, tmp_path):
+    """The build script compiles ggml for the CPU's own AVX-512 / VNNI extensions and names them in bin/.isa. A
+    cache built on another CPU would die with SIGILL mid-answer: the app refuses it at start, naming what is
+    missing and how to rebuild; a build for what this CPU has (or one without the file) is served."""
+    from agent import llama_build
+
+    root = fake_build(tmp_path / "llama", monkeypatch)
+    llama_build.patch_stamp().write_text("")
+    assert engine_kind(Settings(engine="llamacpp", device="cpu")) == "llamacpp"  # no .isa: the portable build
+    own = sorted(llama_build.cpu_flags())[:3]
+    (root / "bin" / ".isa").write_text(" ".join(own + ["avx512_kaizen_test"]) + "\n")
+    for kind in ("llamacpp", "auto"):
+        with pytest.raises(RuntimeError, match="avx512_kaizen_test, which this one lacks.*build-llama-cpp.sh"):
+            engine_kind(Settings(engine=kind, device="cpu"))
+    (root / "bin" / ".isa").write_text(" ".join(own) + "\n")
+    assert engine_kind(Settings(engine="llamacpp", device="cpu")) == "llamacpp"
+    assert llama_build.missing_isa(root / "bin", set(own[1:])) == own[:1]  # what a CPU without the first lacks
 
 
 def _hold(gate, user, log, started, release):
