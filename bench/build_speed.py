@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.llama_build import server_args, server_env  # noqa: E402
-from agent.llama_server import free_port, server_command  # noqa: E402
+from agent.llama_build import server_args  # noqa: E402
+from agent.llama_server import ServerProcess, free_port, server_command  # noqa: E402
 
 PARA = "The history of the city involves trade, rivers, bridges, markets and many families who lived there."
 ASKS = ["Tell me about the sea.", "Write a short story about a lighthouse keeper.", "Explain how rain forms.",
@@ -43,17 +41,10 @@ def answer(port: int, text: str, new_tokens: int) -> dict:
 
 def round_for(bin_dir: Path, gguf: Path, args, long_prompt: str) -> dict:
     port = free_port()
-    cmd = server_command(bin_dir / "llama-server", gguf, [], port=port, parallel=args.streams, threads=args.threads,
-                         ctx_per_slot=2048, extra=server_args(bin_dir))
-    proc = subprocess.Popen(cmd, env=server_env(bin_dir, dict(os.environ)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    server = ServerProcess(server_command(bin_dir / "llama-server", gguf, [], port=port, parallel=args.streams,
+                                          threads=args.threads, ctx_per_slot=2048, extra=server_args(bin_dir)),
+                           f"http://127.0.0.1:{port}", ()).start()  # the build's own environment, healthy or raises
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         answer(port, "Hello.", 8)  # warm-up
         t = time.perf_counter()
         one = answer(port, ASKS[0], args.new_tokens)["completion_tokens"]
@@ -69,8 +60,7 @@ def round_for(bin_dir: Path, gguf: Path, args, long_prompt: str) -> dict:
         return {"one_tok_s": one / one_s, "many_tok_s": many / many_s, "long_prompt_s": ttft,
                 "long_prompt_tokens": prompt_tokens}
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def main() -> None:

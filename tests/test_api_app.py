@@ -13,7 +13,6 @@ import pytest
 from tests.conftest import PARIS_QUESTION, ROOT, running_app
 
 pytestmark = pytest.mark.slow
-QUESTION = PARIS_QUESTION
 
 
 def kaizen(data, *args, check=True, **env_extra) -> subprocess.CompletedProcess:
@@ -56,7 +55,7 @@ def counts(db) -> dict:
 
 
 def test_openai_sdk_answers_and_streams_on_the_real_model(server):
-    out = client(server).chat.completions.create(model="kaizen", messages=[{"role": "user", "content": QUESTION}],
+    out = client(server).chat.completions.create(model="kaizen", messages=[{"role": "user", "content": PARIS_QUESTION}],
                                                  extra_body={"rag": "off"})
     text = out.choices[0].message.content
     assert "Paris" in text and out.id.startswith("chatcmpl-") and out.usage.completion_tokens > 0
@@ -160,7 +159,7 @@ def test_langchain_chat_openai_streams_from_the_app(server):
 
     llm = ChatOpenAI(base_url=server["v1"], api_key=server["keys"]["bob"], model="kaizen", max_retries=0,
                      extra_body={"rag": "off"})
-    pieces = [c.content for c in llm.stream(QUESTION)]
+    pieces = [c.content for c in llm.stream(PARIS_QUESTION)]
     assert len([p for p in pieces if p]) > 2 and "Paris" in "".join(pieces)
 
 
@@ -192,7 +191,8 @@ def test_api_only_server_answers_and_stays_on_loopback_without_keys(tmp_path, ba
             import openai
 
             sdk = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-            out = sdk.chat.completions.create(model="kaizen:base", messages=[{"role": "user", "content": QUESTION}])
+            out = sdk.chat.completions.create(model="kaizen:base",
+                                              messages=[{"role": "user", "content": PARIS_QUESTION}])
             assert out.choices[0].message.content and out.usage.completion_tokens > 0
             assert "listens on 127.0.0.1 only" in (data / "server.log").read_text()
             assert "gradio" not in httpx.get(url + "/", timeout=5).text.lower()
