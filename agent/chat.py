@@ -81,9 +81,12 @@ class Answerer:
         s = self.settings
         return self.decoding(temperature=s.retry_temperature, top_p=s.retry_top_p, seed=seed)
 
-    def retrieve(self, question: str, mode: str, owner: str | None = None) -> tuple[list, bool]:
+    def retrieve(self, question: str, mode: str, owner: str | None = None,
+                 history: list[dict] | None = None) -> tuple[list, bool]:
         """(hits, use_them) among the documents `owner` reads (theirs and the shared library; None: the single
-        local user's). The routing decision: no store or nothing relevant → answer directly."""
+        local user's). The routing decision: no store or nothing relevant → answer directly. A question that finds
+        nothing alone but reads as a follow-up ("And when does it arrive?") is searched again after the previous
+        question in `history` (agent/routing.py `follow_up_query`)."""
         if mode not in RAG_MODES:
             raise ValueError(f"rag mode must be one of {RAG_MODES}")
         from agent.retrieval import DEFAULT_OWNER
@@ -91,16 +94,21 @@ class Answerer:
         owner = owner or DEFAULT_OWNER
         if self.kb is None or mode == "off" or self.kb.is_empty(owner):
             return [], False
-        from agent.routing import decide, likely, relevant
+        from agent.routing import decide, follow_up_query, likely, relevant, with_hits
 
         hits = self.kb.search(question, k=4, owner=owner)
-        use = decide(question, hits, mode)
+        use, alone_best = decide(question, hits, mode), []
+        joined = None if decide(question, hits, "auto") else follow_up_query(question, history)
+        if joined:
+            more = self.kb.search(joined, k=4, owner=owner)
+            if decide(joined, more, "auto"):  # the question's own best chunk is kept too (bench/follow_ups.py)
+                hits, use, alone_best = more, True, hits[:1]
         if not use:
             return hits, False
         hits = relevant(hits) if mode == "auto" else hits
         if getattr(getattr(self.kb, "hybrid", None), "method", None) == "learned":  # scores are probabilities
             hits = likely(hits, self.min_source_probability)
-        return hits, True
+        return with_hits(hits, alone_best), True
 
     def answer(
         self,
@@ -121,7 +129,7 @@ class Answerer:
         question = check_question(question, self.settings.max_input_chars)
         max_new = max_new_tokens or self.settings.max_new_tokens
         tmpl = self.template(template)
-        hits, use_rag = self.retrieve(question, rag, owner)
+        hits, use_rag = self.retrieve(question, rag, owner, history)
         variables = {}
         if use_rag:
             from agent.retrieval import format_sources

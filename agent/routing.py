@@ -15,6 +15,8 @@ either way). Some "off-topic" prompts are general-knowledge questions a Wikipedi
 """
 from __future__ import annotations
 
+import re
+
 MODES = ("auto", "on", "off")
 DEFAULT_MIN_SIMILARITY = 0.38
 # A chunk the learned reranker gives under 2% of being the one that answers is left out of the prompt (the best one
@@ -55,3 +57,58 @@ def likely(hits: list, min_probability: float = MIN_SOURCE_PROBABILITY) -> list:
     """The hits worth putting in the prompt when their scores are the reranker's probabilities (the learned hybrid):
     the best one, and any other at or above `min_probability` (order kept)."""
     return [h for i, h in enumerate(hits) if i == 0 or h.score >= min_probability]
+
+
+# Follow-ups. A question that leans on the one before it ("And when does it arrive?" after a question about the ferry)
+# scores low alone: its subject is in the previous turn. Prepending the previous question lifts it, but lifts a
+# change of subject too ("Tell me a joke about cats." after the ferry question scores 0.65), so the previous question
+# is added only when the new one reads as a follow-up: short, and pointing back (a pronoun or demonstrative, or an
+# opener such as "and" / "what about"), or a bare "Why?". Calibrated by `bench/follow_ups.py` (300 SQuAD follow-ups
+# made by replacing the subject with a pronoun, 250 real chat prompts as changes of subject): their own passage
+# reaches the prompt for 71.3% of follow-ups instead of 57.3%, and 14.8% of changes of subject use the documents
+# instead of 14.4% (prepending always: 74.4%).
+BACK_REFERENCES = frozenset(
+    "it its itself they them their theirs themselves this that these those he him his she her hers there then "
+    "such same former latter ones".split())
+FOLLOW_UP_OPENERS = ("and", "also", "but", "so", "then", "what about", "how about", "what else", "tell me more")
+BARE_FOLLOW_UPS = frozenset({"why", "why not", "how", "how come", "when", "where", "who", "really", "more", "go on",
+                             "continue", "explain", "example", "examples", "for example", "such as", "which one"})
+MAX_FOLLOW_UP_WORDS = 10
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def is_follow_up(question: str, max_words: int = MAX_FOLLOW_UP_WORDS) -> bool:
+    """True when `question` reads as leaning on the previous turn: at most `max_words` words, and a back-reference
+    (it, they, that, there, ...) or a follow-up opener ("and ...", "what about ...", "why?"). Pure."""
+    words = _WORD.findall((question or "").lower().replace("\u2019", "'"))
+    if not words or len(words) > max_words:
+        return False
+    text = " ".join(words)
+    if text in BARE_FOLLOW_UPS:
+        return True
+    if any(text == o or text.startswith(o + " ") for o in FOLLOW_UP_OPENERS):
+        return True
+    return any(w.split("'")[0] in BACK_REFERENCES for w in words)
+
+
+def previous_question(history: list[dict] | None) -> str | None:
+    """The last user message of `history` (role/content dicts), or None."""
+    for m in reversed(history or []):
+        if m.get("role") == "user" and isinstance(m.get("content"), str) and m["content"].strip():
+            return m["content"].strip()
+    return None
+
+
+def follow_up_query(question: str, history: list[dict] | None, max_words: int = MAX_FOLLOW_UP_WORDS) -> str | None:
+    """What to search with for a follow-up: the previous question, then this one; None when `question` stands alone
+    or nothing came before it. Pure."""
+    before = previous_question(history)
+    if before is None or not is_follow_up(question, max_words):
+        return None
+    return f"{before}\n{question.strip()}"
+
+
+def with_hits(hits: list, extra: list) -> list:
+    """`hits`, then those of `extra` that are not among them (the same chunk of the same document). Pure."""
+    seen = {(h.doc_id, h.chunk) for h in hits}
+    return list(hits) + [h for h in extra if (h.doc_id, h.chunk) not in seen]

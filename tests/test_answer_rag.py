@@ -97,3 +97,28 @@ def test_feedback_on_an_answer_from_documents_never_becomes_a_training_row(chat_
     [row] = files["sft"]
     assert row["messages"][-2]["content"] == "Name a colour of the sky."
     assert (manifest["stages"]["sft"]["private_documents"], manifest["stages"]["sft"]["grounded"]) == (1, 1)
+
+
+def test_a_follow_up_is_answered_from_the_document_its_previous_question_found(answerer):
+    """"And when does it arrive?" names nothing the documents hold; after a question about the night train it is
+    searched with that question before it and answered from trains.txt. A change of subject after the same question
+    is not."""
+    asked = "When does the night train from Vienna to Rome leave?"
+    first = answerer.answer([], asked, rag="auto")
+    history = [{"role": "user", "content": asked}, {"role": "assistant", "content": first.generation.collect()}]
+    assert first.used_rag and first.sources[0]["file"] == "trains.txt"
+
+    alone = answerer.answer([], "And when does it arrive?", rag="auto")
+    alone.generation.collect()
+    assert not alone.used_rag  # on its own the question finds nothing relevant
+
+    follow = answerer.answer(history, "And when does it arrive?", rag="auto")
+    text = follow.generation.collect()
+    assert follow.used_rag and follow.template == "grounded"
+    assert follow.sources[0]["file"] == "trains.txt"
+    assert "10:00" in follow.messages[-1]["content"]  # the passage went into the prompt
+    assert "10" in text
+
+    change = answerer.answer(history, "Write one sentence about the colour blue.", template="plain", rag="auto")
+    change.generation.collect()
+    assert not change.used_rag and change.sources == []

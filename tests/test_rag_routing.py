@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from agent.retrieval import FOOTER, HEADER, Hit, format_sources, rrf_fuse
-from agent.routing import DEFAULT_MIN_SIMILARITY, decide, relevant
+from agent.routing import (DEFAULT_MIN_SIMILARITY, MAX_FOLLOW_UP_WORDS, decide, follow_up_query, is_follow_up,
+                           relevant, with_hits)
 
 
 def hit(sim, text="some text", file="a.txt", chunk=0, score=0.5):
@@ -107,3 +108,47 @@ def test_likely_keeps_the_best_hit_and_the_probable_ones_in_order():
     assert [h.chunk for h in likely(hits[:1] + hits[1:2])] == [0]
     assert [h.chunk for h in likely([hit(0.3, chunk=5, score=0.001)])] == [5]  # the best one always stays
     assert likely([]) == [] and len(likely(hits, 0.0)) == 4
+
+
+# ---------------------------------------------------------------------------------------------- follow-ups
+@pytest.mark.parametrize("question", [
+    "And when does it arrive?", "How much does that cost?", "Who wrote it?", "What about the second one?",
+    "Why?", "why not", "Tell me more.", "And the return trip?", "Is there a discount for them?", "When was it built?",
+    "What’s its name?",
+])
+def test_questions_that_lean_on_the_previous_turn_read_as_follow_ups(question):
+    assert is_follow_up(question)
+
+
+@pytest.mark.parametrize("question", [
+    "Tell me a joke about cats.", "What is 2 + 2?", "Write a poem about the sea.", "", "   ", "?!",
+    "Why do my tires always go flat in the winter?",  # a whole question that happens to start with "why"
+    "Can you explain what a Huguenot is, in terms a child would understand, please? It is for my son.",  # long
+])
+def test_questions_that_stand_alone_do_not(question):
+    assert not is_follow_up(question)
+
+
+def test_the_word_limit_is_a_limit():
+    short = "When does " + "the " * (MAX_FOLLOW_UP_WORDS - 4) + "it arrive?"
+    assert is_follow_up(short) and not is_follow_up(short.replace("arrive", "arrive at last"))
+
+
+def test_a_follow_up_is_searched_after_the_last_user_question_only():
+    history = [{"role": "user", "content": "Tell me about the ferry."}, {"role": "assistant", "content": "It sails."},
+               {"role": "user", "content": " When does the night train leave? "},
+               {"role": "assistant", "content": "At 19:20."}]
+    assert follow_up_query("And when does it arrive?", history) == (
+        "When does the night train leave?\nAnd when does it arrive?")
+    assert follow_up_query("And when does it arrive?", []) is None  # nothing before it
+    assert follow_up_query("And when does it arrive?", None) is None
+    assert follow_up_query("And when does it arrive?", [{"role": "assistant", "content": "Hello!"}]) is None
+    assert follow_up_query("What is 2 + 2?", history) is None  # stands alone
+
+
+def test_with_hits_appends_only_new_chunks_in_order():
+    a, b, c = hit(0.5, file="a.txt"), hit(0.4, file="b.txt", chunk=1), hit(0.3, file="c.txt", chunk=2)
+    same_as_a = hit(0.2, file="a.txt")  # the same document id and chunk as `a`
+    assert with_hits([a, b], [same_as_a]) == [a, b]
+    assert with_hits([a], [c, b]) == [a, c, b]
+    assert with_hits([], []) == []
