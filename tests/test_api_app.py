@@ -119,7 +119,10 @@ def test_feedback_through_the_api_lands_in_sqlite_and_in_the_export(server, tmp_
     files = {p.name: p.read_text() for p in (tmp_path / "export").glob("*.jsonl")}
     text = "".join(files.values())
     assert "You are doing great, and your work matters." in text, out.stdout
-    assert first.choices[0].message.content.strip()[:20] in text  # the rated/rejected answer is in DPO/KTO rows
+    # the rated/rejected answer is in DPO/KTO rows (their texts read as JSON: a newline in it is escaped in the file)
+    texts = [m["content"] for line in text.splitlines() if line.strip() for value in json.loads(line).values()
+             if isinstance(value, list) for m in value if isinstance(m, dict) and "content" in m]
+    assert any(first.choices[0].message.content.strip()[:20] in t for t in texts)
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert manifest["events"]["total"] >= 3
 
