@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # the model's first token there is a near-tie ("The" over "L" by 0.11 nats in transformers fp32, 0.03 on the AVX2
 # llama.cpp build, and without a system prompt 0.001), so a build's rounding decided it: the AVX-512 build answered
 # "L'Alma, la France, la France..." (session 27). This one leads by 0.2-1.8 nats at every token up to "Paris" in
-# transformers, the AVX2 and the AVX-512 builds, with the plain, concise or no system prompt.
+# transformers, the AVX2 and the AVX-512 builds, with the plain, concise or no system prompt. The plain template's
+# system prompt is "You are a helpful AI assistant named Kaizen." since session 28 (bench/system_prompts.py): the first
+# token of both questions leads by more there (1.42 and 0.49 nats in transformers fp32, from 0.48 and 0.11).
 PARIS_QUESTION = "Name the capital of France."
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -135,8 +135,8 @@ def test_cli_export_is_read_by_datasets_and_trl(replayed, tmp_path, monkeypatch)
     m = json.loads((out / "manifest.json").read_text())
     # by default every prompt starts with the system message of the app's template (what the loop trains with)
     row = json.loads((out / "sft.jsonl").read_text().splitlines()[0])
-    assert row["messages"][0] == {"role": "system", "content": "You are Kaizen, a helpful AI assistant."}
-    assert m["config"]["system"] == "You are Kaizen, a helpful AI assistant."
+    assert row["messages"][0] == {"role": "system", "content": "You are a helpful AI assistant named Kaizen."}
+    assert m["config"]["system"] == "You are a helpful AI assistant named Kaizen."
     assert m["target"] == "trl" and set(m["files"]) == {f"{k}{s}.jsonl" for k in expect for s in ("", "_eval")}
 
     # one format, train split only

@@ -74,7 +74,7 @@ def test_the_loop_trains_each_answer_under_the_template_it_was_generated_with(tm
         {"role": "system", "content": "You are Kaizen. Talk like a pirate."},
         {"role": "user", "content": "Arr! Question number 1 about pirate?"}]
     assert prompts["Answer number 2, as plain would give it."] == [
-        {"role": "system", "content": "You are Kaizen, a helpful AI assistant."},
+        {"role": "system", "content": "You are a helpful AI assistant named Kaizen."},
         {"role": "user", "content": "Question number 2 about plain?"}]
 
 

@@ -56,7 +56,7 @@ def test_parse_rejects_bad_files(text, msg):
 def test_serving_system_is_the_rendered_system_prompt(tmp_path):
     from agent.templates import serving_system
 
-    assert serving_system("plain") == "You are Kaizen, a helpful AI assistant."
+    assert serving_system("plain") == "You are a helpful AI assistant named Kaizen."
     assert serving_system("grounded").startswith("You are Kaizen, a careful assistant.")
     assert serving_system("no-such-template") is None
     (tmp_path / "mine.yaml").write_text("name: mine\nsystem: 'Braces {{kept}} here.'\nuser: '{question}'\n")
