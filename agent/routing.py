@@ -70,7 +70,8 @@ def likely(hits: list, min_probability: float = MIN_SOURCE_PROBABILITY) -> list:
 BACK_REFERENCES = frozenset(
     "it its itself they them their theirs themselves this that these those he him his she her hers there then "
     "such same former latter ones".split())
-FOLLOW_UP_OPENERS = ("and", "also", "but", "so", "then", "what about", "how about", "what else", "tell me more")
+# ("then" is not an opener: it is a back-reference, anywhere in the question)
+FOLLOW_UP_OPENERS = ("and", "also", "but", "so", "what about", "how about", "what else", "tell me more")
 BARE_FOLLOW_UPS = frozenset({"why", "why not", "how", "how come", "when", "where", "who", "really", "more", "go on",
                              "continue", "explain", "example", "examples", "for example", "such as", "which one"})
 MAX_FOLLOW_UP_WORDS = 10
@@ -105,6 +106,11 @@ def follow_up_query(question: str, history: list[dict] | None, max_words: int = 
     before = previous_question(history)
     if before is None or not is_follow_up(question, max_words):
         return None
+    return joined_query(before, question)
+
+
+def joined_query(before: str, question: str) -> str:
+    """The search text for `question` read after `before`. Pure."""
     return f"{before}\n{question.strip()}"
 
 

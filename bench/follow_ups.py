@@ -46,7 +46,7 @@ from agent.offline import silence  # noqa: E402
 silence()
 
 import agent.settings  # noqa: E402,F401  (offline env first)
-from agent.routing import decide, is_follow_up, likely, relevant, with_hits  # noqa: E402
+from agent.routing import decide, is_follow_up, joined_query, likely, relevant, with_hits  # noqa: E402
 from rag_squad import DATA, build, ingest_default, load_squad  # noqa: E402
 
 RESULTS = """
@@ -115,7 +115,7 @@ def searched(kb, turns: list[dict]) -> list[dict]:
     """Each turn's two searches (k=4, as the app does): the second question alone, and after the first."""
     for t in turns:
         t["alone"] = kb.search(t["second"], k=4)
-        t["joined"] = kb.search(f"{t['first']}\n{t['second']}", k=4)
+        t["joined"] = kb.search(joined_query(t["first"], t["second"]), k=4)
     return turns
 
 
@@ -130,13 +130,13 @@ def prompt_hits(question: str, hits: list, learned: bool) -> list | None:
 
 def outcome(turn: dict, rule: str, words: int, learned: bool) -> list | None:
     if rule == "follow-up-first" and is_follow_up(turn["second"], words):
-        return prompt_hits(turn["first"] + "\n" + turn["second"], turn["joined"], learned)
+        return prompt_hits(joined_query(turn["first"], turn["second"]), turn["joined"], learned)
     alone = prompt_hits(turn["second"], turn["alone"], learned)
     if rule == "follow-up-first" or alone is not None or rule == "alone":
         return alone
     if rule.startswith("follow-up") and not is_follow_up(turn["second"], words):
         return None
-    joined = prompt_hits(turn["first"] + "\n" + turn["second"], turn["joined"], learned)
+    joined = prompt_hits(joined_query(turn["first"], turn["second"]), turn["joined"], learned)
     if rule == "follow-up+best" and joined is not None:
         joined = with_hits(joined, turn["alone"][:1])
     return joined
@@ -173,7 +173,8 @@ def main(argv=None) -> int:
         learned = kb.hybrid.method == "learned"
         sets = {"follow_up": searched(kb, fups), "change_of_subject": searched(kb, change),
                 "new_topic": searched(kb, new)}
-        rules = [("alone", 0), ("concat", 0)] + [(r, w) for w in WORD_LIMITS for r in ("follow-up", "follow-up-first", "follow-up+best")]
+        rules = [("alone", 0), ("concat", 0)] + [
+            (r, w) for w in WORD_LIMITS for r in ("follow-up", "follow-up-first", "follow-up+best")]
         report = {"store": info, "turns": {k: len(v) for k, v in sets.items()}, "rules": {}}
         for rule, words in rules:
             name = rule if not words else f"{rule}<={words}"

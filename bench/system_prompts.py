@@ -36,6 +36,8 @@ silence()
 
 import agent.settings  # noqa: E402,F401  (offline env first)
 from adapters.collapse import loop_rate  # noqa: E402
+from adapters.evaluate import sequence_logps  # noqa: E402
+from feedback.replay import ROLES, read_trees  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -63,7 +65,10 @@ English answers 97-100% for all; mean length 93-111 words. Pooled over the three
 of France is Paris." with it (the model's own SmolLM prompt and "You are Kaizen, a helpful assistant." answer
 "L'Etoile, la Cite, ..." / "L'Alma, la France, ..."), and its first token leads by 0.49 nats in transformers fp32
 (0.11 before); "Name the capital of France." 1.42 (0.48). The preference column (best over worst OpenAssistant reply,
-teacher-forced, 150 pairs) barely moves: the system prompt shifts near-ties, not what the model knows.
+teacher-forced, 150 pairs) barely moves: the system prompt shifts near-ties, not what the model knows. (That column
+was measured with the bench's own teacher forcing, replies cut at 256 tokens; it now uses the gate's
+`adapters.evaluate.sequence_logps`, prompt + reply cut at 1,024 tokens, which gives 0.687 for "before"; the other
+rows were not rerun with it.)
 """
 
 CANDIDATES = {
@@ -116,50 +121,29 @@ def ranked_pairs(limit: int) -> list[tuple[list[dict], str, str]]:
     out = []
 
     def walk(node, path):
+        convo = path + [{"role": ROLES[node["role"]], "content": node["text"]}]
         if node["role"] == "prompter":
-            convo = path + [{"role": "user", "content": node["text"]}]
             ranked = sorted((r for r in node.get("replies", []) if r.get("rank") is not None), key=lambda r: r["rank"])
             if len(ranked) >= 2:
                 out.append((convo, ranked[0]["text"], ranked[-1]["text"]))
-            for r in node.get("replies", []):
-                walk(r, convo)
-        else:
-            convo = path + [{"role": "assistant", "content": node["text"]}]
-            for r in node.get("replies", []):
-                walk(r, convo)
+        for r in node.get("replies", []):
+            walk(r, convo)
 
-    for line in TREES.read_text().splitlines():
-        if line.strip():
-            walk(json.loads(line)["prompt"], [])
+    for tree in read_trees(TREES):
+        walk(tree["prompt"], [])
     return out[:limit]
 
 
-def preference(folder: Path, pairs, system: str) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def preference(model, tok, pairs, system: str) -> dict:
+    """Best over worst reply by mean token log-probability (adapters.evaluate.sequence_logps, the gate's)."""
+    def mean_logps(which: int) -> list[float]:
+        rows = [([{"role": "system", "content": system}] + convo, [{"role": "assistant", "content": pair[which]}])
+                for convo, *pair in pairs]
+        return [total / max(n, 1) for total, n in sequence_logps(model, tok, rows, "cpu", max_length=1024)]
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = getattr(preference, "model", None) or AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    preference.model = model.eval()
-
-    def mean_logprob(convo, reply):
-        head = tok.apply_chat_template([{"role": "system", "content": system}] + convo, tokenize=False,
-                                       add_generation_prompt=True)
-        a = tok(head, add_special_tokens=False)["input_ids"]
-        b = tok(reply + "<|im_end|>", add_special_tokens=False)["input_ids"][:256]
-        ids = torch.tensor([(a + b)[-1024:]])
-        n = min(len(b), ids.shape[1] - 1)
-        with torch.no_grad():
-            logits = model(ids).logits[0, -n - 1:-1].float()
-        return torch.log_softmax(logits, -1).gather(1, ids[0, -n:, None]).mean().item()
-
-    wins, best = 0, []
-    for convo, good, bad in pairs:
-        g, b = mean_logprob(convo, good), mean_logprob(convo, bad)
-        wins += g > b
-        best.append(g)
-    return {"pairs": len(pairs), "best_over_worst": round(wins / len(pairs), 3),
-            "best_mean_logprob": round(statistics.mean(best), 4)}
+    good, bad = mean_logps(0), mean_logps(1)
+    return {"pairs": len(pairs), "best_over_worst": round(sum(g > b for g, b in zip(good, bad)) / len(pairs), 3),
+            "best_mean_logprob": round(statistics.mean(good), 4)}
 
 
 def answers(engine, system: str, questions: list[str], tokens: int, decoding) -> list[str]:
@@ -189,8 +173,7 @@ def main(argv=None) -> int:
         prompts = [p for p in (json.loads(line) for line in LOTTERY.read_text().splitlines() if line.strip())
                    if isinstance(p, str) and p.strip()][:min(args.prompts, RESERVED_FROM)]
     else:  # the first prompt of each OpenAssistant tree: another 100 real prompts
-        prompts = [json.loads(line)["prompt"]["text"] for line in TREES.read_text().splitlines()
-                   if line.strip()][:args.prompts]
+        prompts = [tree["prompt"]["text"] for tree in read_trees(TREES, limit=args.prompts)]
     pairs = ranked_pairs(args.pairs)
     from agent.chat import Answerer
     from agent.engine import open_engine
@@ -201,6 +184,12 @@ def main(argv=None) -> int:
         folder = resolve_base(settings.base_model, settings.models_dir)
         engine = open_engine(settings)
         decoding = Answerer(engine, settings).decoding()
+        if pairs:  # the transformers reference, for the teacher-forced preference
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         report = {"engine": type(engine).__name__, "decoding": str(decoding), "candidates": {}}
         names = [n.strip() for n in args.only.split("|") if n.strip()] or list(CANDIDATES)
         for name in names:
@@ -218,7 +207,7 @@ def main(argv=None) -> int:
                 "chat_english": round(sum(lang == "en" for lang in langs) / len(langs), 3),
                 "chat_not_english": [a[:80] for a, lang in zip(chat, langs) if lang not in ("en", "?")][:5],
                 "chat_mean_words": round(statistics.mean(len(a.split()) for a in chat), 1),
-                **(preference(folder, pairs, system) if pairs else {}),
+                **(preference(model, tok, pairs, system) if pairs else {}),
             }
             print(json.dumps({name: report["candidates"][name]}), file=sys.stderr, flush=True)
         engine.close()
