@@ -97,8 +97,9 @@ class Answerer:
         from agent.routing import decide, follow_up_query, likely, relevant, with_hits
 
         hits = self.kb.search(question, k=4, owner=owner)
-        use, alone_best = decide(question, hits, mode), []
-        joined = None if decide(question, hits, "auto") else follow_up_query(question, history)
+        routes = decide(question, hits, "auto")  # mode is "auto" or "on" here
+        use, alone_best = routes or mode == "on", []
+        joined = None if routes else follow_up_query(question, history)
         if joined:
             more = self.kb.search(joined, k=4, owner=owner)
             if decide(joined, more, "auto"):  # the question's own best chunk is kept too (bench/follow_ups.py)
