@@ -21,6 +21,7 @@ class Reply:
     template: str
     sources: list[dict] = field(default_factory=list)  # {"doc_id","file","chunk","score","shared"} per cited source
     used_rag: bool = False
+    context_messages: int = 0  # earlier messages of the conversation the model was given (agent/routing.py)
 
 
 def check_question(question: str, max_chars: int) -> str:
@@ -49,6 +50,7 @@ class Answerer:
         # decode slots, shared fairly between users; at most settings.user_max_generations per user
         self.gate = gate_for(model, settings)
         self.min_source_probability = MIN_SOURCE_PROBABILITY  # agent/routing.py: chunks left out of the prompt
+        self._embedder = None
 
     @classmethod
     def from_settings(cls, settings: Settings, with_retrieval: bool = True) -> "Answerer":
@@ -111,6 +113,30 @@ class Answerer:
             hits = likely(hits, self.min_source_probability)
         return with_hits(hits, alone_best), True
 
+    def context(self, question: str, history: list[dict] | None) -> list[dict]:
+        """The conversation the model is given with `question`: `history`, or none when the question changes the
+        subject (agent/routing.py `keeps_history`, measured by its MiniLM similarity to the previous user message).
+        KAIZEN_HISTORY=all keeps it always. Stored rows keep the conversation either way: a correction or a vote on
+        such an answer says what to answer after that conversation, which is what training should learn."""
+        from agent.routing import keeps_history, previous_question
+
+        before = previous_question(history)
+        if before is None or self.settings.history == "all":
+            return history or []
+        a, b = self.embedder.embed([before, question])
+        return history if keeps_history(question, sum(x * y for x, y in zip(a, b))) else []
+
+    @property
+    def embedder(self):
+        """The knowledge base's MiniLM embedder, or one of its own when it has none (loaded on first use)."""
+        if getattr(self.kb, "embedder", None) is not None:
+            return self.kb.embedder
+        if self._embedder is None:
+            from agent.embeddings import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
     def answer(
         self,
         history: list[dict],
@@ -124,9 +150,12 @@ class Answerer:
         owner: str | None = None,
         decoding: Decoding | None = None,
         continue_from: str | None = None,
+        whole_history: bool = False,
     ) -> Reply:
         """`decoding`: how to decode (default: `self.decoding()`, the settings'). `continue_from`: the text of an
-        answer that was cut off at the token cap: the model goes on from its end (the new text is only the rest)."""
+        answer that was cut off at the token cap: the model goes on from its end (the new text is only the rest).
+        `whole_history`: give the model `history` as it is, whatever the question (the API: a client sends the
+        context it wants, few-shot examples included); else `context` decides."""
         question = check_question(question, self.settings.max_input_chars)
         max_new = max_new_tokens or self.settings.max_new_tokens
         tmpl = self.template(template)
@@ -142,7 +171,8 @@ class Answerer:
             variables["sources"] = format_sources(hits, max_chars=budget)
         elif "sources" in tmpl.variables:
             variables["sources"] = "(no reference data was found for this question)"
-        messages = tmpl.render(question, history, **variables)
+        context = (history or []) if whole_history else self.context(question, history)
+        messages = tmpl.render(question, context, **variables)
         gen = self.model.stream(messages, max_new_tokens=max_new, adapter=adapter, stop=stop,
                                 decoding=decoding or self.decoding(), prefix=continue_from)
         gen.pieces = self._gated(gen, gen.pieces, owner, stop)
@@ -150,7 +180,7 @@ class Answerer:
             {"doc_id": h.doc_id, "file": h.file, "chunk": h.chunk, "score": round(float(h.score), 4),
              "shared": h.shared} for h in hits
         ] if use_rag else []
-        return Reply(gen, messages, tmpl.name, sources, use_rag)
+        return Reply(gen, messages, tmpl.name, sources, use_rag, len(context))
 
     def _gated(self, gen: Generation, inner, user, stop: threading.Event | None):
         """The generation's pieces (`inner`), decoded only while `user` holds one of the engine's slots."""

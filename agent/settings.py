@@ -54,6 +54,9 @@ class Settings:
     retry_top_p: float = 0.9
     retry_attempts: int = 3  # a retry that repeats the first answer (after normalization) samples again, this often
     template: str = "plain"
+    # topic: a question on a new subject is answered without the conversation before it (agent/routing.py
+    # keeps_history; the small default model carries old topics into new answers); all: always with it
+    history: str = "topic"
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "auto"  # auto | llamacpp | transformers | openai (agent/engine.py)
     parallel: int = 4  # llamacpp: llama-server slots decoding at once (continuous batching)
@@ -104,6 +107,8 @@ class Settings:
             raise ValueError("KAIZEN_USER_MAX_GENERATIONS must be >= 0 (0: no limit)")
         if s.engine not in ("auto", "llamacpp", "transformers", "openai"):
             raise ValueError(f"KAIZEN_ENGINE={s.engine!r}: use auto, llamacpp, transformers or openai")
+        if s.history not in ("topic", "all"):
+            raise ValueError(f"KAIZEN_HISTORY={s.history!r}: use topic or all")
         if s.retriever not in ("learned", "convex", "rrf"):
             raise ValueError(f"KAIZEN_RETRIEVER={s.retriever!r}: use learned, convex or rrf")
         if s.public and s.auth_file:

@@ -116,6 +116,20 @@ def language(text: str) -> str:
     return max(counts, key=counts.get) if any(counts.values()) else "?"
 
 
+def no_trees() -> bool:
+    """True (and the skip printed as JSON) when ../shared's OpenAssistant trees are not there."""
+    if not TREES.exists():
+        print(json.dumps({"skipped": f"{TREES} not found"}))
+    return not TREES.exists()
+
+
+def lottery_prompts(limit: int = RESERVED_FROM) -> list[str]:
+    """The prompt lottery's first `limit` real prompts, from its indices < RESERVED_FROM only."""
+    prompts = [p for p in (json.loads(line) for line in LOTTERY.read_text().splitlines() if line.strip())
+               if isinstance(p, str) and p.strip()]
+    return prompts[:min(limit, RESERVED_FROM)]
+
+
 def ranked_pairs(limit: int) -> list[tuple[list[dict], str, str]]:
     """(conversation so far, best reply, worst reply) for each prompter message with 2+ ranked replies."""
     out = []
@@ -165,13 +179,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="candidate names separated by | (default: all)")
     ap.add_argument("--data-dir", type=Path, help="a data dir whose converted base model to reuse (default: a new one)")
     args = ap.parse_args(argv)
-    if not TREES.exists():
-        print(json.dumps({"skipped": f"{TREES} not found"}))
+    if no_trees():
         return 0
     t0 = time.perf_counter()
     if args.chat_source == "lottery":
-        prompts = [p for p in (json.loads(line) for line in LOTTERY.read_text().splitlines() if line.strip())
-                   if isinstance(p, str) and p.strip()][:min(args.prompts, RESERVED_FROM)]
+        prompts = lottery_prompts(args.prompts)
     else:  # the first prompt of each OpenAssistant tree: another 100 real prompts
         prompts = [tree["prompt"]["text"] for tree in read_trees(TREES, limit=args.prompts)]
     pairs = ranked_pairs(args.pairs)

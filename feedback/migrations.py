@@ -214,9 +214,15 @@ def m007_stopped_answers(db: Database) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN stopped INTEGER")
 
 
+def m008_context_messages(db: Database) -> None:
+    """How many earlier messages of its conversation the model was given with an answer's question (0: it was
+    answered as a new subject, agent/routing.py `keeps_history`); NULL where not recorded (older rows)."""
+    db.execute("ALTER TABLE messages ADD COLUMN context_messages INTEGER")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_rating_retraction, m003_api,
                                                  m004_conversation_changes, m005_answer_decoding, m006_undos,
-                                                 m007_stopped_answers]
+                                                 m007_stopped_answers, m008_context_messages]
 
 
 def migration_set(functions: Sequence[Callable[[Database], None]] = MIGRATIONS) -> Migrations:

@@ -255,7 +255,8 @@ class Store:
                     parent_id: int | None = None, template: str | None = None, model: str | None = None,
                     adapter: str | None = None, sources: list[dict] | None = None, latency_ms: float | None = None,
                     prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                    decoding: dict | None = None, root: bool = False, stopped: bool = False) -> int:
+                    decoding: dict | None = None, root: bool = False, stopped: bool = False,
+                    context_messages: int | None = None) -> int:
         """Store one message of `user_id`'s conversation; returns its id.
 
         `parent_id`: for an assistant message the user message it answers (a retry is a sibling: same parent);
@@ -264,6 +265,7 @@ class Store:
         when the UI knows better. `root=True`: a user message that starts the conversation over (no parent: an
         edited first question), whatever came before. `decoding`: how an answer was decoded (temperature, top_p,
         seed, max_new_tokens: numbers or None), stored as JSON. `stopped`: an answer the user stopped before its end.
+        `context_messages`: how many earlier messages the model was given with the question (an answer's).
         """
         if role not in MESSAGE_ROLES:
             raise FeedbackError(f"role must be one of {MESSAGE_ROLES}, got {role!r}")
@@ -281,6 +283,9 @@ class Store:
                   optional_number(completion_tokens, "completion_tokens", int))
         if stopped and role != "assistant":
             raise FeedbackError("only an answer can be stopped")
+        context_messages = optional_number(context_messages, "context_messages", int)
+        if context_messages is not None and (role != "assistant" or context_messages < 0):
+            raise FeedbackError("context_messages is a count of earlier messages, for an answer")
         with self._write() as conn:
             self._owned_conversation(conn, conversation_id, user_id)
             if role == "system":
@@ -300,10 +305,10 @@ class Store:
                     raise FeedbackError(f"a {role} message cannot reply to a {parent['role']} message")
             return conn.execute(
                 "INSERT INTO messages (conversation_id, parent_id, role, content, template, model, adapter, sources, "
-                "latency_ms, prompt_tokens, completion_tokens, decoding, stopped, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "latency_ms, prompt_tokens, completion_tokens, decoding, stopped, context_messages, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conversation_id, parent_id, role, content, meta["template"], meta["model"], meta["adapter"],
-                 sources, *values, decoding, 1 if stopped else None, now_iso())).lastrowid
+                 sources, *values, decoding, 1 if stopped else None, context_messages, now_iso())).lastrowid
 
     def _decorate(self, rows: list[dict], user_id: int) -> list[dict]:
         """Parse sources and decoding; add this user's latest `edited` text and `rating` (value) for each message."""

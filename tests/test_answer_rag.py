@@ -119,6 +119,25 @@ def test_a_follow_up_is_answered_from_the_document_its_previous_question_found(a
     assert "10:00" in follow.messages[-1]["content"]  # the passage went into the prompt
     assert "10" in text
 
+    assert follow.messages[1]["content"] == asked  # a follow-up is answered with the conversation
+
     change = answerer.answer(history, "Write one sentence about the colour blue.", template="plain", rag="auto")
-    change.generation.collect()
+    text = change.generation.collect()
     assert not change.used_rag and change.sources == []
+    # a change of subject is answered as a new conversation (agent/routing.py keeps_history): the 135M model
+    # answered it "The night train from Vienna to Rome is a beautiful sight. ..." when it was given the train
+    assert [m["role"] for m in change.messages] == ["system", "user"] and "train" not in text.lower()
+
+
+def test_the_history_rule_reads_the_topic_and_can_be_turned_off(answerer, chat_model, settings):
+    """Real MiniLM similarities: a question on the previous question's subject keeps the conversation, another
+    subject does not; KAIZEN_HISTORY=all keeps it always."""
+    from dataclasses import replace
+
+    history = [{"role": "user", "content": "When does the night train from Vienna to Rome leave?"},
+               {"role": "assistant", "content": "It leaves at 19:20."}]
+    assert answerer.context("Is a sleeper cabin on an overnight train comfortable?", history) == history
+    assert answerer.context("How do I bake bread?", history) == []
+    assert answerer.context("How do I bake bread?", []) == []
+    everything = Answerer(chat_model, replace(settings, history="all"), answerer.kb)
+    assert everything.context("How do I bake bread?", history) == history

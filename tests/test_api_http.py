@@ -203,6 +203,14 @@ def test_resent_history_is_one_conversation(api):
     engine = api["api"].answerer.model
     assert [m["content"] for m in engine.calls[-1]["messages"][-3:]] == \
         [history[0]["content"], history[1]["content"], "And then?"]  # the model got the whole history
+    # also on another subject: an API client sends the context it wants (few-shot examples, say); the chat's
+    # new-subject rule (agent/routing.py keeps_history) is not applied to it
+    unrelated = history[:2] + [{"role": "user", "content": "Who wrote Romeo and Juliet?"}]
+    http.post("/v1/chat/completions", json={"model": "kaizen", "messages": unrelated}).raise_for_status()
+    assert [m["content"] for m in engine.calls[-1]["messages"][-3:]] == \
+        [history[0]["content"], history[1]["content"], "Who wrote Romeo and Juliet?"]
+    [latest] = rows(api["db"], "select context_messages from messages where role='assistant' order by id desc limit 1")
+    assert latest["context_messages"] == 2
     # a client that edited the earlier answer: its text is stored as client history, the question follows it
     edited = [history[0], {"role": "assistant", "content": "My own words"}, history[2]]
     three = http.post("/v1/chat/completions", json={"model": "kaizen", "messages": edited}).json()

@@ -47,7 +47,8 @@ EXPECTED_TABLES = {
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     created TEXT NOT NULL
-, decoding TEXT, stopped INTEGER)""",  # m005: how the answer was decoded (JSON); m007: stopped by the user
+, decoding TEXT, stopped INTEGER, context_messages INTEGER)""",  # m005: how the answer was decoded (JSON);
+    # m007: stopped by the user; m008: how many earlier messages the model was given
     "ratings": """CREATE TABLE ratings (
     id INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL REFERENCES messages(id),
@@ -169,7 +170,8 @@ def test_blank_database_has_exactly_this_schema(tmp_path):
         assert conn.execute("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id").fetchall() == [
             ("kaizen", n) for n in
             ("m001_initial", "m002_rating_retraction", "m003_api", "m004_conversation_changes",
-                          "m005_answer_decoding", "m006_undos", "m007_stopped_answers")]
+                          "m005_answer_decoding", "m006_undos", "m007_stopped_answers",
+                          "m008_context_messages")]
         assert all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
                    for t in EXPECTED_TABLES if t != "_sqlite_migrations")
 

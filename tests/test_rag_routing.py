@@ -1,11 +1,12 @@
-"""Pure parts of RAG: the routing decision, reciprocal-rank fusion, the delimited reference block."""
+"""Pure parts of RAG: the routing decision, reciprocal-rank fusion, the delimited reference block; and whether a
+question is answered with the conversation before it."""
 from __future__ import annotations
 
 import pytest
 
 from agent.retrieval import FOOTER, HEADER, Hit, format_sources, rrf_fuse
-from agent.routing import (DEFAULT_MIN_SIMILARITY, MAX_FOLLOW_UP_WORDS, decide, follow_up_query, is_follow_up,
-                           relevant, with_hits)
+from agent.routing import (DEFAULT_MIN_SIMILARITY, MAX_FOLLOW_UP_WORDS, MIN_TOPIC_SIMILARITY, decide,
+                           follow_up_query, is_follow_up, keeps_history, refers_to_conversation, relevant, with_hits)
 
 
 def hit(sim, text="some text", file="a.txt", chunk=0, score=0.5):
@@ -152,3 +153,33 @@ def test_with_hits_appends_only_new_chunks_in_order():
     assert with_hits([a, b], [same_as_a]) == [a, b]
     assert with_hits([a], [c, b]) == [a, c, b]
     assert with_hits([], []) == []
+
+
+# ---------------------------------------------------------------------------------------------- the history given
+def test_a_change_of_subject_is_answered_without_the_conversation():
+    off_topic = MIN_TOPIC_SIMILARITY - 0.05  # its MiniLM similarity to the previous user message
+    assert not keeps_history("Write one sentence about the colour blue.", off_topic)
+    assert keeps_history("Write one sentence about the colour blue.", MIN_TOPIC_SIMILARITY)  # on the topic
+
+
+@pytest.mark.parametrize("question", [
+    "And when does it arrive?",  # a follow-up (agent/routing.py is_follow_up)
+    "Why?",
+    "Can you translate your reply into French please, with no English words at all in it?",
+    "Summarize our conversation so far in three short bullet points for my notes today.",
+    "What did I say earlier about the weather where I live in the north of the country?",
+    "Make the poem shorter.",
+    "Say that again in plain words.",
+])
+def test_follow_ups_and_questions_about_the_conversation_keep_it_whatever_their_topic(question):
+    assert keeps_history(question, similarity=-0.1)
+
+
+def test_when_the_similarity_is_unknown_the_history_is_kept():
+    assert keeps_history("Write one sentence about the colour blue.", None)
+
+
+@pytest.mark.parametrize("question", ["Who was the first person to walk on the Moon?",
+                                      "Write a haiku about autumn leaves.", "What is 12 times 12?"])
+def test_ordinary_questions_do_not_refer_to_the_conversation(question):
+    assert not refers_to_conversation(question)

@@ -40,3 +40,8 @@ def test_bad_values_are_clear_errors(monkeypatch):
         Settings.from_env()
     monkeypatch.setenv("KAIZEN_RETRIEVER", "convex")
     assert Settings.from_env().retriever == "convex"
+    monkeypatch.setenv("KAIZEN_HISTORY", "none")
+    with pytest.raises(ValueError, match="KAIZEN_HISTORY='none': use topic or all"):
+        Settings.from_env()
+    monkeypatch.setenv("KAIZEN_HISTORY", "all")
+    assert Settings.from_env().history == "all"

@@ -431,3 +431,18 @@ def test_a_reopened_conversation_brings_back_its_own_temperature_and_length_not_
     # a stored value past today's bounds is held within the sliders' range (Gradio refuses it otherwise)
     past = [{"role": "assistant", "decoding": {"temperature": 9.0, "max_new_tokens": 10**6, "seed": None}}]
     assert conversation_options(past, settings) == (1.5, 1024)
+
+
+def test_a_change_of_subject_is_answered_without_the_conversation_and_its_row_says_so(logic):
+    """agent/routing.py keeps_history with the real MiniLM similarities: the answer's stored row counts the earlier
+    messages the model was given, and the details say when it was none."""
+    uid = logic.user_id(None)
+    st = ask(logic, new_state(), uid, "When does the night train from Vienna to Rome leave?")
+    assert "conversation" not in logic.details(st, uid)  # a first question: nothing to give
+    st = ask(logic, st, uid, "Is there a dining car on the night train?")  # the same subject
+    assert "the 2 earlier messages" in logic.details(st, uid)
+    st = ask(logic, st, uid, "Who wrote Romeo and Juliet?")  # another subject
+    assert "conversation: not given (a new subject" in logic.details(st, uid)
+    st = ask(logic, st, uid, "And how long does it take?")  # a follow-up, whatever its words
+    rows = [r for r in logic.store.conversation(st["conversation"], uid) if r["role"] == "assistant"]
+    assert [r["context_messages"] for r in rows] == [0, 2, 0, 6]

@@ -335,6 +335,7 @@ class ChatLogic:
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                 decoding=answer_decoding(decoding, gen.max_new_tokens), stopped=gen.cancelled,
+                context_messages=reply.context_messages,
             )
         yield state
 
@@ -343,7 +344,7 @@ class ChatLogic:
         for i in range(len(state["shown"]) - 1, -1, -1):
             m = state["shown"][i]
             if m["role"] == "assistant" and m.get("id") is not None:
-                return details_text(self.store.message(m["id"], user_id), answer_name(state, i))
+                return details_text(self.store.message(m["id"], user_id), answer_name(state, i), earlier=i - 1)
         return details_text(None)
 
     # -- feedback ----------------------------------------------------------------------------------------

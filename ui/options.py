@@ -60,8 +60,9 @@ def conversation_options(shown: list[dict], settings) -> tuple[float, int]:
     return float(settings.temperature), int(settings.max_new_tokens)
 
 
-def details_text(row: dict | None, name: str = "the latest answer") -> str:
-    """Markdown: how an answer was made (its stored row): time, tokens, template, adapter, model, decoding."""
+def details_text(row: dict | None, name: str = "the latest answer", earlier: int = 0) -> str:
+    """Markdown: how an answer was made (its stored row): time, tokens, template, adapter, model, decoding, and how
+    much of the conversation the model was given (`earlier`: messages on screen before its question)."""
     if not row:
         return "No answer yet."
     dec = row.get("decoding") or {}
@@ -80,4 +81,9 @@ def details_text(row: dict | None, name: str = "the latest answer") -> str:
              f"- decoding: {how}"]
     if row.get("sources"):
         lines.append(f"- sources: {len(row['sources'])} passage{'s' if len(row['sources']) != 1 else ''}")
+    given = row.get("context_messages")
+    if given == 0 and earlier:
+        lines.append("- conversation: not given (a new subject: answered on its own)")
+    elif given:
+        lines.append(f"- conversation: the {given} earlier message{'s' * (given != 1)}")
     return "\n".join(lines)

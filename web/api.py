@@ -218,7 +218,7 @@ class KaizenAPI:
         started = time.perf_counter()
         reply = self.answerer.answer(req.history, req.question, template=req.template, rag=req.rag,
                                      adapter=adapter, stop=stop, max_new_tokens=req.max_tokens,
-                                     owner=user["name"], decoding=decoding)
+                                     owner=user["name"], decoding=decoding, whole_history=True)
         cid = schema.completion_id()
         emit("ready", {"id": cid, "sources": reply.sources, "conversation": conv})
         stored: dict = {}
@@ -256,7 +256,7 @@ class KaizenAPI:
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),
                     prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                     decoding=answer_decoding(decoding or self.answerer.decoding(), gen.max_new_tokens),
-                    stopped=gen.cancelled)
+                    stopped=gen.cancelled, context_messages=reply.context_messages)
                 api_store.record_completion(store, cid, message_id, uid)
         emit("done", {
             "id": cid, "text": gen.text, "finish": schema.finish_reason(gen.truncated),
