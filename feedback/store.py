@@ -283,9 +283,10 @@ class Store:
                   optional_number(completion_tokens, "completion_tokens", int))
         if stopped and role != "assistant":
             raise FeedbackError("only an answer can be stopped")
-        context_messages = optional_number(context_messages, "context_messages", int)
-        if context_messages is not None and (role != "assistant" or context_messages < 0):
-            raise FeedbackError("context_messages is a count of earlier messages, for an answer")
+        if context_messages is not None and (role != "assistant" or type(context_messages) is not int
+                                             or context_messages < 0):
+            raise FeedbackError(f"context_messages is a count of earlier messages, for an answer: got "
+                                f"{context_messages!r} for a {role} message")
         with self._write() as conn:
             self._owned_conversation(conn, conversation_id, user_id)
             if role == "system":

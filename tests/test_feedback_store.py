@@ -345,3 +345,15 @@ def test_retracting_a_thumb_is_an_appended_zero_that_wins(world):
         s.rate(w["a1"], w["alice"], 0)  # a retraction is `retract`, never a silent 0 from `rate`
     with pytest.raises(NotFoundError):
         s.retract(w["ba"], w["alice"])  # not hers
+
+
+def test_an_answer_records_how_much_of_the_conversation_the_model_was_given(world):
+    s, alice, ca = world["store"], world["alice"], world["ca"]
+    given = s.add_message(ca, "assistant", "On its own.", user_id=alice, context_messages=0)
+    assert s.message(given, alice)["context_messages"] == 0
+    assert s.message(world["a3"], alice)["context_messages"] is None  # not recorded
+    before = snapshot(world["path"])
+    for role, count in (("assistant", -1), ("assistant", "two"), ("assistant", 1.5), ("user", 2)):
+        with pytest.raises(FeedbackError):
+            s.add_message(ca, role, "x", user_id=alice, context_messages=count)
+    assert snapshot(world["path"]) == before
