@@ -340,11 +340,11 @@ def _text(turns) -> str:
 
 def relevance(prompts: list[str], answers: list[str]) -> list[float]:
     """Cosine of each prompt and its answer with the bundled MiniLM (an empty answer scores 0)."""
-    from agent.embeddings import Embedder
+    from agent.embeddings import Embedder, cosine
 
     emb = Embedder()
     pv, av = emb.embed(prompts), emb.embed([a or " " for a in answers])
-    return [sum(x * y for x, y in zip(p, q)) if a.strip() else 0.0 for p, q, a in zip(pv, av, answers)]
+    return [cosine(p, q) if a.strip() else 0.0 for p, q, a in zip(pv, av, answers)]
 
 
 def evaluate(settings: Settings, data_dir: str | Path, policies: dict[str, str | None],

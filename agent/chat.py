@@ -118,13 +118,13 @@ class Answerer:
         subject (agent/routing.py `keeps_history`, measured by its MiniLM similarity to the previous user message).
         KAIZEN_HISTORY=all keeps it always. Stored rows keep the conversation either way: a correction or a vote on
         such an answer says what to answer after that conversation, which is what training should learn."""
+        from agent.embeddings import cosine
         from agent.routing import keeps_history, previous_question
 
         before = previous_question(history)
         if before is None or self.settings.history == "all":
             return history or []
-        a, b = self.embedder.embed([before, question])
-        return history if keeps_history(question, sum(x * y for x, y in zip(a, b))) else []
+        return history if keeps_history(question, lambda: cosine(*self.embedder.embed([before, question]))) else []
 
     @property
     def embedder(self):

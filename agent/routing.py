@@ -16,6 +16,7 @@ either way). Some "off-topic" prompts are general-knowledge questions a Wikipedi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 MODES = ("auto", "on", "off")
 DEFAULT_MIN_SIMILARITY = 0.38
@@ -142,9 +143,12 @@ def refers_to_conversation(question: str) -> bool:
     return any(w in CONVERSATION_WORDS for w in _WORD.findall((question or "").lower()))
 
 
-def keeps_history(question: str, similarity: float | None, min_similarity: float = MIN_TOPIC_SIMILARITY) -> bool:
-    """Whether `question` is answered with the conversation so far. `similarity`: the cosine between it and the
-    previous user message (None when it could not be measured: the history is kept). Pure."""
-    if similarity is None or is_follow_up(question) or refers_to_conversation(question):
+def keeps_history(question: str, similarity: Callable[[], float | None],
+                  min_similarity: float = MIN_TOPIC_SIMILARITY) -> bool:
+    """Whether `question` is answered with the conversation so far. `similarity()`: the cosine between it and the
+    previous user message, asked for only when the words do not decide (None: it could not be measured, and the
+    history is kept). Pure but for what `similarity` does."""
+    if is_follow_up(question) or refers_to_conversation(question):
         return True
-    return similarity >= min_similarity
+    measured = similarity()
+    return measured is None or measured >= min_similarity

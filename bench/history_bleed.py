@@ -38,7 +38,8 @@ from system_prompts import TREES, lottery_prompts, no_trees  # noqa: E402
 
 from adapters.collapse import loop_rate  # noqa: E402
 from adapters.evaluate import sequence_logps  # noqa: E402
-from agent.routing import is_follow_up  # noqa: E402
+from agent.embeddings import cosine  # noqa: E402
+from agent.routing import is_follow_up, previous_question  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 from feedback.replay import ROLES, read_trees  # noqa: E402
 
@@ -85,10 +86,6 @@ def keep(history: list[dict], policy: str) -> list[dict]:
     if policy == "last":
         return history[-2:]
     return []
-
-
-def cosine(a, b) -> float:
-    return sum(x * y for x, y in zip(a, b))  # MiniLM's embeddings are normalised
 
 
 def subject_changes(engine, template, trees, prompts, tokens, decoding, embedder, kept_by_app) -> dict:
@@ -173,7 +170,7 @@ def real_follow_ups(trees, template, model, tok, kept_by_app) -> dict:
 
 def previous_turn_similarity(embedder, cases) -> list[float]:
     """Cosine between each new question and the user turn before it ((history, question) cases)."""
-    before = embedder.embed([[m["content"] for m in h if m["role"] == "user"][-1] for h, _ in cases])
+    before = embedder.embed([previous_question(h) for h, _ in cases])
     return [cosine(a, b) for a, b in zip(before, embedder.embed([q for _, q in cases]))]
 
 

@@ -77,6 +77,14 @@ def optional_number(value, what: str, cast):
     return cast(value)
 
 
+def optional_count(value, what: str, role: str) -> int | None:
+    """A whole non-negative count that only an answer carries (e.g. `context_messages`), or None."""
+    if value is not None and (role != "assistant" or type(value) is not int or value < 0):
+        raise FeedbackError(f"{what} is a count of earlier messages, for an answer: got {value!r} for a {role} "
+                            "message")
+    return value
+
+
 def json_default(o):
     if hasattr(o, "item"):  # numpy scalars
         return o.item()

@@ -32,7 +32,7 @@ from agent.files import now_iso
 from feedback import migrations
 from feedback.checks import (MAX_META_CHARS, STORE_FULL, FeedbackError, NotFoundError,  # noqa: F401 (re-exported)
                              StoreFullError, check_decoding, check_id, check_text, is_disk_full, json_default, normalize_since,
-                             optional_number, optional_text)
+                             optional_count, optional_number, optional_text)
 from feedback.curate import normalize_text
 from feedback.locking import Checkpointer, lock_for
 
@@ -283,10 +283,7 @@ class Store:
                   optional_number(completion_tokens, "completion_tokens", int))
         if stopped and role != "assistant":
             raise FeedbackError("only an answer can be stopped")
-        if context_messages is not None and (role != "assistant" or type(context_messages) is not int
-                                             or context_messages < 0):
-            raise FeedbackError(f"context_messages is a count of earlier messages, for an answer: got "
-                                f"{context_messages!r} for a {role} message")
+        context_messages = optional_count(context_messages, "context_messages", role)
         with self._write() as conn:
             self._owned_conversation(conn, conversation_id, user_id)
             if role == "system":

@@ -158,8 +158,8 @@ def test_with_hits_appends_only_new_chunks_in_order():
 # ---------------------------------------------------------------------------------------------- the history given
 def test_a_change_of_subject_is_answered_without_the_conversation():
     off_topic = MIN_TOPIC_SIMILARITY - 0.05  # its MiniLM similarity to the previous user message
-    assert not keeps_history("Write one sentence about the colour blue.", off_topic)
-    assert keeps_history("Write one sentence about the colour blue.", MIN_TOPIC_SIMILARITY)  # on the topic
+    assert not keeps_history("Write one sentence about the colour blue.", lambda: off_topic)
+    assert keeps_history("Write one sentence about the colour blue.", lambda: MIN_TOPIC_SIMILARITY)  # on the topic
 
 
 @pytest.mark.parametrize("question", [
@@ -172,11 +172,12 @@ def test_a_change_of_subject_is_answered_without_the_conversation():
     "Say that again in plain words.",
 ])
 def test_follow_ups_and_questions_about_the_conversation_keep_it_whatever_their_topic(question):
-    assert keeps_history(question, similarity=-0.1)
+    assert keeps_history(question, similarity=lambda: -0.1)
+    assert keeps_history(question, similarity=lambda: pytest.fail("the words decide: nothing to embed"))
 
 
 def test_when_the_similarity_is_unknown_the_history_is_kept():
-    assert keeps_history("Write one sentence about the colour blue.", None)
+    assert keeps_history("Write one sentence about the colour blue.", lambda: None)
 
 
 @pytest.mark.parametrize("question", ["Who was the first person to walk on the Moon?",
