@@ -1,21 +1,20 @@
 """`make space`: assemble a deployable Hugging Face Space folder (python -m spaces.build OUT)."""
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
+# The image runs the project's `make install` (spaces/Dockerfile): the Makefile and scripts/ (the llama.cpp build
+# and its patches) come too.
 PROJECT = ["agent", "adapters", "feedback", "lab", "ui", "web", "cli", "scripts", "app.py", "kaizen_chat.py",
-           "pyproject.toml"]  # scripts: the llama.cpp patch agent/llama_build.py checks a build against
-BUNDLE = ["README.md", "requirements.txt", "space_app.py"]
+           "pyproject.toml", "Makefile"]
+BUNDLE = ["README.md", "Dockerfile", "space_app.py"]
 
 
 def build(out: str | Path) -> Path:
-    import gradio
-
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -29,9 +28,6 @@ def build(out: str | Path) -> Path:
             shutil.copy2(src, out / name)
     for name in BUNDLE:
         shutil.copy2(HERE / name, out / name)
-    readme = out / "README.md"
-    text = re.sub(r"(?m)^sdk_version: .*$", f"sdk_version: {gradio.__version__}", readme.read_text())
-    readme.write_text(text)
     return out
 
 

