@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -46,6 +47,7 @@ from adapters.trainers import (DATA_FILE, check_rows, cpu_has_bf16, kto_weights,
 MARK = "@@kaizen "  # prefix of the child's progress lines on stdout (anything else there is library chatter)
 ROOT = Path(__file__).resolve().parents[1]
 Progress = Callable[[dict], None]
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -173,6 +175,26 @@ def settings_env(settings: Settings) -> dict:
     return env
 
 
+def background(pid: int, niceness: int) -> None:
+    """Lower the CPU priority of a just-started child (training, evaluation, the lab) by `niceness`, so that on a
+    machine's few cores the chat goes first while the app learns: beside a training run at the same priority,
+    llama.cpp decoded at 4% of its idle speed (bench/chat_while_training.py). Two knobs, because Linux's
+    autogroups (kernel.sched_autogroup_enabled, on by default in many kernels) share the CPU between sessions first
+    and apply a process's nice only within its session: the child's own niceness and, when it leads a session of
+    its own (start_new_session), that session's (/proc/PID/autogroup). Called right after the child's exec, before
+    it imports torch: the threads it starts inherit the value. Raising niceness needs no privilege; where it is
+    refused anyway the child runs as it is."""
+    if niceness <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + niceness))
+        group = Path(f"/proc/{pid}/autogroup")
+        if os.getsid(pid) == pid and group.exists():  # its own session, so its own autogroup: only it and its children
+            group.write_text(str(min(19, niceness)))
+    except OSError as e:  # the child already gone, or a system without these
+        log.warning("could not lower the priority of process %s: %s", pid, e)
+
+
 def run_module(module: str, argv: list[str], settings: Settings, log_path: Path,
                progress: Progress | None = None, timeout: float | None = None,
                stop: threading.Event | None = None) -> dict:
@@ -188,6 +210,7 @@ def run_module(module: str, argv: list[str], settings: Settings, log_path: Path,
         proc = subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
                                 stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
                                 start_new_session=True)
+        background(proc.pid, settings.background_nice)
         say = progress or (lambda e: None)
         done: dict = {}
         failure: list[str] = []

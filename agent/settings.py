@@ -80,6 +80,10 @@ class Settings:
     adapt_hours: float = 24.0  # ... or this many hours since the last run (when any event is new)
     adapt_watch: bool = False  # start the background scheduler inside the app
     train_precision: str = "auto"  # auto | bf16 | fp32; auto: bf16 on CUDA, and bf16 autocast on CPUs with native bf16
+    # added to the niceness of training, evaluation and lab processes (0-19; 0: none), so on a machine's few cores
+    # the chat goes first while the app learns (bench/chat_while_training.py: at 0, llama.cpp decoded at 3% of its
+    # idle speed beside a training run; at 19, 85%)
+    background_nice: int = 19
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -103,6 +107,8 @@ class Settings:
             raise ValueError("KAIZEN_RETRY_TEMPERATURE must be > 0 and KAIZEN_RETRY_ATTEMPTS >= 1")
         if s.max_new_tokens < 1 or s.threads < 1 or s.parallel < 1:
             raise ValueError("KAIZEN_MAX_NEW_TOKENS, KAIZEN_THREADS and KAIZEN_PARALLEL must be >= 1")
+        if not 0 <= s.background_nice <= 19:
+            raise ValueError(f"KAIZEN_BACKGROUND_NICE={s.background_nice}: use 0 (none) to 19 (the lowest priority)")
         if s.user_max_generations < 0:
             raise ValueError("KAIZEN_USER_MAX_GENERATIONS must be >= 0 (0: no limit)")
         if s.engine not in ("auto", "llamacpp", "transformers", "openai"):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -86,8 +88,20 @@ def test_preference_task_scores_adapters_against_the_base(tmp_path, base_model_d
     assert dpo["train_steps"] == 1 and dpo["trainable_params"] > 0
 
 
+def processes() -> list[tuple[int, str]]:
+    """(pid, command line) of the processes running now."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            out.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+        except (ValueError, OSError):
+            continue
+    return out
+
+
 def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, shared_data, monkeypatch):
-    """The Lab tab's Run handler: `kaizen lab` in a child process, progress streamed, the report shown."""
+    """The Lab tab's Run handler: `kaizen lab` in a child process (at a lower priority than the chat, in a session of
+    its own), progress streamed, the report shown."""
     import gradio as gr
 
     from ui.lab import build_lab_tab, past_reports
@@ -95,7 +109,17 @@ def test_lab_tab_runs_the_lab_in_a_child_process(tmp_path, base_model_dir, share
     settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
     with gr.Blocks():
         tab = build_lab_tab(settings)
-    updates = list(tab.on_run("squad", ["base"], 1, 1))
+    updates, seen = [], {}
+    for update in tab.on_run("squad", ["base"], 1, 1):
+        updates.append(update)
+        if update[0].startswith("Running:") and not seen:  # the child is there: how it was started
+            [pid] = [pid for pid, cmd in processes() if str(tmp_path) in cmd]
+            seen = {"nice": os.getpriority(os.PRIO_PROCESS, pid), "session": os.getsid(pid) == pid,
+                    "autogroup": (Path(f"/proc/{pid}/autogroup").read_text().split()[-1]
+                                  if Path(f"/proc/{pid}/autogroup").exists() else None)}
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen["nice"] == min(19, own + settings.background_nice) and seen["session"], seen
+    assert seen["autogroup"] in (None, str(settings.background_nice)), seen
     status, verdict, table, plots, files, previous = updates[-1]
     assert any(u[0].startswith("Running:") for u in updates[:-1])
     assert status == "Done.", status

@@ -45,3 +45,10 @@ def test_bad_values_are_clear_errors(monkeypatch):
         Settings.from_env()
     monkeypatch.setenv("KAIZEN_HISTORY", "all")
     assert Settings.from_env().history == "all"
+    assert Settings.from_env().background_nice == 19  # training yields the CPU to the chat by default
+    for bad in ("20", "-1"):
+        monkeypatch.setenv("KAIZEN_BACKGROUND_NICE", bad)
+        with pytest.raises(ValueError, match=f"KAIZEN_BACKGROUND_NICE={bad}: use 0"):
+            Settings.from_env()
+    monkeypatch.setenv("KAIZEN_BACKGROUND_NICE", "0")
+    assert Settings.from_env().background_nice == 0

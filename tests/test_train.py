@@ -3,6 +3,7 @@ the real tokenizer, the child-process runner, and one slow SFT run on the real d
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -280,6 +281,22 @@ def test_run_training_in_a_child_process_streams_progress(tiny_base, data, tmp_p
     assert m["steps"] == 2 and (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "out" / "recipe.json").read_text())["max_steps"] == 2
     assert (tmp_path / "out" / "train.log").exists()
+
+
+def test_background_children_run_at_a_lower_priority_and_so_do_their_threads(tmp_path):
+    """Training, evaluation and the lab yield the CPU to the chat: `run_module`'s child, and a thread it starts (as
+    torch starts its own), run at this process's niceness + KAIZEN_BACKGROUND_NICE, and so does the child's session
+    where Linux shares the CPU between sessions first (autogroups: without it, a nice child in a session of its own
+    takes half the cores from llama-server all the same); 0 leaves them as they are."""
+    from agent.settings import Settings
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for extra in (10, 0):
+        done = T.run_module("tests.niceness_child", [], Settings(data_dir=tmp_path, background_nice=extra),
+                            tmp_path / "child.log", timeout=120)
+        assert done["process"] == done["thread"] == min(19, own + extra), (extra, done)
+        if done["autogroup"] is not None:  # a kernel with autogroups (this machine's has them)
+            assert done["autogroup"] == str(extra), (extra, done)
 
 
 def test_child_settings_use_absolute_paths(tmp_path, monkeypatch):
