@@ -1,5 +1,9 @@
 """Parity: does the GGUF LoRA that llama.cpp serves reproduce the peft adapter that passed the gate?
 
+A promotion measures it out of process (`measure_apart`, `python -m adapters.parity`), like training and evaluation:
+llama.cpp's C code cannot take the app down with it, a hung check times out, and the child runs at the background
+priority, so the chat does not crawl while a version is promoted.
+
 Both read the same answers teacher-forced (the transformers fp32 + peft reference answers a few fixed prompts
 greedily; then each model scores every answer token given the prompt and the answer so far). Figures: top-1
 agreement and mean KL(reference || llama.cpp) over the answer positions. Measured on the default model (Q4_1 base +
@@ -7,6 +11,8 @@ f16 LoRA vs fp32 + peft): top-1 96-99%, KL 0.002-0.004; the floors leave room fo
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +96,35 @@ def measure(base_folder: Path, adapter_folder: Path, gguf_base: Path, gguf_lora:
     finally:
         llm.close()
     return compare(np.concatenate(refs), np.concatenate(served))
+
+
+def measure_apart(settings, base_folder: Path, adapter_folder: Path, gguf_base: Path, gguf_lora: Path,
+                  log_path: Path, timeout: float = 900) -> dict:
+    """`measure` in a child process at the background priority (adapters.train.run_module). Raises
+    adapters.train.TrainingError when the child fails, is killed or runs past `timeout` seconds."""
+    from adapters.train import run_module
+
+    argv = ["--base", str(base_folder), "--adapter", str(adapter_folder), "--gguf-base", str(gguf_base),
+            "--gguf-lora", str(gguf_lora), "--threads", str(settings.threads)]
+    return run_module("adapters.parity", argv, settings, Path(log_path), timeout=timeout)["figures"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adapters.train import emit
+
+    p = argparse.ArgumentParser(prog="python -m adapters.parity",
+                                description="Teacher-forced parity of a GGUF LoRA with its peft adapter (JSON).")
+    p.add_argument("--base", required=True, help="the base model's folder (transformers)")
+    p.add_argument("--adapter", required=True, help="the peft adapter's folder")
+    p.add_argument("--gguf-base", required=True, help="the GGUF base llama.cpp serves")
+    p.add_argument("--gguf-lora", required=True, help="the adapter's GGUF LoRA")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    figures = measure(Path(args.base), Path(args.adapter), Path(args.gguf_base), Path(args.gguf_lora),
+                      threads=args.threads)
+    emit({"event": "done", "figures": figures})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -346,9 +346,9 @@ def parity_gate(settings: Settings, registry, version: str) -> tuple[bool, list[
         return True, []
     folder = Path(meta["folder"])
     try:
-        figures = parity.measure(Path(resolve_base(settings.base_model, settings.models_dir)), folder,
-                                 base_gguf(settings.base_model, settings.models_dir, settings.llama_quant), folder / gguf,
-                                 threads=settings.threads)
+        figures = parity.measure_apart(settings, Path(resolve_base(settings.base_model, settings.models_dir)), folder,
+                                       base_gguf(settings.base_model, settings.models_dir, settings.llama_quant),
+                                       folder / gguf, folder / "parity.log")
     except Exception as e:  # a check that cannot run does not promote
         log.exception("parity check of %s failed", version)
         return False, [f"llama.cpp parity could not be measured: {e}"]

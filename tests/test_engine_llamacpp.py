@@ -337,6 +337,27 @@ def test_parity_check_passes_the_converted_lora_and_catches_a_wrong_one(base_mod
     assert not ok and "parity" in reasons[0], wrong  # another adapter's GGUF does not pass for this one
 
 
+def test_a_promotion_measures_parity_in_a_child_that_cannot_take_the_app_down(base_model_dir, loras, tmp_path):
+    """`measure_apart` (what a promotion runs): the same figures from a child process at the background priority;
+    a torn GGUF LoRA (llama.cpp loads it, then dies with SIGSEGV at the first token) kills the child, not this
+    process: an error in words, with the child's log."""
+    from adapters import parity
+    from adapters.train import TrainingError
+    from agent.lora_gguf import ensure_lora_gguf
+    from agent.model import bundled_gguf
+    from agent.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir))
+    a = ensure_lora_gguf(loras["v0001-a"], base_model_dir)
+    figures = parity.measure_apart(settings, base_model_dir, loras["v0001-a"], bundled_gguf(), a, tmp_path / "p.log")
+    assert parity.verdict(figures)[0] and figures["positions"] >= 60, figures
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(a.read_bytes()[: 4096])  # a torn copy: the header, no tensors
+    with pytest.raises(TrainingError, match="adapters.parity failed"):
+        parity.measure_apart(settings, base_model_dir, loras["v0001-a"], bundled_gguf(), broken, tmp_path / "b.log")
+    assert (tmp_path / "b.log").read_text()  # the child's own words are kept
+
+
 def test_a_killed_app_leaves_no_llama_server_behind(tmp_path):
     """The app is killed with SIGKILL, its llama-server started from a thread that blocks SIGTERM (as server
     threads may): the server must not inherit the blocked signal, and it dies with the app."""
