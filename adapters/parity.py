@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters.regression import GENERAL, OPEN
+from agent.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def measure(base_folder: Path, adapter_folder: Path, gguf_base: Path, gguf_lora:
     return compare(np.concatenate(refs), np.concatenate(served))
 
 
-def measure_apart(settings, base_folder: Path, adapter_folder: Path, gguf_base: Path, gguf_lora: Path,
+def measure_apart(settings: Settings, base_folder: Path, adapter_folder: Path, gguf_base: Path, gguf_lora: Path,
                   log_path: Path, timeout: float = 900) -> dict:
     """`measure` in a child process at the background priority (adapters.train.run_module). Raises
     adapters.train.TrainingError when the child fails, is killed or runs past `timeout` seconds."""

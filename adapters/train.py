@@ -178,7 +178,7 @@ def settings_env(settings: Settings) -> dict:
 def background(pid: int, niceness: int) -> None:
     """Lower the CPU priority of a just-started child (training, evaluation, the lab) by `niceness`, so that on a
     machine's few cores the chat goes first while the app learns: beside a training run at the same priority,
-    llama.cpp decoded at 4% of its idle speed (bench/chat_while_training.py). Two knobs, because Linux's
+    llama.cpp decoded at 3% of its idle speed (bench/chat_while_training.py). Two knobs, because Linux's
     autogroups (kernel.sched_autogroup_enabled, on by default in many kernels) share the CPU between sessions first
     and apply a process's nice only within its session: the child's own niceness and, when it leads a session of
     its own (start_new_session), that session's (/proc/PID/autogroup). Called right after the child's exec, before
