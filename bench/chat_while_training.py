@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat_speed import engine_once, med  # noqa: E402
+from chat_speed import engine_once, med, pct  # noqa: E402
 from system_prompts import TREES, lottery_prompts  # noqa: E402
 
 from agent.offline import silence  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
            "new_tokens": args.new_tokens, "threads": args.threads, "conditions": {}}
     for name, rows in results.items():
         ttft, decode = med(rows, "ttft_s"), med(rows, "decode_tok_s")
-        cond = {"ttft_s": ttft, "ttft_p95_s": round(sorted(r["ttft_s"] for r in rows)[int(0.95 * (len(rows) - 1))], 3),
+        cond = {"ttft_s": ttft, "ttft_p95_s": pct([r["ttft_s"] for r in rows], 0.95),
                 "decode_tok_s": decode, "answers": len(rows),
                 "ttft_vs_idle": round(ttft / idle_ttft, 2), "decode_vs_idle": round(decode / idle_decode, 2)}
         if name in training:
