@@ -37,6 +37,7 @@ from typing import Callable
 
 from agent import offline
 from agent.files import write_json
+from agent.priority import background
 from agent.settings import Settings
 from adapters.config import METHODS, Recipe, check_method, load_recipe, recipe_from_dict
 from adapters.trainers import (DATA_FILE, check_rows, cpu_has_bf16, kto_weights, load_rows,  # noqa: F401
@@ -173,26 +174,6 @@ def settings_env(settings: Settings) -> dict:
             value = Path(value).resolve()  # the child sees the same folders whatever its working directory
         env["KAIZEN_" + f.name.upper()] = str(value)
     return env
-
-
-def background(pid: int, niceness: int) -> None:
-    """Lower the CPU priority of a just-started child (training, evaluation, the lab) by `niceness`, so that on a
-    machine's few cores the chat goes first while the app learns: beside a training run at the same priority,
-    llama.cpp decoded at 3% of its idle speed (bench/chat_while_training.py). Two knobs, because Linux's
-    autogroups (kernel.sched_autogroup_enabled, on by default in many kernels) share the CPU between sessions first
-    and apply a process's nice only within its session: the child's own niceness and, when it leads a session of
-    its own (start_new_session), that session's (/proc/PID/autogroup). Called right after the child's exec, before
-    it imports torch: the threads it starts inherit the value. Raising niceness needs no privilege; where it is
-    refused anyway the child runs as it is."""
-    if niceness <= 0:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + niceness))
-        group = Path(f"/proc/{pid}/autogroup")
-        if os.getsid(pid) == pid and group.exists():  # its own session, so its own autogroup: only it and its children
-            group.write_text(str(min(19, niceness)))
-    except OSError as e:  # the child already gone, or a system without these
-        log.warning("could not lower the priority of process %s: %s", pid, e)
 
 
 def run_module(module: str, argv: list[str], settings: Settings, log_path: Path,

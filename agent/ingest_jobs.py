@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from agent.priority import lower_this_thread
+
 log = logging.getLogger("kaizen.ingest")
 
 
@@ -60,9 +62,12 @@ class Job:
 class IngestJobs:
     """At most one running job per owner; the last job of each owner is kept (its outcome) until the next one."""
 
-    def __init__(self):
+    def __init__(self, niceness: int = 0):
+        """`niceness`: added to each job thread's (KAIZEN_BACKGROUND_NICE in the app): embedding an upload yields
+        the CPU to llama-server's answers (bench/chat_while_ingesting.py)."""
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self.niceness = niceness
 
     def start(self, owner: str, label: str, work: Callable[[Callable], str]) -> Job:
         """Run `work(progress)` (it returns the outcome in words) in a thread as `owner`'s job. BusyError while
@@ -74,11 +79,12 @@ class IngestJobs:
                                 f"{current.fraction:.0%}): wait for it to finish, then upload again. Nothing was "
                                 "stored.")
             job = self._jobs[owner] = Job(owner, label)
-        threading.Thread(target=self._run, args=(job, work), name="kaizen-ingest", daemon=True).start()
+        threading.Thread(target=self._run, args=(job, work, self.niceness), name="kaizen-ingest", daemon=True).start()
         return job
 
     @staticmethod
-    def _run(job: Job, work: Callable[[Callable], str]) -> None:
+    def _run(job: Job, work: Callable[[Callable], str], niceness: int = 0) -> None:
+        lower_this_thread(niceness)  # before the work's torch calls: the threads they start inherit it
         try:
             job.message = work(job.progress)
             job.progress(1.0, "done")

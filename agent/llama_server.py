@@ -41,8 +41,10 @@ _RUNNING: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
 
 def _die_with_parent() -> None:
     """In the child before exec: no signal blocked (a mask inherited from a server thread that blocks SIGTERM would
-    make llama-server deaf to it), and killed when the spawning thread, i.e. the app, is gone."""
+    make llama-server deaf to it), a process group of its own (a terminal's Ctrl-C is the app's to handle), and
+    killed when the spawning thread, i.e. the app, is gone."""
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.setpgid(0, 0)
     if _PRCTL is not None:
         _PRCTL(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
@@ -88,9 +90,10 @@ class ServerProcess:
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
         env = llama_build.server_env(Path(self.cmd[0]).parent, dict(os.environ))
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
+        try:  # in the app's session (not start_new_session): in a session of its own it would take half the CPU
+            # from the app's lowered background threads, whatever their nice (agent/priority.py: autogroups)
             self.proc = _SPAWN.submit(subprocess.Popen, self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True, preexec_fn=_die_with_parent).result()
+                                      preexec_fn=_die_with_parent).result()
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()  # the child holds its own copy

@@ -43,6 +43,25 @@ def training_rows(limit: int = 48) -> list[dict]:
             for p, a in oasst_first_turns(trees)[:limit]]
 
 
+def chat_beside_args(doc: str, questions: int, nice: str) -> argparse.ArgumentParser:
+    """The arguments of the benches that chat beside background work (this one, chat_while_ingesting.py)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--data-dir", help="the app's data dir (its converted model is reused)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--questions", type=int, default=questions)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--nice", default=nice, help="the background work's added niceness, each a condition")
+    return ap
+
+
+def condition(rows: list[dict], idle_ttft: float, idle_decode: float) -> dict:
+    """One condition's answers: median and p95 first token, median decode, each against the idle chat's."""
+    ttft, decode = med(rows, "ttft_s"), med(rows, "decode_tok_s")
+    return {"ttft_s": ttft, "ttft_p95_s": pct([r["ttft_s"] for r in rows], 0.95), "decode_tok_s": decode,
+            "answers": len(rows), "ttft_vs_idle": round(ttft / idle_ttft, 2),
+            "decode_vs_idle": round(decode / idle_decode, 2)}
+
+
 def chat(engine, questions: list[str], new_tokens: int) -> list[dict]:
     return [engine_once(engine, [{"role": "user", "content": q}], new_tokens) for q in questions]
 
@@ -84,12 +103,7 @@ def while_training(engine, settings: Settings, data: Path, work: Path, questions
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", help="the app's data dir (its converted model is reused)")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--questions", type=int, default=6)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--nice", default="0,10,19", help="the training child's added niceness, each a condition")
+    ap = chat_beside_args(__doc__, questions=6, nice="0,10,19")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -125,10 +139,7 @@ def main() -> None:
     out = {"bench": "chat_while_training", "rounds": args.rounds, "questions": args.questions,
            "new_tokens": args.new_tokens, "threads": args.threads, "conditions": {}}
     for name, rows in results.items():
-        ttft, decode = med(rows, "ttft_s"), med(rows, "decode_tok_s")
-        cond = {"ttft_s": ttft, "ttft_p95_s": pct([r["ttft_s"] for r in rows], 0.95),
-                "decode_tok_s": decode, "answers": len(rows),
-                "ttft_vs_idle": round(ttft / idle_ttft, 2), "decode_vs_idle": round(decode / idle_decode, 2)}
+        cond = condition(rows, idle_ttft, idle_decode)
         if name in training:
             per = [t["s_per_step"] for t in training[name] if t["s_per_step"]]
             cond["training_s_per_step"] = round(statistics.median(per), 2) if per else None

@@ -1,8 +1,10 @@
 """A big upload in Chromium, as a person would do it: it is indexed in a background job, so reloading the page in
 the middle loses nothing (the Documents tab shows the job's progress, then its outcome), and the chat answers while
 it runs. The document is real text (SQuAD 2.0 dev passages, ~900 chunks) on the real embedder and Chroma store."""
+import contextlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,15 @@ def squad_text(shared_data, max_chars: int) -> str:
     return "\n\n".join(parts)
 
 
+def thread_nices(pid: int) -> list[int]:
+    """The nice value of each of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    nices = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            nices.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return nices
+
+
 def status(page) -> str:
     return page.inner_text("#docs-status")
 
@@ -40,6 +51,9 @@ def test_a_big_upload_survives_a_reload_shows_its_progress_and_the_chat_answers_
     page.wait_for_function("document.querySelector('#docs-status')?.innerText.includes('in the background')",
                            timeout=60_000)
     assert "Indexing squad-passages.txt" in status(page) and "%" in status(page)
+    # the job (and the torch threads it started) runs below the app, at KAIZEN_BACKGROUND_NICE (19): the answers
+    # go first (agent/priority.py)
+    assert 19 in thread_nices(app_server["proc"].pid), thread_nices(app_server["proc"].pid)
     page.screenshot(path=str(tmp_path / "upload-progress-after-reload.png"), full_page=True)
 
     page.get_by_role("tab", name="Chat").click()  # the chat answers while the upload is indexed

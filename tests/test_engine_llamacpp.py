@@ -306,6 +306,8 @@ def test_the_openai_backend_against_a_real_llama_server_selects_adapters_by_name
     server = LlamaServer(bundled_gguf(), parallel=2, threads=2)
     proc = server.ensure({n: f / "lora.gguf" for n, f in loras.items()})  # "a llama-server you run yourself"
     try:
+        pid = proc.proc.pid  # in the app's session, so the app's lowered background threads yield to it
+        assert os.getsid(pid) == os.getsid(0) and os.getpgid(pid) == pid, "llama-server must stay in the app's session"
         base = dict(data_dir=tmp_path / "d", base_model=str(base_model_dir), engine="openai", engine_url=proc.url)
         llama = open_engine(Settings(**base, engine_dialect="llama"))
         for name, folder in loras.items():

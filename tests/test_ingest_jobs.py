@@ -1,5 +1,6 @@
 """Upload jobs (agent/ingest_jobs.py): the work runs in its own thread, one job a user at a time, progress never
 goes back, a failure is an outcome in words, and each user sees only their own job. Pure: real threads, no model."""
+import os
 import threading
 
 import pytest
@@ -56,3 +57,27 @@ def test_a_failing_job_is_an_outcome_in_words_and_frees_the_user():
     st = jobs.status("user:1")
     assert st["failed"] and not st["running"] and "disk full" in st["message"] and "refused" in st["message"]
     assert jobs.start("user:1", "y.txt", lambda p: "ok").wait(5)
+
+
+def test_a_job_runs_below_the_app_and_the_threads_it_starts_inherit_it():
+    """The app's jobs run at KAIZEN_BACKGROUND_NICE more than the app (agent/priority.py), and so do the threads
+    their work starts (torch's): embedding an upload yields the CPU to llama-server's answers
+    (bench/chat_while_ingesting.py: decode 0.05x idle beside a job at +0, 0.84x beside one at +19)."""
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine, seen = nice(), {}
+
+    def work(progress):
+        seen["job"] = nice()
+        worker = threading.Thread(target=lambda: seen.setdefault("started by it", nice()))
+        worker.start()
+        worker.join()
+        return "ok"
+
+    assert IngestJobs(niceness=5).start("user:1", "a.txt", work).wait(5)
+    assert seen == {"job": min(19, mine + 5), "started by it": min(19, mine + 5)}, (mine, seen)
+    assert nice() == mine  # the app's own threads keep their priority
+    seen.clear()
+    assert IngestJobs().start("user:1", "a.txt", work).wait(5)  # niceness 0: as the app
+    assert seen == {"job": mine, "started by it": mine}

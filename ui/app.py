@@ -12,6 +12,7 @@ import gradio as gr
 from adapters import ab
 from agent.chat import RAG_MODES
 from agent.engine import describe
+from agent.ingest_jobs import IngestJobs
 from agent.settings import Settings
 from ui.adapters import build_adapters_tab
 from ui.authz import Authz
@@ -439,7 +440,8 @@ def build_ui(services) -> gr.Blocks:
         # -- other tabs -------------------------------------------------------------------------------------
         if answerer.kb is not None:
             with gr.Tab("Documents"):
-                build_docs_tab(answerer.kb, authz=authz)
+                # an upload's embedding yields the CPU to the answers (agent/priority.py)
+                build_docs_tab(answerer.kb, authz=authz, jobs=IngestJobs(niceness=settings.background_nice))
         with gr.Tab("Feedback"):
             build_feedback_tab(store, lambda request=None: uid(request))
         # Gradio 6 cannot hide a shown tab (an update to visible=False leaves its button there), so with logins

@@ -198,7 +198,7 @@ def build_lab_tab(settings: Settings, authz=None) -> LabTab:
             out.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(cmd, cwd=ROOT, env=lab_env(settings), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
-            from adapters.train import background
+            from agent.priority import background
 
             background(proc.pid, settings.background_nice)  # the chat goes first while the lab trains
             procs[key] = proc
