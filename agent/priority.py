@@ -19,6 +19,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def _add_nice(task: int, niceness: int) -> None:
+    """`niceness` more for a process's main thread or a thread (Linux: PRIO_PROCESS names a task), 19 at most."""
+    os.setpriority(os.PRIO_PROCESS, task, min(19, os.getpriority(os.PRIO_PROCESS, task) + niceness))
+
+
 def background(pid: int, niceness: int) -> None:
     """Lower the CPU priority of a just-started child (training, evaluation, the lab) by `niceness`: beside a
     training run at the same priority llama.cpp decoded at 3% of its idle speed (bench/chat_while_training.py).
@@ -27,7 +32,7 @@ def background(pid: int, niceness: int) -> None:
     if niceness <= 0:
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + niceness))
+        _add_nice(pid, niceness)
         group = Path(f"/proc/{pid}/autogroup")
         if os.getsid(pid) == pid and group.exists():  # its own session, so its own autogroup: only it and its children
             group.write_text(str(min(19, niceness)))
@@ -42,7 +47,6 @@ def lower_this_thread(niceness: int) -> None:
     if niceness <= 0:
         return
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
+        _add_nice(threading.get_native_id(), niceness)
     except OSError as e:
         log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, e)

@@ -11,7 +11,6 @@ The document: SQuAD 2.0 dev paragraphs (../shared/data/squad2), ~500 KB of text,
 heading), so every upload embeds all of its chunks. The questions: real prompts of the lottery (its first 100)."""
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -20,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat_speed import med  # noqa: E402
-from chat_while_training import chat, chat_beside_args, condition  # noqa: E402
-from system_prompts import lottery_prompts  # noqa: E402
+from chat_while_training import chat, chat_beside_args, conditions, interleaved, report  # noqa: E402
+from rag_squad import load_squad  # noqa: E402
+from system_prompts import DATA, lottery_prompts  # noqa: E402
 
 from agent.offline import silence  # noqa: E402
 
@@ -30,12 +29,11 @@ silence()  # the offline, no-telemetry environment, before gradio and the model 
 
 from agent.settings import Settings  # noqa: E402
 
-SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad2"
 
 
 def document(paragraphs: int) -> str:
-    data = json.loads((SQUAD / "dev-v2.0.json").read_text())["data"]
-    return "\n\n".join([p["context"] for article in data for p in article["paragraphs"]][:paragraphs])
+    """The first `paragraphs` SQuAD 2.0 dev paragraphs, in order (rag_squad's loader keys dev's before test's)."""
+    return "\n\n".join(list(load_squad(DATA / "squad2")[0].values())[:paragraphs])
 
 
 def while_ingesting(engine, kb, text: str, nice: int, questions, new_tokens: int) -> dict:
@@ -67,42 +65,24 @@ def main() -> None:
     engine = open_engine(settings)
     prompts = lottery_prompts(100)
     base_text = document(args.paragraphs)
-    nices = [int(n) for n in args.nice.split(",")]
-    results: dict[str, list] = {"idle": [], **{f"ingest_nice_{n}": [] for n in nices}}
-    jobs: dict[str, list] = {f"ingest_nice_{n}": [] for n in nices}
     with tempfile.TemporaryDirectory() as tmp:
         kb = KnowledgeBase.from_settings(Settings(data_dir=Path(tmp) / "data"))
         kb.embedder.embed(["warm-up"])
-        chat(engine, prompts[:2], 8)  # warm-up
-        asked = 0
-        for r in range(args.rounds):
-            for name in results:
-                questions = prompts[asked: asked + args.questions]
-                asked += args.questions
-                if name == "idle":
-                    results[name] += chat(engine, questions, args.new_tokens)
-                    continue
-                got = while_ingesting(engine, kb, f"# copy {name} {r}\n\n" + base_text, int(name.rsplit("_", 1)[1]),
-                                      questions, args.new_tokens)
-                results[name] += got["rows"]
-                jobs[name].append({k: v for k, v in got.items() if k != "rows"})
-                print(name, r, jobs[name][-1], file=sys.stderr, flush=True)
-    idle_ttft, idle_decode = med(results["idle"], "ttft_s"), med(results["idle"], "decode_tok_s")
+
+        def beside(nice: int, r: int, questions: list[str]) -> dict:
+            return while_ingesting(engine, kb, f"# copy ingest_nice_{nice} {r}\n\n" + base_text, nice, questions,
+                                   args.new_tokens)
+
+        results, jobs = interleaved(engine, prompts, args, "ingest_nice", beside)
     out = {"bench": "chat_while_ingesting", "rounds": args.rounds, "questions": args.questions,
            "new_tokens": args.new_tokens, "threads": settings.threads, "characters": len(base_text),
-           "conditions": {}}
-    for name, rows in results.items():
-        cond = condition(rows, idle_ttft, idle_decode)
-        if name in jobs:
-            cond["indexing_s"] = [j["job_s"] for j in jobs[name]]
-            cond["chat_window_s"] = [j["window_s"] for j in jobs[name]]
-            cond["chat_ended_before_indexing"] = sum(j["still_indexing_at_the_end"] for j in jobs[name])
-            cond["failed"] = [j["failed"] for j in jobs[name] if j["failed"]]
-        out["conditions"][name] = cond
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+           "conditions": conditions(results)}
+    for name, runs in jobs.items():
+        out["conditions"][name].update({
+            "indexing_s": [j["job_s"] for j in runs], "chat_window_s": [j["window_s"] for j in runs],
+            "chat_ended_before_indexing": sum(j["still_indexing_at_the_end"] for j in runs),
+            "failed": [j["failed"] for j in runs if j["failed"]]})
+    report(out, args.out)
 
 
 if __name__ == "__main__":

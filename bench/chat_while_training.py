@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,16 +55,53 @@ def chat_beside_args(doc: str, questions: int, nice: str) -> argparse.ArgumentPa
     return ap
 
 
-def condition(rows: list[dict], idle_ttft: float, idle_decode: float) -> dict:
-    """One condition's answers: median and p95 first token, median decode, each against the idle chat's."""
-    ttft, decode = med(rows, "ttft_s"), med(rows, "decode_tok_s")
-    return {"ttft_s": ttft, "ttft_p95_s": pct([r["ttft_s"] for r in rows], 0.95), "decode_tok_s": decode,
-            "answers": len(rows), "ttft_vs_idle": round(ttft / idle_ttft, 2),
-            "decode_vs_idle": round(decode / idle_decode, 2)}
-
-
 def chat(engine, questions: list[str], new_tokens: int) -> list[dict]:
     return [engine_once(engine, [{"role": "user", "content": q}], new_tokens) for q in questions]
+
+
+def interleaved(engine, prompts: list[str], args, prefix: str,
+                beside: Callable[[int, int, list[str]], dict]) -> tuple[dict[str, list], dict[str, list]]:
+    """The chat alone, then beside the background work at each niceness of `args.nice` (conditions named
+    `{prefix}_{nice}`), in turn, round by round, each with its own next `args.questions` prompts (none asked twice).
+    `beside(nice, round, questions)` asks them beside the work and returns {"rows": answers, ...its own figures}.
+    Returns (answers by condition, the figures of each run by condition)."""
+    nices = [int(n) for n in args.nice.split(",")]
+    results: dict[str, list] = {"idle": [], **{f"{prefix}_{n}": [] for n in nices}}
+    figures: dict[str, list] = {f"{prefix}_{n}": [] for n in nices}
+    chat(engine, prompts[:2], 8)  # warm-up
+    asked = 0
+    for r in range(args.rounds):
+        for name in results:
+            questions = prompts[asked: asked + args.questions]
+            asked += args.questions
+            if name == "idle":
+                results[name] += chat(engine, questions, args.new_tokens)
+                continue
+            got = beside(int(name.rsplit("_", 1)[1]), r, questions)
+            results[name] += got.pop("rows")
+            figures[name].append(got)
+            print(name, r, got, file=sys.stderr, flush=True)
+    return results, figures
+
+
+def conditions(results: dict[str, list]) -> dict[str, dict]:
+    """Each condition's answers: median and p95 first token, median decode, each against the idle chat's."""
+    idle_ttft, idle_decode = med(results["idle"], "ttft_s"), med(results["idle"], "decode_tok_s")
+    out = {}
+    for name, rows in results.items():
+        ttft, decode = med(rows, "ttft_s"), med(rows, "decode_tok_s")
+        out[name] = {"ttft_s": ttft, "ttft_p95_s": pct([r["ttft_s"] for r in rows], 0.95), "decode_tok_s": decode,
+                     "answers": len(rows), "ttft_vs_idle": round(ttft / idle_ttft, 2),
+                     "decode_vs_idle": round(decode / idle_decode, 2)}
+    return out
+
+
+def report(out: dict, path: str | None) -> None:
+    """Print the bench's JSON; write it to `path` too when given."""
+    text = json.dumps(out, indent=1)
+    print(text)
+    if path:
+        Path(path).write_text(text)
 
 
 def while_training(engine, settings: Settings, data: Path, work: Path, questions, new_tokens: int) -> dict:
@@ -113,42 +151,23 @@ def main() -> None:
     settings = Settings.from_env(engine="llamacpp", threads=args.threads, **over)
     engine = open_engine(settings)
     prompts = lottery_prompts(100)
-    nices = [int(n) for n in args.nice.split(",")]
-    results: dict[str, list] = {"idle": [], **{f"training_nice_{n}": [] for n in nices}}
-    training: dict[str, list] = {f"training_nice_{n}": [] for n in nices}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
         (data / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in training_rows()))
-        chat(engine, prompts[:2], 8)  # warm-up
-        asked = 0
-        for r in range(args.rounds):
-            for name in results:
-                questions = prompts[asked: asked + args.questions]
-                asked += args.questions
-                if name == "idle":
-                    results[name] += chat(engine, questions, args.new_tokens)
-                    continue
-                nice = int(name.rsplit("_", 1)[1])
-                got = while_training(engine, dataclasses.replace(settings, background_nice=nice), data,
-                                     Path(tmp) / f"run-{name}-{r}", questions, args.new_tokens)
-                results[name] += got["rows"]
-                training[name].append({k: v for k, v in got.items() if k != "rows"})
-                print(name, r, training[name][-1], file=sys.stderr, flush=True)
-    idle_ttft, idle_decode = med(results["idle"], "ttft_s"), med(results["idle"], "decode_tok_s")
+
+        def beside(nice: int, r: int, questions: list[str]) -> dict:
+            return while_training(engine, dataclasses.replace(settings, background_nice=nice), data,
+                                  Path(tmp) / f"run-training_nice_{nice}-{r}", questions, args.new_tokens)
+
+        results, training = interleaved(engine, prompts, args, "training_nice", beside)
     out = {"bench": "chat_while_training", "rounds": args.rounds, "questions": args.questions,
-           "new_tokens": args.new_tokens, "threads": args.threads, "conditions": {}}
-    for name, rows in results.items():
-        cond = condition(rows, idle_ttft, idle_decode)
-        if name in training:
-            per = [t["s_per_step"] for t in training[name] if t["s_per_step"]]
-            cond["training_s_per_step"] = round(statistics.median(per), 2) if per else None
-            cond["training_steps_meanwhile"] = sum(t["steps_meanwhile"] for t in training[name])
-        out["conditions"][name] = cond
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+           "new_tokens": args.new_tokens, "threads": args.threads, "conditions": conditions(results)}
+    for name, runs in training.items():
+        per = [t["s_per_step"] for t in runs if t["s_per_step"]]
+        out["conditions"][name]["training_s_per_step"] = round(statistics.median(per), 2) if per else None
+        out["conditions"][name]["training_steps_meanwhile"] = sum(t["steps_meanwhile"] for t in runs)
+    report(out, args.out)
 
 
 if __name__ == "__main__":
